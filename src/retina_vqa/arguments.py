@@ -1,0 +1,184 @@
+"""Command-line arguments of the recipe: what model to start from and what data to train on.
+
+The third group, `Seq2SeqTrainingArguments`, comes from transformers unchanged. `HfArgumentParser`
+turns these dataclasses into `--flags` and reads a single `.yaml`/`.json` argument as a config file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MODEL = "Salesforce/blip-vqa-base"
+
+
+@dataclass
+class ModelArguments:
+    """Which BLIP to fine-tune (or which config to train from scratch) and how."""
+
+    model_name_or_path: str | None = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "Pretrained BLIP VQA checkpoint (hub id or local folder). Set to an empty string "
+            "together "
+            "with --config_name to train from scratch."
+        },
+    )
+    config_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "BlipConfig (hub id or folder). Without --model_name_or_path the model is initialised "
+            "randomly from this config, as in transformers' run_clm.py."
+        },
+    )
+    processor_name: str | None = field(
+        default=None,
+        metadata={"help": "Processor (tokenizer + image processor) if not the same as the model or config."},
+    )
+    cache_dir: str | None = field(
+        default=None, metadata={"help": "Where to store models and processors downloaded from the hub."}
+    )
+    revision: str = field(default="main", metadata={"help": "Model revision: branch, tag or commit id."})
+    token: str | None = field(
+        default=None,
+        metadata={"help": "Hub token for private models (default: the one stored by `hf auth login`)."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom code from the hub. Off by default: BLIP needs none."},
+    )
+    freeze_vision_encoder: bool = field(
+        default=False, metadata={"help": "Do not update the ViT image encoder (saves memory and time)."}
+    )
+    freeze_text_encoder: bool = field(
+        default=False, metadata={"help": "Do not update the question encoder (BERT with cross-attention)."}
+    )
+    label_smoothing: float = field(
+        default=0.1,
+        metadata={
+            "help": "Label smoothing of the answer decoder's loss. BLIP was pre-trained and fine-tuned with "
+            "0.1; transformers defaults to 0.0."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train and answer at this square image size. For a pretrained checkpoint whose size "
+            "differs, the position embeddings are interpolated (interpolate_pos_encoding)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.model_name_or_path == "":
+            self.model_name_or_path = None
+        if self.model_name_or_path is None and self.config_name is None:
+            raise ValueError(
+                "Nothing to build a model from: pass --model_name_or_path (e.g. Salesforce/blip-vqa-base) or "
+                "--config_name (e.g. configs/blip-tiny) to train from scratch."
+            )
+        if self.model_name_or_path is not None and self.config_name is not None:
+            raise ValueError(
+                "--model_name_or_path and --config_name both given: use --model_name_or_path to fine-tune a "
+                "checkpoint, or --config_name with --model_name_or_path '' to train from scratch."
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.image_size is not None and self.image_size < 16:
+            raise ValueError(f"--image_size must be at least 16 pixels, got {self.image_size}.")
+
+
+@dataclass
+class DataTrainingArguments:
+    """Where the question-answer data comes from and how it is prepared."""
+
+    dataset_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "A DatasetDict saved with save_to_disk (folders train/, validation/, test/) such as "
+            "RetinaVQA or the output of `python -m retina_vqa.synthetic`."
+        },
+    )
+    dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the hub."})
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The hub dataset's config."})
+    train_file: str | None = field(
+        default=None,
+        metadata={"help": "Training data: an imagefolder folder (with metadata.jsonl) or a JSON lines file."},
+    )
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Evaluation data, like --train_file."}
+    )
+    test_file: str | None = field(default=None, metadata={"help": "Prediction data, like --train_file."})
+    train_split: str = field(default="train", metadata={"help": "Split used for training."})
+    validation_split: str = field(default="validation", metadata={"help": "Split used for evaluation."})
+    test_split: str = field(default="test", metadata={"help": "Split used for prediction."})
+    image_column: str = field(default="image", metadata={"help": "Column holding the images."})
+    question_column: str = field(default="question", metadata={"help": "Column holding the questions."})
+    answer_column: str = field(default="answer", metadata={"help": "Column holding the reference answers."})
+    question_type_column: str = field(
+        default="question_type",
+        metadata={
+            "help": "Optional column with a question type; metrics are broken down by it when present."
+        },
+    )
+    answer_type_column: str = field(
+        default="answer_type",
+        metadata={"help": "Optional column with 'closed' / 'open' answer types, used by the metrics."},
+    )
+    max_question_length: int = field(
+        default=32, metadata={"help": "Questions are truncated to this many tokens (with [CLS] and [SEP])."}
+    )
+    max_answer_length: int = field(
+        default=48,
+        metadata={
+            "help": "Answers are truncated to this many tokens (with [DEC] and [SEP]); also the default "
+            "generation length."
+        },
+    )
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use only this many training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use only this many evaluation rows."}
+    )
+    max_predict_samples: int | None = field(
+        default=None, metadata={"help": "Use only this many prediction rows."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for the tokenisation map."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Redo the cached tokenisation."})
+    max_image_side: int | None = field(
+        default=2048,
+        metadata={
+            "help": "Very large photographs are downsized on load so their longer side is at most this "
+            "(before the processor resizes them); bounds memory per batch."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        sources = [
+            name
+            for name, value in (
+                ("--dataset_dir", self.dataset_dir),
+                ("--dataset_name", self.dataset_name),
+                (
+                    "--train_file/--validation_file/--test_file",
+                    self.train_file or self.validation_file or self.test_file,
+                ),
+            )
+            if value
+        ]
+        if not sources:
+            raise ValueError(
+                "No data given: pass --dataset_dir (a save_to_disk folder), --dataset_name (hub) or "
+                "--train_file/--validation_file/--test_file. Make synthetic data with "
+                "`python -m retina_vqa.synthetic --output_dir data/retinavqa-synthetic`."
+            )
+        if len(sources) > 1:
+            raise ValueError(f"Give one data source, got {' and '.join(sources)}.")
+        for name in ("max_question_length", "max_answer_length"):
+            if getattr(self, name) < 3:
+                raise ValueError(f"--{name} must be at least 3 tokens (start, one word, end).")
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"--{name} must be a positive number of rows, got {value}.")

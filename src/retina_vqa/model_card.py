@@ -1,0 +1,154 @@
+"""The model card (README.md) saved with every fine-tuned model and pushed to the hub."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+USAGE = """\
+```python
+import torch
+from PIL import Image
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+
+model = AutoModelForVisualQuestionAnswering.from_pretrained("{repo}")
+processor = AutoProcessor.from_pretrained("{repo}")
+
+image = Image.open("fundus.jpg").convert("RGB")
+inputs = processor(images=image, text="what is the diagnosis?", return_tensors="pt")
+with torch.no_grad():
+    answer_ids = model.generate(**inputs)
+print(processor.decode(answer_ids[0], skip_special_tokens=True))
+```
+
+For batches of questions of different lengths use `retina_vqa.generation.generate_answers`, which
+passes the question padding mask to the answer decoder (the stock `generate` does not, so padded
+questions can get different answers than the same questions one at a time), or
+`python -m retina_vqa.predict --model_name_or_path {repo} --image fundus.jpg --question "..."`.
+"""
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _metrics_table(metrics: dict[str, Any], prefix: str) -> str:
+    rows = [
+        (key[len(prefix) :], value)
+        for key, value in sorted(metrics.items())
+        if key.startswith(prefix) and isinstance(value, (int, float)) and "confusion" not in key
+    ]
+    if not rows:
+        return ""
+    lines = ["| metric | value |", "| --- | --- |"] + [f"| {k} | {_format(v)} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _per_type_table(metrics: dict[str, Any], prefix: str, baseline: dict[str, float] | None) -> str:
+    key_prefix = f"{prefix}exact_match/"
+    types = sorted(k[len(key_prefix) :] for k in metrics if k.startswith(key_prefix))
+    if not types:
+        return ""
+    header = "| question type | exact match | question-prior baseline |\n| --- | --- | --- |\n"
+    rows = []
+    for question_type in types:
+        prior = (baseline or {}).get(f"exact_match/{question_type}")
+        prior_text = _format(prior) if prior is not None else "-"
+        rows.append(f"| {question_type} | {_format(metrics[key_prefix + question_type])} | {prior_text} |")
+    return header + "\n".join(rows) + "\n"
+
+
+def render_model_card(
+    model_name: str,
+    output_dir: str,
+    log_history: list[dict[str, Any]],
+    training_args: Any,
+    finetuned_from: str | None = None,
+    dataset: str | None = None,
+    tasks: str | None = "visual-question-answering",
+    language: str | None = "en",
+    license: str | None = None,
+    tags: list[str] | None = None,
+    baseline: dict[str, float] | None = None,
+    **_: Any,
+) -> str:
+    """Markdown with hub metadata, results next to the question-prior baseline, usage and settings."""
+    results_path = os.path.join(output_dir, "all_results.json")
+    metrics: dict[str, Any] = {}
+    if os.path.exists(results_path):
+        with open(results_path, encoding="utf-8") as f:
+            metrics = json.load(f)
+    repo = getattr(training_args, "hub_model_id", None) or output_dir
+    all_tags = ["retina-vqa", "blip", "visual-question-answering", "ophthalmology", "fundus"] + list(
+        tags or []
+    )
+    front = ["---", "library_name: transformers", "pipeline_tag: visual-question-answering"]
+    if license:
+        front.append(f"license: {license}")
+    if language:
+        front.append(f"language: {language}")
+    if finetuned_from:
+        front.append(f"base_model: {finetuned_from}")
+    if dataset:
+        front.append(f"datasets:\n- {dataset}")
+    front.append("tags:\n" + "\n".join(f"- {t}" for t in all_tags))
+    front.append("---")
+
+    origin = f"a fine-tuned version of [{finetuned_from}]" if finetuned_from else "a BLIP VQA model"
+    parts = [
+        "\n".join(front),
+        f"\n# {model_name}\n",
+        f"This model is {origin} for visual question answering on retinal fundus images"
+        + (f", trained on `{dataset}`" if dataset else "")
+        + " with the retina-vqa recipe (`run_vqa.py`).\n",
+        "## Results\n",
+    ]
+    for split, prefix in (("Evaluation", "eval_"), ("Test (predict)", "predict_")):
+        table = _metrics_table(metrics, prefix)
+        if table:
+            parts.append(f"### {split}\n\n{table}")
+        per_type = _per_type_table(metrics, prefix, baseline)
+        if per_type:
+            parts.append(
+                f"Exact match per question type, next to a text-only baseline that answers each "
+                f"question type with its most frequent training answer:\n\n{per_type}"
+            )
+    if not metrics:
+        parts.append("No evaluation was run.\n")
+    parts.append("## How to use\n\n" + USAGE.format(repo=repo))
+    hyper = {
+        name: getattr(training_args, name, None)
+        for name in (
+            "learning_rate",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "num_train_epochs",
+            "max_steps",
+            "warmup_steps",
+            "weight_decay",
+            "lr_scheduler_type",
+            "seed",
+            "bf16",
+            "fp16",
+            "generation_max_length",
+            "generation_num_beams",
+        )
+    }
+    parts.append(
+        "## Training settings\n\n| setting | value |\n| --- | --- |\n"
+        + "\n".join(f"| {k} | {v} |" for k, v in hyper.items() if v is not None)
+        + "\n"
+    )
+    train_logs = [entry for entry in log_history if "loss" in entry]
+    if train_logs:
+        last = train_logs[-1]
+        parts.append(f"Final training loss {_format(last['loss'])} at step {last.get('step')}.\n")
+    parts.append(
+        "## Limitations\n\nA research model. It is not a medical device and must not be used for "
+        "diagnosis. Metrics on synthetic data say nothing about clinical performance.\n"
+    )
+    return "\n".join(parts)

@@ -1,0 +1,86 @@
+"""The Seq2Seq-style Trainer of the recipe: masked batched generation for evaluation and our model card."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import torch
+from transformers import Seq2SeqTrainer
+from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+from transformers.integrations.fsdp import is_fsdp_managed_module
+
+from .generation import generate_answers
+from .model_card import render_model_card
+
+
+class VqaTrainer(Seq2SeqTrainer):
+    """`Seq2SeqTrainer` whose `predict_with_generate` answers with the real question mask.
+
+    The stock `prediction_step` calls `model.generate(**inputs)`, which hands the labels to BLIP's
+    decoder `generate` and ignores question padding. Here generation sees only pixels and the question;
+    the loss is still computed from the full batch.
+
+    `card_info` (set by the entry script) feeds the model card written by `create_model_card`, which
+    `push_to_hub` also calls.
+    """
+
+    def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.card_info: dict[str, Any] = card_info or {}
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        if not self.args.predict_with_generate or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+        inputs = self._prepare_inputs(inputs)
+        if not gen_kwargs and hasattr(self, "_gen_kwargs"):
+            gen_kwargs = self._gen_kwargs.copy()
+        gen_kwargs = {k: v for k, v in gen_kwargs.items() if v is not None}
+        # Sharded parameters must be gathered on every rank for every decoding step.
+        gen_kwargs.setdefault(
+            "synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model)
+        )
+
+        summon = contextlib.nullcontext()
+        if torch.distributed.is_available() and isinstance(
+            self.model, torch.distributed.fsdp.FullyShardedDataParallel
+        ):
+            summon = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(self.model)
+        with summon:
+            generated = generate_answers(
+                self.accelerator.unwrap_model(self.model),
+                pixel_values=inputs["pixel_values"],
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+                **gen_kwargs,
+            )
+
+        loss = None
+        labels = inputs.get("labels")
+        if labels is not None:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = model(**inputs).loss.detach().mean()
+        return loss, generated, labels
+
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        if not self.is_world_process_zero():
+            return
+        info = {**self.card_info, **{k: v for k, v in kwargs.items() if v is not None}}
+        text = render_model_card(
+            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            output_dir=self.args.output_dir,
+            log_history=self.state.log_history,
+            training_args=self.args,
+            **info,
+        )
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(text)
