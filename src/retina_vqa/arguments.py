@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers import Seq2SeqTrainingArguments
+
 DEFAULT_MODEL = "Salesforce/blip-vqa-base"
 
 
@@ -182,3 +184,35 @@ class DataTrainingArguments:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"--{name} must be a positive number of rows, got {value}.")
+
+
+@dataclass
+class VqaTrainingArguments(Seq2SeqTrainingArguments):
+    """`Seq2SeqTrainingArguments` with the defaults a VQA recipe needs.
+
+    Only defaults change: answers are generated for evaluation, and the image column survives until the
+    collator. `overwrite_output_dir` returns the guard of the transformers examples.
+    """
+
+    predict_with_generate: bool = field(
+        default=True, metadata={"help": "Generate answers for evaluation and prediction (needed for metrics)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Must stay False: the collator reads the image column, which the model does not take."},
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start afresh in a non-empty --output_dir instead of resuming from its last checkpoint. "
+            "Files already there may be overwritten."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.remove_unused_columns:
+            raise ValueError(
+                "--remove_unused_columns True would drop the image column before the collator sees it; "
+                "leave it at False (the collator picks the model inputs itself)."
+            )
+        super().__post_init__()

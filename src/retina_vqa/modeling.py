@@ -20,6 +20,7 @@ from transformers import (
 )
 
 from .arguments import ModelArguments
+from .attention import apply_cross_attention_mask_fix
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
             f"{type(model).__name__}. Use a BLIP VQA checkpoint such as Salesforce/blip-vqa-base."
         )
     check_tokenizer_matches(model.config, processor)
+    # Without it the answer decoder attends to question padding (see attention.py).
+    apply_cross_attention_mask_fix(model)
     set_label_smoothing(model, model_args.label_smoothing)
     if model_args.image_size is not None and model_args.image_size != model.config.vision_config.image_size:
         resize_image_size(model, model_args.image_size)

@@ -1,0 +1,246 @@
+#!/usr/bin/env python
+"""Fine-tune BLIP (BlipForQuestionAnswering) for visual question answering on retinal fundus images.
+
+    accelerate launch run_vqa.py configs/demo.yaml
+    accelerate launch run_vqa.py --model_name_or_path Salesforce/blip-vqa-base --dataset_dir RetinaVQA \\
+        --output_dir outputs/blip-retina --do_train --do_eval --do_predict --bf16
+
+Runs the same on CPU, one GPU, or many GPUs/nodes: accelerate picks the devices. A single `.yaml` or
+`.json` argument is read as a config file. The logic lives in `src/retina_vqa/`; this script wires it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import datasets
+import transformers
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
+from retina_vqa.baselines import evaluate_prior
+from retina_vqa.collator import VqaCollator
+from retina_vqa.data import check_columns, check_split, find_empty_text, load_raw_datasets, prepare_split
+from retina_vqa.metrics import build_compute_metrics
+from retina_vqa.modeling import load_model, load_processor
+from retina_vqa.predictions import decode_answers, prediction_records, write_predictions
+from retina_vqa.trainer import VqaTrainer
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(os.path.abspath(argv[0]))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def setup_logging(training_args: VqaTrainingArguments) -> None:
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    logging.getLogger("retina_vqa").setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def detect_last_checkpoint(training_args: VqaTrainingArguments) -> str | None:
+    """The transformers examples' guard: resume from the last checkpoint, never clobber other files."""
+    output_dir = training_args.output_dir
+    if not (os.path.isdir(output_dir) and training_args.do_train and not training_args.overwrite_output_dir):
+        return None
+    last_checkpoint = get_last_checkpoint(output_dir)
+    if last_checkpoint is None and os.listdir(output_dir):
+        raise ValueError(
+            f"Output directory ({output_dir}) already exists and is not empty, and holds no checkpoint to "
+            "resume from. Use --overwrite_output_dir to train in it anyway, or choose another --output_dir."
+        )
+    if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
+        logger.info(
+            "Checkpoint detected, resuming training at %s. To train from scratch instead, change "
+            "--output_dir or add --overwrite_output_dir.",
+            last_checkpoint,
+        )
+    return last_checkpoint
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    # 1. Arguments and logging.
+    model_args, data_args, training_args = parse_args(argv)
+    setup_logging(training_args)
+    logger.warning(
+        "Process rank %s, device %s, n_gpu %s, distributed %s, bf16 %s",
+        training_args.process_index, training_args.device, training_args.n_gpu,
+        training_args.parallel_mode.value == "distributed", training_args.bf16,
+    )
+    logger.info("Training/evaluation parameters %s", training_args)
+    if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
+        raise ValueError("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
+
+    # 2. Last checkpoint, seed.
+    last_checkpoint = detect_last_checkpoint(training_args)
+    set_seed(training_args.seed)
+
+    # 3. Data: load, check splits, columns and empty text before any model is built.
+    raw_datasets = load_raw_datasets(data_args, model_args)
+    columns = {
+        "image_column": data_args.image_column,
+        "question_column": data_args.question_column,
+        "answer_column": data_args.answer_column,
+    }
+    wanted = {
+        "do_train": (training_args.do_train, data_args.train_split, "--train_file", data_args.max_train_samples),
+        "do_eval": (training_args.do_eval, data_args.validation_split, "--validation_file", data_args.max_eval_samples),
+        "do_predict": (training_args.do_predict, data_args.test_split, "--test_file", data_args.max_predict_samples),
+    }
+    splits: dict[str, datasets.Dataset] = {}
+    for flag, (enabled, split, file_flag, max_samples) in wanted.items():
+        if not enabled:
+            continue
+        dataset = check_split(raw_datasets, split, f"--{flag}", file_flag)
+        check_columns(dataset, split, columns)
+        if max_samples is not None:
+            dataset = dataset.select(range(min(max_samples, len(dataset))))
+        empty = find_empty_text(dataset, [data_args.question_column, data_args.answer_column])
+        if empty:
+            shown = ", ".join(f"row {row} {column}" for row, column in empty[:10])
+            raise ValueError(
+                f"{len(empty)} empty question/answer cells in the {split!r} split ({shown}"
+                f"{', ...' if len(empty) > 10 else ''}). Remove or fill those rows."
+            )
+        splits[flag] = dataset
+
+    # 4. Processor and model.
+    processor = load_processor(model_args)
+    tokenizer = processor.tokenizer
+    model = load_model(model_args, processor)
+    if training_args.generation_max_length is None:
+        training_args.generation_max_length = data_args.max_answer_length
+
+    # 5. Tokenise the text once (cached); the main process goes first so the others read its cache.
+    prepared: dict[str, datasets.Dataset] = {}
+    with training_args.main_process_first(desc="tokenising questions and answers"):
+        for flag, dataset in splits.items():
+            prepared[flag] = prepare_split(dataset, tokenizer, data_args, with_answers=True, description=flag[3:])
+
+    # 6. Collator and metrics.
+    collator = VqaCollator(
+        image_processor=processor.image_processor,
+        pad_token_id=tokenizer.pad_token_id,
+        image_column=data_args.image_column,
+        max_image_side=data_args.max_image_side,
+    )
+    eval_dataset = prepared.get("do_eval")
+    compute_metrics = build_compute_metrics(
+        tokenizer,
+        eval_dataset,
+        question_type_column=data_args.question_type_column,
+        answer_type_column=data_args.answer_type_column,
+    )
+
+    # 7. Trainer.
+    trainer = VqaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=prepared.get("do_train"),
+        eval_dataset=eval_dataset,
+        processing_class=processor,
+        data_collator=collator,
+        compute_metrics=compute_metrics if training_args.predict_with_generate else None,
+    )
+    results: dict[str, float] = {}
+
+    # 8. Train.
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint or last_checkpoint
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()  # also saves the processor
+        metrics = dict(train_result.metrics, train_samples=len(prepared["do_train"]))
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        results.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in metrics.items()})
+
+    # The question-prior baseline needs the training answers: it shows which questions need the image.
+    prior_train = splits.get("do_train")
+    if prior_train is None and data_args.train_split in raw_datasets:
+        prior_train = raw_datasets[data_args.train_split]
+
+    # 9. Evaluate.
+    if training_args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval")
+        metrics["eval_samples"] = len(eval_dataset)
+        metrics.update(_prior_metrics(prior_train, splits["do_eval"], data_args, "eval"))
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+
+    # 10. Predict: answers for every test question, written next to their references.
+    if training_args.do_predict:
+        predict_dataset = prepared["do_predict"]
+        trainer.compute_metrics = build_compute_metrics(
+            tokenizer,
+            predict_dataset,
+            question_type_column=data_args.question_type_column,
+            answer_type_column=data_args.answer_type_column,
+        )
+        output = trainer.predict(predict_dataset, metric_key_prefix="predict")
+        metrics = dict(output.metrics, predict_samples=len(predict_dataset))
+        metrics.update(_prior_metrics(prior_train, splits["do_predict"], data_args, "predict"))
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        results.update(metrics)
+        if trainer.is_world_process_zero() and training_args.predict_with_generate:
+            records = prediction_records(
+                splits["do_predict"],
+                decode_answers(tokenizer, output.predictions),
+                data_args.question_column,
+                data_args.answer_column,
+            )
+            write_predictions(os.path.join(training_args.output_dir, "predictions.jsonl"), records)
+
+    # 11. Model card, hub.
+    card = {
+        "finetuned_from": model_args.model_name_or_path,
+        "dataset": data_args.dataset_name or data_args.dataset_dir or data_args.train_file,
+        "tasks": "visual-question-answering",
+        "baseline": {
+            k.split("prior_", 1)[1]: v for k, v in results.items() if "_prior_" in k and k.startswith("eval_")
+        },
+    }
+    trainer.card_info = card
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return results
+
+
+def _prior_metrics(train_dataset, eval_dataset, data_args: DataTrainingArguments, prefix: str) -> dict[str, float]:
+    if train_dataset is None:
+        return {}
+    scores = evaluate_prior(
+        train_dataset,
+        eval_dataset,
+        question_column=data_args.question_column,
+        answer_column=data_args.answer_column,
+        question_type_column=data_args.question_type_column,
+    )
+    return {f"{prefix}_prior_{k}": v for k, v in scores.items()}
+
+
+if __name__ == "__main__":
+    main()
