@@ -21,10 +21,10 @@ from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
-from retina_vqa.baselines import evaluate_prior
+from retina_vqa.baselines import QuestionPriorBaseline
 from retina_vqa.collator import VqaCollator
 from retina_vqa.data import check_columns, check_split, find_empty_text, load_raw_datasets, prepare_split
-from retina_vqa.metrics import build_compute_metrics
+from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
 from retina_vqa.modeling import load_model, load_processor
 from retina_vqa.predictions import decode_answers, prediction_records, write_predictions
 from retina_vqa.trainer import VqaTrainer
@@ -230,16 +230,29 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 def _prior_metrics(train_dataset, eval_dataset, data_args: DataTrainingArguments, prefix: str) -> dict[str, float]:
+    """Score the text-only question-prior baseline with the same metrics as the model."""
     if train_dataset is None:
         return {}
-    scores = evaluate_prior(
-        train_dataset,
-        eval_dataset,
-        question_column=data_args.question_column,
-        answer_column=data_args.answer_column,
-        question_type_column=data_args.question_type_column,
+    type_column = data_args.question_type_column
+
+    def text(dataset) -> dict[str, list]:
+        wanted = [data_args.question_column, data_args.answer_column, type_column, data_args.answer_type_column]
+        return dataset.select_columns([c for c in wanted if c in dataset.column_names]).to_dict()
+
+    train, evaluation = text(train_dataset), text(eval_dataset)
+    prior = QuestionPriorBaseline().fit(
+        train[data_args.question_column], train[data_args.answer_column], train.get(type_column)
     )
-    return {f"{prefix}_prior_{k}": v for k, v in scores.items()}
+    types = evaluation.get(type_column) if type_column in train else None
+    answers = prior.predict(evaluation[data_args.question_column], types)
+    scores = compute_vqa_metrics(
+        answers,
+        evaluation[data_args.answer_column],
+        question_types=evaluation.get(type_column),
+        answer_types=evaluation.get(data_args.answer_type_column),
+    )
+    keep = ("exact_match", "closed_accuracy", "token_f1", "diagnosis_accuracy")
+    return {f"{prefix}_prior_{k}": v for k, v in scores.items() if k in keep or k.startswith("exact_match/")}
 
 
 if __name__ == "__main__":

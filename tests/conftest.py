@@ -1,0 +1,50 @@
+"""Shared fixtures: the shipped tiny BLIP config and a small synthetic RetinaVQA set on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CONFIG = ROOT / "configs" / "blip-tiny"
+
+# Everything here runs offline and without tracking services.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_processor():
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(TINY_CONFIG)
+
+
+def make_tiny_model(init_range: float = 0.5, seed: int = 0):
+    """A random tiny BLIP whose answers depend on its inputs (a wide init makes untrained outputs vary)."""
+    from transformers import AutoConfig, BlipForQuestionAnswering
+
+    from retina_vqa.attention import apply_cross_attention_mask_fix
+
+    config = AutoConfig.from_pretrained(TINY_CONFIG)
+    config.text_config.initializer_range = init_range
+    config.vision_config.initializer_range = init_range
+    torch.manual_seed(seed)
+    model = BlipForQuestionAnswering(config).eval()
+    apply_cross_attention_mask_fix(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset_dir(tmp_path_factory) -> Path:
+    """6/3/3 images at 64 px, 13 questions each, saved with save_to_disk."""
+    from retina_vqa.synthetic import generate_dataset
+
+    path = tmp_path_factory.mktemp("data") / "retinavqa"
+    generate_dataset(6, 3, 3, image_size=64, seed=0, num_workers=1).save_to_disk(str(path))
+    return path
