@@ -18,7 +18,10 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ def normalize_text(text: str) -> str:
     return _SPACES.sub(" ", str(text).strip().lower())
 
 
-def _text_columns(dataset, columns: Sequence[str]) -> dict[str, list]:
+def _text_columns(dataset: datasets.Dataset, columns: Sequence[str]) -> dict[str, list]:
     # Select before reading so the image column is never decoded (or even read).
     present = [c for c in columns if c in dataset.column_names]
     return dataset.select_columns(present).to_dict()
@@ -66,7 +69,7 @@ class QuestionPriorBaseline:
         return self
 
     @classmethod
-    def from_dataset(cls, dataset) -> QuestionPriorBaseline:
+    def from_dataset(cls, dataset: datasets.Dataset) -> QuestionPriorBaseline:
         """Fit on a ``datasets.Dataset`` with ``question``/``answer`` and optionally ``question_type``."""
         cols = _text_columns(dataset, ["question", "answer", "question_type"])
         missing = [c for c in ("question", "answer") if c not in cols]
@@ -110,7 +113,7 @@ def exact_match_scores(
     return result
 
 
-def evaluate_prior(train_ds, eval_ds) -> dict[str, Any]:
+def evaluate_prior(train_ds: datasets.Dataset, eval_ds: datasets.Dataset) -> dict[str, Any]:
     """Fit the question-prior baseline on ``train_ds`` and score it on ``eval_ds``.
 
     Returns ``{"exact_match", "num_examples", "per_question_type": {type: {"exact_match",
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(dataset_dir: str):
+def _load(dataset_dir: str) -> datasets.DatasetDict:
     import datasets
 
     path = Path(dataset_dir)

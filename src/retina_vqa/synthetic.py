@@ -31,10 +31,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+if TYPE_CHECKING:
+    import datasets
 
 logger = logging.getLogger(__name__)
 
@@ -989,8 +992,9 @@ def _validate_args(
             )
 
 
-def dataset_features():  # -> datasets.Features (import kept lazy: rendering workers do not need it)
+def dataset_features() -> datasets.Features:
     """The explicit column types of every split."""
+    # Imported here: rendering workers only need numpy and Pillow.
     import datasets
 
     box = {
@@ -1067,7 +1071,7 @@ def generate_dataset(
     quality_defect_rate: float = 0.1,
     question_types: Sequence[str] | None = None,
     num_workers: int | None = None,
-):  # -> datasets.DatasetDict
+) -> datasets.DatasetDict:
     """Generate train/validation/test splits with one row per (image, question type).
 
     Images are split-disjoint; every image and every paraphrase choice is determined by
@@ -1129,9 +1133,9 @@ def _build_split(
     seed: int,
     split: str,
     image_size: int,
-    features,
+    features: datasets.Features,
     fingerprint: str,
-):
+) -> datasets.Dataset:
     """Assemble one split straight in Arrow.
 
     Every image is repeated once per question type; building the rows through ``Dataset.from_dict``
@@ -1194,9 +1198,9 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
 
 
 def save_dataset(
-    dataset_dict,
+    dataset_dict: datasets.DatasetDict,
     output_dir: str | os.PathLike,
-    format: str = "save_to_disk",  # noqa: A002 - mirrors the --format flag
+    format: str = "save_to_disk",
     overwrite: bool = False,
     command: str | None = None,
 ) -> Path:
@@ -1208,7 +1212,9 @@ def save_dataset(
     if out.is_dir():
         shutil.rmtree(out)
     if format == "save_to_disk":
-        dataset_dict.save_to_disk(str(out))
+        # An empty split would otherwise be written with zero shards, which load_from_disk cannot read.
+        empty = {split: 1 for split, ds in dataset_dict.items() if ds.num_rows == 0}
+        dataset_dict.save_to_disk(str(out), num_shards=empty or None)
     else:
         _save_imagefolder(dataset_dict, out)
     write_dataset_card(dataset_dict, out, format, command)
@@ -1216,10 +1222,14 @@ def save_dataset(
     return out
 
 
-def _save_imagefolder(dataset_dict, out: Path) -> None:
+def _save_imagefolder(dataset_dict: datasets.DatasetDict, out: Path) -> None:
     import datasets
 
     for split, ds in dataset_dict.items():
+        if ds.num_rows == 0:
+            # An empty split folder would make the imagefolder loader fail; leave it out.
+            logger.warning("Split %s is empty; not writing it in imagefolder format", split)
+            continue
         split_dir = out / split
         split_dir.mkdir(parents=True, exist_ok=True)
         raw = ds.cast_column("image", datasets.Image(decode=False))
@@ -1247,9 +1257,9 @@ def _short(text: str, limit: int = 60) -> str:
 
 
 def write_dataset_card(
-    dataset_dict,
+    dataset_dict: datasets.DatasetDict,
     output_dir: str | os.PathLike,
-    format: str = "save_to_disk",  # noqa: A002
+    format: str = "save_to_disk",
     command: str | None = None,
 ) -> Path:
     """Write README.md with per-split counts of images, rows, question types, answers and grades."""
