@@ -217,9 +217,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "finetuned_from": model_args.model_name_or_path,
         "dataset": data_args.dataset_name or data_args.dataset_dir or data_args.train_file,
         "tasks": "visual-question-answering",
-        "baseline": {
-            k.split("prior_", 1)[1]: v for k, v in results.items() if "_prior_" in k and k.startswith("eval_")
-        },
     }
     trainer.card_info = card
     if training_args.push_to_hub:

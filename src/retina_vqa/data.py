@@ -72,7 +72,9 @@ def _load_file(path: str, image_column: str) -> Dataset:
     if not os.path.exists(path):
         raise FileNotFoundError(f"Data file or folder {path} does not exist.")
     if os.path.isdir(path):
-        return load_dataset("imagefolder", data_dir=path, split="train")
+        # Explicit data_files: with data_dir, datasets names the split after the folder (train/, test/)
+        # and ignores the folder's own metadata.jsonl.
+        return load_dataset("imagefolder", data_files={"train": os.path.join(path, "**")}, split="train")
     if not path.endswith((".json", ".jsonl")):
         raise ValueError(f"{path}: expected a folder (imagefolder) or a .json/.jsonl file.")
     dataset = load_dataset("json", data_files=path, split="train")

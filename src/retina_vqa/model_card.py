@@ -39,7 +39,9 @@ def _metrics_table(metrics: dict[str, Any], prefix: str) -> str:
     rows = [
         (key[len(prefix) :], value)
         for key, value in sorted(metrics.items())
-        if key.startswith(prefix) and isinstance(value, (int, float)) and "confusion" not in key
+        if key.startswith(prefix)
+        and isinstance(value, (int, float))
+        and not any(part in key for part in ("confusion", "/", "_prior_", "runtime", "per_second"))
     ]
     if not rows:
         return ""
@@ -47,7 +49,7 @@ def _metrics_table(metrics: dict[str, Any], prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _per_type_table(metrics: dict[str, Any], prefix: str, baseline: dict[str, float] | None) -> str:
+def _per_type_table(metrics: dict[str, Any], prefix: str) -> str:
     key_prefix = f"{prefix}exact_match/"
     types = sorted(k[len(key_prefix) :] for k in metrics if k.startswith(key_prefix))
     if not types:
@@ -55,7 +57,7 @@ def _per_type_table(metrics: dict[str, Any], prefix: str, baseline: dict[str, fl
     header = "| question type | exact match | question-prior baseline |\n| --- | --- | --- |\n"
     rows = []
     for question_type in types:
-        prior = (baseline or {}).get(f"exact_match/{question_type}")
+        prior = metrics.get(f"{prefix}prior_exact_match/{question_type}")
         prior_text = _format(prior) if prior is not None else "-"
         rows.append(f"| {question_type} | {_format(metrics[key_prefix + question_type])} | {prior_text} |")
     return header + "\n".join(rows) + "\n"
@@ -72,7 +74,6 @@ def render_model_card(
     language: str | None = "en",
     license: str | None = None,
     tags: list[str] | None = None,
-    baseline: dict[str, float] | None = None,
     **_: Any,
 ) -> str:
     """Markdown with hub metadata, results next to the question-prior baseline, usage and settings."""
@@ -110,7 +111,7 @@ def render_model_card(
         table = _metrics_table(metrics, prefix)
         if table:
             parts.append(f"### {split}\n\n{table}")
-        per_type = _per_type_table(metrics, prefix, baseline)
+        per_type = _per_type_table(metrics, prefix)
         if per_type:
             parts.append(
                 f"Exact match per question type, next to a text-only baseline that answers each "

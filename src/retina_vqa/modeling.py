@@ -39,7 +39,7 @@ def load_processor(model_args: ModelArguments) -> BlipProcessor:
     name = model_args.processor_name or model_args.model_name_or_path or model_args.config_name
     try:
         processor = AutoProcessor.from_pretrained(name, **_hub_kwargs(model_args))
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a folder without processor files
         raise OSError(
             f"Could not load a processor from {name!r}: {error}\nPass --processor_name with a folder that "
             "holds tokenizer and preprocessor files (e.g. configs/blip-tiny), or check the hub id and your "

@@ -1,0 +1,73 @@
+import pytest
+import torch
+from transformers import AutoProcessor
+
+from retina_vqa.arguments import ModelArguments
+from retina_vqa.modeling import check_tokenizer_matches, freeze, load_model, load_processor, resize_image_size
+
+from .conftest import TINY_CONFIG, make_tiny_model
+
+
+def scratch_args(**kwargs) -> ModelArguments:
+    return ModelArguments(model_name_or_path="", config_name=str(TINY_CONFIG), **kwargs)
+
+
+def test_from_scratch_with_label_smoothing_and_image_size():
+    args = scratch_args(label_smoothing=0.1, image_size=96)
+    processor = load_processor(args)
+    model = load_model(args, processor)
+    assert processor.image_processor.size == {"height": 96, "width": 96}
+    assert model.config.vision_config.image_size == 96
+    assert model.vision_model.embeddings.position_embedding.shape[1] == (96 // 16) ** 2 + 1
+    assert model.text_decoder.label_smoothing == 0.1 == model.config.text_config.label_smoothing
+    # The label smoothing really reaches the loss.
+    ids = torch.tensor([[processor.tokenizer.bos_token_id, 20, 21, processor.tokenizer.sep_token_id]])
+    batch = {"pixel_values": torch.randn(1, 3, 96, 96), "input_ids": torch.tensor([[2, 30, 3]]),
+             "decoder_input_ids": ids, "labels": ids}
+    smoothed = model(**batch).loss
+    model.text_decoder.label_smoothing = 0.0
+    assert not torch.isclose(smoothed, model(**batch).loss)
+
+
+def test_resize_image_size_equals_interpolate_pos_encoding():
+    model = make_tiny_model(init_range=0.02)
+    pixels = torch.randn(2, 3, 192, 192)
+    with torch.no_grad():
+        expected = model.vision_model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+        resize_image_size(model, 192)
+        got = model.vision_model(pixel_values=pixels).last_hidden_state
+    torch.testing.assert_close(got, expected)
+    assert model.config.vision_config.image_size == 192
+    with pytest.raises(ValueError, match="multiple of the patch size 16"):
+        resize_image_size(model, 100)
+
+
+def test_freeze_stops_gradients_only_where_asked():
+    model = make_tiny_model()
+    freeze(model, vision=True, text=False)
+    assert not any(p.requires_grad for p in model.vision_model.parameters())
+    assert all(p.requires_grad for p in model.text_encoder.parameters())
+    assert all(p.requires_grad for p in model.text_decoder.parameters())
+
+
+def test_tokenizer_model_mismatch_is_caught():
+    model = make_tiny_model()
+    processor = AutoProcessor.from_pretrained(TINY_CONFIG)
+    check_tokenizer_matches(model.config, processor)
+    model.config.text_config.bos_token_id = processor.tokenizer.cls_token_id
+    with pytest.raises(ValueError, match=r"bos_token_id \(\[DEC\], the decoder start\)"):
+        check_tokenizer_matches(model.config, processor)
+
+
+def test_model_arguments_validation():
+    with pytest.raises(ValueError, match="--config_name"):
+        ModelArguments(model_name_or_path="")
+    with pytest.raises(ValueError, match="both given"):
+        ModelArguments(model_name_or_path="x", config_name="y")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        scratch_args(label_smoothing=1.5)
+
+
+def test_missing_processor_names_the_fix(tmp_path):
+    with pytest.raises(OSError, match="--processor_name"):
+        load_processor(ModelArguments(model_name_or_path=str(tmp_path)))

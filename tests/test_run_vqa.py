@@ -1,0 +1,207 @@
+"""End-to-end runs of the entry script: in-process, from a config file, resumed, tracked, and under DDP."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoProcessor, BlipForQuestionAnswering
+
+from retina_vqa.attention import apply_cross_attention_mask_fix
+from retina_vqa.generation import generate_answers
+from retina_vqa.images import load_image
+
+from .conftest import ROOT, TINY_CONFIG
+from .wandb_records import history_rows
+
+sys.path.insert(0, str(ROOT))
+import run_vqa  # noqa: E402
+
+
+def common_args(data_dir: Path, output_dir: Path) -> list[str]:
+    return [
+        "--model_name_or_path", "", "--config_name", str(TINY_CONFIG), "--dataset_dir", str(data_dir),
+        "--output_dir", str(output_dir), "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
+        "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--seed", "0",
+        "--generation_max_length", "12", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+    ]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dataset_dir, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("run") / "out"
+    args = common_args(tiny_dataset_dir, output_dir) + [
+        "--do_train", "--do_eval", "--do_predict", "--max_steps", "4", "--save_steps", "2",
+    ]
+    results = run_vqa.main(args)
+    return output_dir, results
+
+
+def test_results_files_hold_train_eval_predict_and_baseline(full_run, tiny_dataset_dir):
+    output_dir, results = full_run
+    all_results = json.loads((output_dir / "all_results.json").read_text())
+    test_rows = len(datasets.load_from_disk(str(tiny_dataset_dir))["test"])
+    for key in ("train_loss", "eval_loss", "eval_exact_match", "eval_token_f1", "eval_rouge_l", "eval_bleu",
+                "eval_closed_accuracy", "eval_open_token_recall", "eval_exact_match/diagnosis",
+                "eval_diagnosis_accuracy", "eval_prior_exact_match", "eval_prior_exact_match/diagnosis",
+                "predict_exact_match", "predict_exact_match/laterality",
+                "predict_diagnosis_confusion/healthy retina->mild dr"):
+        assert key in all_results, key
+    assert all_results["predict_samples"] == test_rows
+    assert all_results == pytest.approx({**all_results, **{k: v for k, v in results.items() if k in all_results}})
+    for name in ("train_results.json", "eval_results.json", "predict_results.json", "trainer_state.json"):
+        assert (output_dir / name).exists(), name
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert len(losses) == 4 and all(v == v for v in losses)  # logged each step, no NaN
+
+
+def test_saved_model_is_safetensors_with_processor_and_card(full_run):
+    output_dir, _ = full_run
+    assert (output_dir / "model.safetensors").exists()
+    assert not list(output_dir.glob("*.bin")) or [p.name for p in output_dir.glob("*.bin")] == ["training_args.bin"]
+    assert (output_dir / "tokenizer.json").exists()
+    assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    card = (output_dir / "README.md").read_text()
+    assert "pipeline_tag: visual-question-answering" in card
+    assert "AutoModelForVisualQuestionAnswering" in card
+    assert "| diagnosis |" in card  # per-question-type table next to the baseline
+    saved = load_file(output_dir / "model.safetensors")
+    assert any(k.startswith("text_decoder.") for k in saved)
+
+
+def test_predictions_file_has_every_test_row_once(full_run, tiny_dataset_dir):
+    output_dir, _ = full_run
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    rows = read_jsonl(output_dir / "predictions.jsonl")
+    assert [r["id"] for r in rows] == list(range(len(test)))
+    assert [r["question"] for r in rows] == test["question"]
+    assert [r["reference"] for r in rows] == test["answer"]
+    assert {"prediction", "correct", "question_type", "image_id"} <= set(rows[0])
+
+
+def test_reloaded_model_gives_the_same_predictions(full_run, tiny_dataset_dir):
+    output_dir, _ = full_run
+    model = BlipForQuestionAnswering.from_pretrained(output_dir).eval()
+    apply_cross_attention_mask_fix(model)
+    processor = AutoProcessor.from_pretrained(output_dir)
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    rows = read_jsonl(output_dir / "predictions.jsonl")
+    for index in range(0, len(test), 5):
+        example = test[index]
+        inputs = processor(images=load_image(example["image"]), text=example["question"], return_tensors="pt")
+        ids = generate_answers(model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"],
+                               max_length=12)
+        answer = processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
+        assert answer == rows[index]["prediction"]
+
+
+def test_yaml_config_file_runs_and_unknown_keys_are_named(tiny_dataset_dir, tmp_path):
+    import yaml
+
+    output_dir = tmp_path / "out"
+    config = {
+        "model_name_or_path": "", "config_name": str(TINY_CONFIG), "dataset_dir": str(tiny_dataset_dir),
+        "output_dir": str(output_dir), "do_eval": True, "max_eval_samples": 5, "per_device_eval_batch_size": 5,
+        "generation_max_length": 6, "report_to": "none",
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    results = run_vqa.main([str(path)])
+    assert results["eval_samples"] == 5 and "eval_exact_match" in results
+    path.write_text(yaml.safe_dump({**config, "learnig_rate": 1e-3}))
+    with pytest.raises(ValueError, match="learnig_rate"):
+        run_vqa.main([str(path)])
+
+
+def test_resume_from_last_checkpoint_matches_an_uninterrupted_run(tiny_dataset_dir, tmp_path):
+    straight = tmp_path / "straight"
+    args = ["--do_train", "--max_steps", "4", "--save_steps", "2"]
+    run_vqa.main(common_args(tiny_dataset_dir, straight) + args)
+
+    interrupted = tmp_path / "interrupted"
+    run_vqa.main(common_args(tiny_dataset_dir, interrupted) + args)
+    # Leave only the first checkpoint, as if the run had died after step 2.
+    for path in interrupted.iterdir():
+        if path.name != "checkpoint-2":
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run_vqa.main(common_args(tiny_dataset_dir, interrupted) + args)
+
+    state = json.loads((interrupted / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+    first = load_file(straight / "model.safetensors")
+    resumed = load_file(interrupted / "model.safetensors")
+    for name, tensor in first.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_non_empty_output_dir_without_checkpoint_is_refused(tiny_dataset_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "results_i_care_about.json").write_text("{}")
+    with pytest.raises(ValueError, match="overwrite_output_dir"):
+        run_vqa.main(common_args(tiny_dataset_dir, output_dir) + ["--do_train", "--max_steps", "1"])
+    assert (output_dir / "results_i_care_about.json").read_text() == "{}"
+
+
+def test_bad_columns_and_splits_fail_before_training(tiny_dataset_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"Did you mean --question_column question\?"):
+        run_vqa.main(common_args(tiny_dataset_dir, tmp_path / "a") + ["--do_train", "--question_column", "questoin"])
+    with pytest.raises(ValueError, match=r"'dev' split.*\['train', 'validation', 'test'\]"):
+        run_vqa.main(common_args(tiny_dataset_dir, tmp_path / "b") + ["--do_eval", "--validation_split", "dev"])
+    with pytest.raises(FileNotFoundError, match="retina_vqa.synthetic"):
+        run_vqa.main(common_args(tmp_path / "missing", tmp_path / "c") + ["--do_train"])
+    assert not (tmp_path / "a").exists() or not list((tmp_path / "a").glob("checkpoint-*"))
+
+
+def test_wandb_offline_run_logs_eval_metrics(tiny_dataset_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_PROJECT", "retina-vqa-test")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = common_args(tiny_dataset_dir, tmp_path / "out") + [
+        "--do_train", "--do_eval", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
+        "--max_eval_samples", "13", "--report_to", "wandb", "--run_name", "offline-test",
+    ]
+    results = run_vqa.main(args)
+    run_files = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(run_files) == 1
+    rows = history_rows(run_files[0])
+    logged = [row for row in rows if "eval/exact_match" in row]
+    assert logged, f"no eval metrics in {[sorted(r) for r in rows]}"
+    assert logged[-1]["eval/exact_match"] == pytest.approx(results["eval_exact_match"])
+    assert any("train/loss" in row for row in rows)
+
+
+def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
+    output_dir = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "29531",
+        str(ROOT / "run_vqa.py"), *common_args(tiny_dataset_dir, output_dir),
+        "--do_train", "--do_eval", "--do_predict", "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--max_eval_samples", "13", "--max_predict_samples", "13",
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((output_dir / "all_results.json").read_text())
+    # 13 rows over 2 processes: the padding duplicate must not be counted.
+    assert results["eval_num_examples"] == 13 and results["predict_num_examples"] == 13
+    rows = read_jsonl(output_dir / "predictions.jsonl")
+    assert [r["id"] for r in rows] == list(range(13))
+    assert "num_processes=2" in completed.stdout + completed.stderr or results["train_samples"] > 0
