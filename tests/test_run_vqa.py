@@ -204,4 +204,5 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     assert results["eval_num_examples"] == 13 and results["predict_num_examples"] == 13
     rows = read_jsonl(output_dir / "predictions.jsonl")
     assert [r["id"] for r in rows] == list(range(13))
-    assert "num_processes=2" in completed.stdout + completed.stderr or results["train_samples"] > 0
+    log = completed.stdout + completed.stderr
+    assert "Process rank 0" in log and "Process rank 1" in log
