@@ -16,6 +16,7 @@ import os
 import sys
 
 import datasets
+import torch
 import transformers
 from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
     argv = sys.argv[1:] if argv is None else argv
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # Several processes started by accelerate/torchrun on a machine without GPUs: DDP over gloo on
+        # the CPU. (accelerate's own MULTI_CPU mode needs mpirun; accelerate_configs/cpu_ddp.yaml uses
+        # the torchrun launcher instead.) Must be set before the TrainingArguments pick a device.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
     if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
         return parser.parse_yaml_file(os.path.abspath(argv[0]))

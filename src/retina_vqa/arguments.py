@@ -201,6 +201,10 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={"help": "Must stay False: the collator reads the image column, which the model does not take."},
     )
+    ddp_find_unused_parameters: bool | None = field(
+        default=False,
+        metadata={"help": "BLIP VQA uses every parameter in each step; searching for unused ones costs time."},
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={

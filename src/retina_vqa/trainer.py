@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from typing import Any
 
@@ -29,6 +30,15 @@ class VqaTrainer(Seq2SeqTrainer):
     def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.card_info: dict[str, Any] = card_info or {}
+
+    def evaluation_loop(self, *args, **kwargs):
+        # Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples that
+        # the distributed sampler repeats to even out the last batch: with N processes and a set size
+        # not divisible by the batch, examples are counted twice. `gather_for_metrics` drops them.
+        self.gather_function = functools.partial(
+            self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
+        )
+        return super().evaluation_loop(*args, **kwargs)
 
     def prediction_step(
         self,
