@@ -71,3 +71,18 @@ def test_model_arguments_validation():
 def test_missing_processor_names_the_fix(tmp_path):
     with pytest.raises(OSError, match="--processor_name"):
         load_processor(ModelArguments(model_name_or_path=str(tmp_path)))
+
+
+def test_from_scratch_image_encoder_is_not_initialised_to_zero(tmp_path):
+    # BlipVisionConfig's default initializer_range (1e-10) would give a ViT that never learns.
+    from transformers import BlipConfig
+
+    config = BlipConfig.from_pretrained(TINY_CONFIG)
+    config.vision_config.initializer_range = 1e-10
+    config.save_pretrained(tmp_path)
+    args = ModelArguments(model_name_or_path="", config_name=str(tmp_path), processor_name=str(TINY_CONFIG))
+    model = load_model(args, load_processor(args))
+    weight = model.vision_model.encoder.layers[0].mlp.fc1.weight.detach()
+    assert 0.01 < float(weight.std()) < 0.03
+    shipped = BlipConfig.from_pretrained(TINY_CONFIG)
+    assert shipped.vision_config.initializer_range == 0.02

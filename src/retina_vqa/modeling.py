@@ -67,6 +67,17 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
         if model_args.image_size is not None:
             # From scratch there is nothing to interpolate: build the embeddings at the right size.
             config.vision_config.image_size = model_args.image_size
+        if config.vision_config.initializer_range < 1e-4:
+            # BlipVisionConfig defaults to 1e-10, meant for loading pretrained weights: from scratch it
+            # gives a ViT of near-zero weights whose gradients vanish, so the model never uses the image.
+            logger.warning(
+                "%s sets vision_config.initializer_range=%g, which initialises the image encoder to ~0; "
+                "using %g (the text initializer_range) instead.",
+                model_args.config_name,
+                config.vision_config.initializer_range,
+                config.text_config.initializer_range,
+            )
+            config.vision_config.initializer_range = config.text_config.initializer_range
         model = AutoModelForVisualQuestionAnswering.from_config(config)
         n_params = sum(p.numel() for p in model.parameters())
         logger.info("Training a new BLIP from scratch: %.2fM parameters", n_params / 1e6)

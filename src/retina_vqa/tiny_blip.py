@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]"]
 
 # Sizes: about 2.6M parameters, trains on 2 CPU cores in minutes. Patch 16 at 128 px gives an 8x8 grid.
+# initializer_range: BlipVisionConfig defaults to 1e-10 (it expects pretrained weights), which leaves a
+# ViT trained from scratch with near-zero weights whose gradients vanish: it never learns to see.
 TINY_VISION = {
+    "initializer_range": 0.02,
     "hidden_size": 128,
     "intermediate_size": 512,
     "num_hidden_layers": 4,
