@@ -24,11 +24,12 @@ from transformers.trainer_utils import get_last_checkpoint
 from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
 from retina_vqa.baselines import QuestionPriorBaseline
 from retina_vqa.collator import VqaCollator
-from retina_vqa.data import check_columns, check_split, find_empty_text, load_raw_datasets, prepare_split
+from retina_vqa.data import check_columns, check_split, load_raw_datasets, prepare_split
 from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
 from retina_vqa.modeling import load_model, load_processor
 from retina_vqa.predictions import decode_answers, prediction_records, write_predictions
 from retina_vqa.trainer import VqaTrainer
+from retina_vqa.validation import drop_invalid, validate_splits
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     last_checkpoint = detect_last_checkpoint(training_args)
     set_seed(training_args.seed)
 
-    # 3. Data: load, check splits, columns and empty text before any model is built.
+    # 3. Data: load, check splits and columns, then validate every row before any model is built.
     raw_datasets = load_raw_datasets(data_args, model_args)
     columns = {
         "image_column": data_args.image_column,
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "do_predict": (training_args.do_predict, data_args.test_split, "--test_file", data_args.max_predict_samples),
     }
     splits: dict[str, datasets.Dataset] = {}
+    split_names: dict[str, str] = {}
     for flag, (enabled, split, file_flag, max_samples) in wanted.items():
         if not enabled:
             continue
@@ -120,18 +122,31 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         check_columns(dataset, split, columns)
         if max_samples is not None:
             dataset = dataset.select(range(min(max_samples, len(dataset))))
-        empty = find_empty_text(dataset, [data_args.question_column, data_args.answer_column])
-        if empty:
-            shown = ", ".join(f"row {row} {column}" for row, column in empty[:10])
-            raise ValueError(
-                f"{len(empty)} empty question/answer cells in the {split!r} split ({shown}"
-                f"{', ...' if len(empty) > 10 else ''}). Remove or fill those rows."
-            )
-        splits[flag] = dataset
+        splits[flag], split_names[flag] = dataset, split
 
-    # 4. Processor and model.
     processor = load_processor(model_args)
     tokenizer = processor.tokenizer
+    results: dict[str, float] = {}
+    with training_args.main_process_first(desc="validating the data"):
+        report = validate_splits(
+            {split_names[flag]: dataset for flag, dataset in splits.items()},
+            image_column=data_args.image_column,
+            question_column=data_args.question_column,
+            answer_column=data_args.answer_column,
+            tokenizer=tokenizer,
+            max_answer_length=data_args.max_answer_length,
+            train_split=data_args.train_split,
+        )
+    if report.problems and not data_args.skip_invalid_examples:
+        raise ValueError(
+            report.format() + "\nFix these rows, or pass --skip_invalid_examples to train without them."
+        )
+    if report.problems:
+        logger.warning("Dropping invalid rows: %s", report.counts())
+        splits = {flag: drop_invalid(ds, report.bad_rows(split_names[flag])) for flag, ds in splits.items()}
+    results.update(report.counts())
+
+    # 4. Model.
     model = load_model(model_args, processor)
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_answer_length
@@ -167,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_collator=collator,
         compute_metrics=compute_metrics if training_args.predict_with_generate else None,
     )
-    results: dict[str, float] = {}
+    if report.problems:
+        trainer.save_metrics("data_validation", report.counts())
 
     # 8. Train.
     if training_args.do_train:

@@ -10,7 +10,6 @@ from retina_vqa.arguments import DataTrainingArguments
 from retina_vqa.data import (
     check_columns,
     check_split,
-    find_empty_text,
     load_raw_datasets,
     prepare_split,
     tokenize_questions_and_answers,
@@ -73,11 +72,6 @@ def test_check_split_lists_existing_splits(tiny_dataset_dir):
     raw = datasets.load_from_disk(str(tiny_dataset_dir))
     with pytest.raises(ValueError, match=r"--do_eval needs a 'dev' split.*\['train', 'validation', 'test'\]"):
         check_split(raw, "dev", "--do_eval", "--validation_file")
-
-
-def test_find_empty_text_names_rows_and_columns():
-    ds = datasets.Dataset.from_dict({"question": ["q", "  ", "q"], "answer": ["a", "a", ""]})
-    assert find_empty_text(ds, ["question", "answer"]) == [(1, "question"), (2, "answer")]
 
 
 def test_decoder_inputs_start_with_dec_and_end_with_sep():

@@ -148,6 +148,13 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Processes for the tokenisation map."}
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Redo the cached tokenisation."})
+    skip_invalid_examples: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop rows that fail validation (empty text, unreadable images, ...) instead of stopping; "
+            "the counts per reason go to all_results.json."
+        },
+    )
     max_image_side: int | None = field(
         default=2048,
         metadata={

@@ -110,17 +110,6 @@ def check_split(raw_datasets: DatasetDict, split: str, flag: str, file_flag: str
     return raw_datasets[split]
 
 
-def find_empty_text(dataset: Dataset, columns: list[str]) -> list[tuple[int, str]]:
-    """(row, column) of empty or whitespace-only text; reads only those columns, not the images."""
-    text = dataset.select_columns(columns)
-    problems = []
-    for column in columns:
-        for row, value in enumerate(text[column]):
-            if value is None or not str(value).strip():
-                problems.append((row, column))
-    return problems
-
-
 def tokenize_questions_and_answers(
     examples: dict[str, list],
     tokenizer,
