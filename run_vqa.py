@@ -34,7 +34,9 @@ from retina_vqa.validation import drop_invalid, validate_splits
 logger = logging.getLogger(__name__)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
     argv = sys.argv[1:] if argv is None else argv
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
         # Several processes started by accelerate/torchrun on a machine without GPUs: DDP over gloo on
@@ -90,8 +92,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     setup_logging(training_args)
     logger.warning(
         "Process rank %s, device %s, n_gpu %s, distributed %s, bf16 %s",
-        training_args.process_index, training_args.device, training_args.n_gpu,
-        training_args.parallel_mode.value == "distributed", training_args.bf16,
+        training_args.process_index,
+        training_args.device,
+        training_args.n_gpu,
+        training_args.parallel_mode.value == "distributed",
+        training_args.bf16,
     )
     logger.info("Training/evaluation parameters %s", training_args)
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
@@ -109,9 +114,24 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "answer_column": data_args.answer_column,
     }
     wanted = {
-        "do_train": (training_args.do_train, data_args.train_split, "--train_file", data_args.max_train_samples),
-        "do_eval": (training_args.do_eval, data_args.validation_split, "--validation_file", data_args.max_eval_samples),
-        "do_predict": (training_args.do_predict, data_args.test_split, "--test_file", data_args.max_predict_samples),
+        "do_train": (
+            training_args.do_train,
+            data_args.train_split,
+            "--train_file",
+            data_args.max_train_samples,
+        ),
+        "do_eval": (
+            training_args.do_eval,
+            data_args.validation_split,
+            "--validation_file",
+            data_args.max_eval_samples,
+        ),
+        "do_predict": (
+            training_args.do_predict,
+            data_args.test_split,
+            "--test_file",
+            data_args.max_predict_samples,
+        ),
     }
     splits: dict[str, datasets.Dataset] = {}
     split_names: dict[str, str] = {}
@@ -138,9 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             train_split=data_args.train_split,
         )
     if report.problems and not data_args.skip_invalid_examples:
-        raise ValueError(
-            report.format() + "\nFix these rows, or pass --skip_invalid_examples to train without them."
-        )
+        raise ValueError(report.format() + "\nFix these rows, or pass --skip_invalid_examples to train without them.")
     if report.problems:
         logger.warning("Dropping invalid rows: %s", report.counts())
         splits = {flag: drop_invalid(ds, report.bad_rows(split_names[flag])) for flag, ds in splits.items()}
@@ -255,7 +273,12 @@ def _prior_metrics(train_dataset, eval_dataset, data_args: DataTrainingArguments
     type_column = data_args.question_type_column
 
     def text(dataset) -> dict[str, list]:
-        wanted = [data_args.question_column, data_args.answer_column, type_column, data_args.answer_type_column]
+        wanted = [
+            data_args.question_column,
+            data_args.answer_column,
+            type_column,
+            data_args.answer_type_column,
+        ]
         return dataset.select_columns([c for c in wanted if c in dataset.column_names]).to_dict()
 
     train, evaluation = text(train_dataset), text(eval_dataset)

@@ -21,8 +21,11 @@ def test_decoder_cross_attention_ignores_question_padding():
     question = torch.randn(1, 5, model.config.text_config.hidden_size)
     padded = torch.cat([question, torch.randn(1, 3, question.shape[-1]) * 10], dim=1)
     start = torch.tensor([[model.decoder_start_token_id]])
-    short = model.text_decoder(input_ids=start, encoder_hidden_states=question,
-                               encoder_attention_mask=torch.ones(1, 5, dtype=torch.long)).logits
+    short = model.text_decoder(
+        input_ids=start,
+        encoder_hidden_states=question,
+        encoder_attention_mask=torch.ones(1, 5, dtype=torch.long),
+    ).logits
     mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
     long = model.text_decoder(input_ids=start, encoder_hidden_states=padded, encoder_attention_mask=mask).logits
     torch.testing.assert_close(short, long, atol=1e-5, rtol=1e-5)

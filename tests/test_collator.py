@@ -31,8 +31,14 @@ def test_pads_questions_and_answers_and_masks_labels(collator):
     assert batch["decoder_input_ids"].tolist() == [[5, 20, 3, 0], [5, 21, 22, 3]]
     assert batch["decoder_attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["labels"].tolist() == [[5, 20, 3, -100], [5, 21, 22, 3]]
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "decoder_input_ids",
-                          "decoder_attention_mask", "labels"}
+    assert set(batch) == {
+        "pixel_values",
+        "input_ids",
+        "attention_mask",
+        "decoder_input_ids",
+        "decoder_attention_mask",
+        "labels",
+    }
     assert batch["pixel_values"].shape == (2, 3, 32, 32)
     assert batch["pixel_values"].dtype == torch.float32
     # A black and a white image stay distinguishable after normalisation.
@@ -41,8 +47,12 @@ def test_pads_questions_and_answers_and_masks_labels(collator):
 
 def test_a_real_token_with_the_pad_id_stays_in_the_labels():
     collator = VqaCollator(image_processor=BlipImageProcessorPil(size={"height": 16, "width": 16}), pad_token_id=7)
-    batch = collator([{"input_ids": [2, 3], "decoder_input_ids": [5, 7, 3], "image": _png(9)},
-                      {"input_ids": [2, 3], "decoder_input_ids": [5, 3], "image": _png(9)}])
+    batch = collator(
+        [
+            {"input_ids": [2, 3], "decoder_input_ids": [5, 7, 3], "image": _png(9)},
+            {"input_ids": [2, 3], "decoder_input_ids": [5, 3], "image": _png(9)},
+        ]
+    )
     assert batch["labels"].tolist() == [[5, 7, 3], [5, 3, -100]]
 
 

@@ -79,15 +79,25 @@ def test_decoder_inputs_start_with_dec_and_end_with_sep():
     tokenizer = processor.tokenizer
     out = tokenize_questions_and_answers(
         {"question": ["Is there any abnormality? "], "answer": [" moderate dr"]},
-        tokenizer, "question", "answer", max_question_length=32, max_answer_length=8,
+        tokenizer,
+        "question",
+        "answer",
+        max_question_length=32,
+        max_answer_length=8,
     )
     question, answer = out["input_ids"][0], out["decoder_input_ids"][0]
     assert question[0] == tokenizer.cls_token_id and question[-1] == tokenizer.sep_token_id
     assert answer[0] == tokenizer.bos_token_id != tokenizer.cls_token_id
     assert answer[-1] == tokenizer.sep_token_id
     assert tokenizer.decode(answer, skip_special_tokens=True) == "moderate dr"
-    long = tokenize_questions_and_answers({"question": ["q"], "answer": ["one two three four five six seven"]},
-                                          tokenizer, "question", "answer", 32, 5)
+    long = tokenize_questions_and_answers(
+        {"question": ["q"], "answer": ["one two three four five six seven"]},
+        tokenizer,
+        "question",
+        "answer",
+        32,
+        5,
+    )
     assert len(long["decoder_input_ids"][0]) == 5 and long["decoder_input_ids"][0][-1] == tokenizer.sep_token_id
 
 

@@ -15,8 +15,9 @@ def _one_by_one(model, processor, pixels, **kwargs):
     answers = []
     for i, question in enumerate(QUESTIONS):
         encoded = processor.tokenizer([question], return_tensors="pt")
-        answers.append(generate_answers(model, pixels[i : i + 1], encoded.input_ids, encoded.attention_mask,
-                                        **kwargs)[0].tolist())
+        answers.append(
+            generate_answers(model, pixels[i : i + 1], encoded.input_ids, encoded.attention_mask, **kwargs)[0].tolist()
+        )
     return answers
 
 
@@ -32,13 +33,19 @@ def test_batched_answers_equal_one_by_one_answers_on_a_padded_batch(tiny_process
     assert (batch.attention_mask == 0).any(), "the batch must contain padding for this test to mean anything"
     pad = model.config.text_config.pad_token_id
     for num_beams in (1, 3):
-        batched = generate_answers(model, pixels, batch.input_ids, batch.attention_mask, max_length=8,
-                                   num_beams=num_beams)
+        batched = generate_answers(
+            model, pixels, batch.input_ids, batch.attention_mask, max_length=8, num_beams=num_beams
+        )
         single = _one_by_one(model, tiny_processor, pixels, max_length=8, num_beams=num_beams)
         assert _strip(batched.tolist(), pad) == _strip(single, pad)
         # transformers' own generate ignores the question mask: its padded rows answer differently.
-        stock = model.generate(input_ids=batch.input_ids, pixel_values=pixels, attention_mask=batch.attention_mask,
-                               max_length=8, num_beams=num_beams)
+        stock = model.generate(
+            input_ids=batch.input_ids,
+            pixel_values=pixels,
+            attention_mask=batch.attention_mask,
+            max_length=8,
+            num_beams=num_beams,
+        )
         assert _strip(stock.tolist(), pad) != _strip(single, pad)
 
 

@@ -22,8 +22,12 @@ def test_from_scratch_with_label_smoothing_and_image_size():
     assert model.text_decoder.label_smoothing == 0.1 == model.config.text_config.label_smoothing
     # The label smoothing really reaches the loss.
     ids = torch.tensor([[processor.tokenizer.bos_token_id, 20, 21, processor.tokenizer.sep_token_id]])
-    batch = {"pixel_values": torch.randn(1, 3, 96, 96), "input_ids": torch.tensor([[2, 30, 3]]),
-             "decoder_input_ids": ids, "labels": ids}
+    batch = {
+        "pixel_values": torch.randn(1, 3, 96, 96),
+        "input_ids": torch.tensor([[2, 30, 3]]),
+        "decoder_input_ids": ids,
+        "labels": ids,
+    }
     smoothed = model(**batch).loss
     model.text_decoder.label_smoothing = 0.0
     assert not torch.isclose(smoothed, model(**batch).loss)

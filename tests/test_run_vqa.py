@@ -29,10 +29,32 @@ import run_vqa  # noqa: E402
 
 def common_args(data_dir: Path, output_dir: Path) -> list[str]:
     return [
-        "--model_name_or_path", "", "--config_name", str(TINY_CONFIG), "--dataset_dir", str(data_dir),
-        "--output_dir", str(output_dir), "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "16",
-        "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none", "--seed", "0",
-        "--generation_max_length", "12", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+        "--model_name_or_path",
+        "",
+        "--config_name",
+        str(TINY_CONFIG),
+        "--dataset_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "8",
+        "--per_device_eval_batch_size",
+        "16",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--seed",
+        "0",
+        "--generation_max_length",
+        "12",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
     ]
 
 
@@ -44,7 +66,13 @@ def read_jsonl(path: Path) -> list[dict]:
 def full_run(tiny_dataset_dir, tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("run") / "out"
     args = common_args(tiny_dataset_dir, output_dir) + [
-        "--do_train", "--do_eval", "--do_predict", "--max_steps", "4", "--save_steps", "2",
+        "--do_train",
+        "--do_eval",
+        "--do_predict",
+        "--max_steps",
+        "4",
+        "--save_steps",
+        "2",
     ]
     results = run_vqa.main(args)
     return output_dir, results
@@ -54,11 +82,23 @@ def test_results_files_hold_train_eval_predict_and_baseline(full_run, tiny_datas
     output_dir, results = full_run
     all_results = json.loads((output_dir / "all_results.json").read_text())
     test_rows = len(datasets.load_from_disk(str(tiny_dataset_dir))["test"])
-    for key in ("train_loss", "eval_loss", "eval_exact_match", "eval_token_f1", "eval_rouge_l", "eval_bleu",
-                "eval_closed_accuracy", "eval_open_token_recall", "eval_exact_match/diagnosis",
-                "eval_diagnosis_accuracy", "eval_prior_exact_match", "eval_prior_exact_match/diagnosis",
-                "predict_exact_match", "predict_exact_match/laterality",
-                "predict_diagnosis_confusion/healthy retina->mild dr"):
+    for key in (
+        "train_loss",
+        "eval_loss",
+        "eval_exact_match",
+        "eval_token_f1",
+        "eval_rouge_l",
+        "eval_bleu",
+        "eval_closed_accuracy",
+        "eval_open_token_recall",
+        "eval_exact_match/diagnosis",
+        "eval_diagnosis_accuracy",
+        "eval_prior_exact_match",
+        "eval_prior_exact_match/diagnosis",
+        "predict_exact_match",
+        "predict_exact_match/laterality",
+        "predict_diagnosis_confusion/healthy retina->mild dr",
+    ):
         assert key in all_results, key
     assert all_results["predict_samples"] == test_rows
     assert all_results == pytest.approx({**all_results, **{k: v for k, v in results.items() if k in all_results}})
@@ -104,8 +144,9 @@ def test_reloaded_model_gives_the_same_predictions(full_run, tiny_dataset_dir):
     for index in range(0, len(test), 5):
         example = test[index]
         inputs = processor(images=load_image(example["image"]), text=example["question"], return_tensors="pt")
-        ids = generate_answers(model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"],
-                               max_length=12)
+        ids = generate_answers(
+            model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], max_length=12
+        )
         answer = processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
         assert answer == rows[index]["prediction"]
 
@@ -115,9 +156,15 @@ def test_yaml_config_file_runs_and_unknown_keys_are_named(tiny_dataset_dir, tmp_
 
     output_dir = tmp_path / "out"
     config = {
-        "model_name_or_path": "", "config_name": str(TINY_CONFIG), "dataset_dir": str(tiny_dataset_dir),
-        "output_dir": str(output_dir), "do_eval": True, "max_eval_samples": 5, "per_device_eval_batch_size": 5,
-        "generation_max_length": 6, "report_to": "none",
+        "model_name_or_path": "",
+        "config_name": str(TINY_CONFIG),
+        "dataset_dir": str(tiny_dataset_dir),
+        "output_dir": str(output_dir),
+        "do_eval": True,
+        "max_eval_samples": 5,
+        "per_device_eval_batch_size": 5,
+        "generation_max_length": 6,
+        "report_to": "none",
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -174,8 +221,20 @@ def test_wandb_offline_run_logs_eval_metrics(tiny_dataset_dir, tmp_path, monkeyp
     monkeypatch.setenv("WANDB_PROJECT", "retina-vqa-test")
     monkeypatch.setenv("WANDB_SILENT", "true")
     args = common_args(tiny_dataset_dir, tmp_path / "out") + [
-        "--do_train", "--do_eval", "--max_steps", "2", "--eval_strategy", "steps", "--eval_steps", "2",
-        "--max_eval_samples", "13", "--report_to", "wandb", "--run_name", "offline-test",
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--max_eval_samples",
+        "13",
+        "--report_to",
+        "wandb",
+        "--run_name",
+        "offline-test",
     ]
     results = run_vqa.main(args)
     run_files = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "run-*.wandb"))
@@ -190,11 +249,26 @@ def test_wandb_offline_run_logs_eval_metrics(tiny_dataset_dir, tmp_path, monkeyp
 def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     output_dir = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "29531",
-        str(ROOT / "run_vqa.py"), *common_args(tiny_dataset_dir, output_dir),
-        "--do_train", "--do_eval", "--do_predict", "--max_steps", "2", "--per_device_train_batch_size", "4",
-        "--max_eval_samples", "13", "--max_predict_samples", "13",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        "29531",
+        str(ROOT / "run_vqa.py"),
+        *common_args(tiny_dataset_dir, output_dir),
+        "--do_train",
+        "--do_eval",
+        "--do_predict",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_eval_samples",
+        "13",
+        "--max_predict_samples",
+        "13",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)

@@ -46,8 +46,9 @@ def bad_rows() -> list[dict]:
 
 
 def test_every_problem_is_reported_with_split_row_and_column():
-    report = validate_splits({"train": split(bad_rows())}, image_column="image", question_column="question",
-                             answer_column="answer")
+    report = validate_splits(
+        {"train": split(bad_rows())}, image_column="image", question_column="question", answer_column="answer"
+    )
     found = {(p.row, p.column, p.reason) for p in report.problems}
     assert found == {
         (1, "question", "empty question"),
@@ -62,8 +63,10 @@ def test_every_problem_is_reported_with_split_row_and_column():
     text = report.format()
     assert "6 problem(s)" in text and "train row 3, column 'image': unreadable image" in text
     assert report.counts() == {
-        "invalid_examples/train/empty answer": 1, "invalid_examples/train/empty question": 1,
-        "invalid_examples/train/image smaller than one patch": 1, "invalid_examples/train/missing image": 1,
+        "invalid_examples/train/empty answer": 1,
+        "invalid_examples/train/empty question": 1,
+        "invalid_examples/train/image smaller than one patch": 1,
+        "invalid_examples/train/missing image": 1,
         "invalid_examples/train/unreadable image": 2,
     }
     assert len(drop_invalid(split(bad_rows()), report.bad_rows("train"))) == 3
@@ -72,9 +75,20 @@ def test_every_problem_is_reported_with_split_row_and_column():
 def test_leakage_and_long_answers_are_warned(tiny_processor):
     shared = png(7)
     train = split([{"image": shared, "question": "q?", "answer": "one two three four five six seven"}])
-    test = split([{"image": shared, "question": "q?", "answer": "a"}, {"image": png(9), "question": "q", "answer": "b"}])
-    report = validate_splits({"train": train, "test": test}, image_column="image", question_column="question",
-                             answer_column="answer", tokenizer=tiny_processor.tokenizer, max_answer_length=5)
+    test = split(
+        [
+            {"image": shared, "question": "q?", "answer": "a"},
+            {"image": png(9), "question": "q", "answer": "b"},
+        ]
+    )
+    report = validate_splits(
+        {"train": train, "test": test},
+        image_column="image",
+        question_column="question",
+        answer_column="answer",
+        tokenizer=tiny_processor.tokenizer,
+        max_answer_length=5,
+    )
     assert not report.problems
     assert any("1 image(s) of the 'test' split are also in 'train'" in w for w in report.warnings)
     assert any("1 answer(s) longer than --max_answer_length 5" in w for w in report.warnings)
@@ -92,9 +106,26 @@ def broken_dataset_dir(tmp_path):
 
 
 def run_args(data_dir, output_dir) -> list[str]:
-    return ["--model_name_or_path", "", "--config_name", str(TINY_CONFIG), "--dataset_dir", str(data_dir),
-            "--output_dir", str(output_dir), "--do_train", "--do_eval", "--max_steps", "2",
-            "--per_device_train_batch_size", "4", "--report_to", "none", "--generation_max_length", "4"]
+    return [
+        "--model_name_or_path",
+        "",
+        "--config_name",
+        str(TINY_CONFIG),
+        "--dataset_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output_dir),
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--report_to",
+        "none",
+        "--generation_max_length",
+        "4",
+    ]
 
 
 def test_run_stops_before_training_with_the_full_report(broken_dataset_dir, tmp_path):

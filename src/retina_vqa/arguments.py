@@ -105,9 +105,7 @@ class DataTrainingArguments:
         default=None,
         metadata={"help": "Training data: an imagefolder folder (with metadata.jsonl) or a JSON lines file."},
     )
-    validation_file: str | None = field(
-        default=None, metadata={"help": "Evaluation data, like --train_file."}
-    )
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data, like --train_file."})
     test_file: str | None = field(default=None, metadata={"help": "Prediction data, like --train_file."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     validation_split: str = field(default="validation", metadata={"help": "Split used for evaluation."})
@@ -117,9 +115,7 @@ class DataTrainingArguments:
     answer_column: str = field(default="answer", metadata={"help": "Column holding the reference answers."})
     question_type_column: str = field(
         default="question_type",
-        metadata={
-            "help": "Optional column with a question type; metrics are broken down by it when present."
-        },
+        metadata={"help": "Optional column with a question type; metrics are broken down by it when present."},
     )
     answer_type_column: str = field(
         default="answer_type",
@@ -135,15 +131,9 @@ class DataTrainingArguments:
             "generation length."
         },
     )
-    max_train_samples: int | None = field(
-        default=None, metadata={"help": "Use only this many training rows."}
-    )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Use only this many evaluation rows."}
-    )
-    max_predict_samples: int | None = field(
-        default=None, metadata={"help": "Use only this many prediction rows."}
-    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many evaluation rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only this many prediction rows."})
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for the tokenisation map."}
     )
@@ -202,7 +192,8 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
     """
 
     predict_with_generate: bool = field(
-        default=True, metadata={"help": "Generate answers for evaluation and prediction (needed for metrics)."}
+        default=True,
+        metadata={"help": "Generate answers for evaluation and prediction (needed for metrics)."},
     )
     remove_unused_columns: bool = field(
         default=False,

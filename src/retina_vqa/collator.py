@@ -21,9 +21,7 @@ import torch
 from .images import load_image
 
 
-def _pad(
-    sequences: list[list[int]], pad_value: int, multiple_of: int | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(sequences: list[list[int]], pad_value: int, multiple_of: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(len(s) for s in sequences)
     if multiple_of:
         length = -(-length // multiple_of) * multiple_of

@@ -18,9 +18,7 @@ from .arguments import DataTrainingArguments, ModelArguments
 logger = logging.getLogger(__name__)
 
 
-def load_raw_datasets(
-    data_args: DataTrainingArguments, model_args: ModelArguments | None = None
-) -> DatasetDict:
+def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments | None = None) -> DatasetDict:
     """Read the splits from whichever source the arguments name."""
     if data_args.dataset_dir is not None:
         return _load_saved(data_args.dataset_dir)
@@ -35,11 +33,7 @@ def load_raw_datasets(
         data_args.test_split: data_args.test_file,
     }
     return DatasetDict(
-        {
-            split: _load_file(path, data_args.image_column)
-            for split, path in splits.items()
-            if path is not None
-        }
+        {split: _load_file(path, data_args.image_column) for split, path in splits.items() if path is not None}
     )
 
 
@@ -96,9 +90,7 @@ def check_columns(dataset: Dataset, split: str, columns: dict[str, str]) -> None
             continue
         close = difflib.get_close_matches(column, existing, n=1)
         hint = f" Did you mean --{flag} {close[0]}?" if close else ""
-        raise ValueError(
-            f"--{flag} {column!r} is not a column of the {split!r} split; it has {existing}.{hint}"
-        )
+        raise ValueError(f"--{flag} {column!r} is not a column of the {split!r} split; it has {existing}.{hint}")
 
 
 def check_split(raw_datasets: DatasetDict, split: str, flag: str, file_flag: str) -> Dataset:
@@ -120,9 +112,7 @@ def tokenize_questions_and_answers(
 ) -> dict[str, list[list[int]]]:
     """Question ids (``[CLS] q [SEP]``) and, when answers are given, decoder ids (``[DEC] a [SEP]``)."""
     questions = [q.strip() for q in examples[question_column]]
-    encoded = tokenizer(
-        questions, truncation=True, max_length=max_question_length, return_token_type_ids=False
-    )
+    encoded = tokenizer(questions, truncation=True, max_length=max_question_length, return_token_type_ids=False)
     result = {"input_ids": encoded["input_ids"]}
     if answer_column is not None:
         answers = [a.strip() for a in examples[answer_column]]

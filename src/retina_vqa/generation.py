@@ -27,9 +27,7 @@ def generate_answers(
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    vision_outputs = model.vision_model(
-        pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
-    )
+    vision_outputs = model.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
     image_embeds = vision_outputs.last_hidden_state
     image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
     question_embeds = model.text_encoder(
@@ -39,9 +37,7 @@ def generate_answers(
         encoder_attention_mask=image_mask,
     ).last_hidden_state
     text_config = model.config.text_config
-    start = torch.full(
-        (input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device
-    )
+    start = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     generate_kwargs.setdefault("eos_token_id", text_config.sep_token_id)
     generate_kwargs.setdefault("pad_token_id", text_config.pad_token_id)
     return model.text_decoder.generate(

@@ -83,9 +83,7 @@ def render_model_card(
         with open(results_path, encoding="utf-8") as f:
             metrics = json.load(f)
     repo = getattr(training_args, "hub_model_id", None) or output_dir
-    all_tags = ["retina-vqa", "blip", "visual-question-answering", "ophthalmology", "fundus"] + list(
-        tags or []
-    )
+    all_tags = ["retina-vqa", "blip", "visual-question-answering", "ophthalmology", "fundus"] + list(tags or [])
     front = ["---", "library_name: transformers", "pipeline_tag: visual-question-answering"]
     if license:
         front.append(f"license: {license}")

@@ -59,9 +59,7 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
     """Load (or initialise) `BlipForQuestionAnswering` and apply the recipe's model options."""
     hub_kwargs = _hub_kwargs(model_args)
     if model_args.model_name_or_path is not None:
-        model = AutoModelForVisualQuestionAnswering.from_pretrained(
-            model_args.model_name_or_path, **hub_kwargs
-        )
+        model = AutoModelForVisualQuestionAnswering.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
     else:
         config = AutoConfig.from_pretrained(model_args.config_name, **hub_kwargs)
         if model_args.image_size is not None:
@@ -107,9 +105,7 @@ def check_tokenizer_matches(config: BlipConfig, processor: BlipProcessor) -> Non
     }
     mismatches = [f"{name}: model {m}, tokenizer {t}" for name, (m, t) in expected.items() if m != t]
     if len(tokenizer) > text_config.vocab_size:
-        mismatches.append(
-            f"vocabulary: tokenizer has {len(tokenizer)} tokens, model {text_config.vocab_size}"
-        )
+        mismatches.append(f"vocabulary: tokenizer has {len(tokenizer)} tokens, model {text_config.vocab_size}")
     if mismatches:
         raise ValueError(
             "The processor does not match the model: " + "; ".join(mismatches) + ". Use the processor saved "

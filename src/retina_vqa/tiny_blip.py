@@ -109,13 +109,9 @@ def build_tiny_blip(output_dir: str | Path, texts: Iterable[str], image_size: in
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="configs/blip-tiny", help="Folder to write the files to.")
-    parser.add_argument(
-        "--image_size", type=int, default=128, help="Square input size of the vision encoder."
-    )
+    parser.add_argument("--image_size", type=int, default=128, help="Square input size of the vision encoder.")
     args = parser.parse_args(argv)
     if args.image_size < 16 or args.image_size % TINY_VISION["patch_size"]:
         parser.error(f"--image_size must be a positive multiple of {TINY_VISION['patch_size']}.")

@@ -56,14 +56,10 @@ class VqaTrainer(Seq2SeqTrainer):
             gen_kwargs = self._gen_kwargs.copy()
         gen_kwargs = {k: v for k, v in gen_kwargs.items() if v is not None}
         # Sharded parameters must be gathered on every rank for every decoding step.
-        gen_kwargs.setdefault(
-            "synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model)
-        )
+        gen_kwargs.setdefault("synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
 
         summon = contextlib.nullcontext()
-        if torch.distributed.is_available() and isinstance(
-            self.model, torch.distributed.fsdp.FullyShardedDataParallel
-        ):
+        if torch.distributed.is_available() and isinstance(self.model, torch.distributed.fsdp.FullyShardedDataParallel):
             summon = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(self.model)
         with summon:
             generated = generate_answers(
