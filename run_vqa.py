@@ -19,10 +19,10 @@ import datasets
 import torch
 import transformers
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
 from retina_vqa.baselines import QuestionPriorBaseline
+from retina_vqa.checkpoints import last_complete_checkpoint
 from retina_vqa.collator import VqaCollator
 from retina_vqa.data import check_columns, check_split, load_raw_datasets, prepare_split
 from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
@@ -71,14 +71,14 @@ def detect_last_checkpoint(training_args: VqaTrainingArguments) -> str | None:
     output_dir = training_args.output_dir
     if not (os.path.isdir(output_dir) and training_args.do_train and not training_args.overwrite_output_dir):
         return None
-    last_checkpoint = get_last_checkpoint(output_dir)
+    last_checkpoint = last_complete_checkpoint(output_dir)
     if last_checkpoint is None and os.listdir(output_dir):
         raise ValueError(
-            f"Output directory ({output_dir}) already exists and is not empty, and holds no checkpoint to "
-            "resume from. Use --overwrite_output_dir to train in it anyway, or choose another --output_dir."
+            f"Output directory ({output_dir}) already exists and is not empty, and holds no complete checkpoint "
+            "to resume from. Use --overwrite_output_dir to train in it anyway, or choose another --output_dir."
         )
     if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-        logger.info(
+        logger.warning(
             "Checkpoint detected, resuming training at %s. To train from scratch instead, change "
             "--output_dir or add --overwrite_output_dir.",
             last_checkpoint,

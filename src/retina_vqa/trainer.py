@@ -12,6 +12,7 @@ from transformers import Seq2SeqTrainer
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_managed_module
 
+from .checkpoints import last_complete_checkpoint
 from .generation import generate_answers
 from .model_card import render_model_card
 
@@ -30,6 +31,21 @@ class VqaTrainer(Seq2SeqTrainer):
     def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.card_info: dict[str, Any] = card_info or {}
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Every rank learns whether any rank saw a non-finite loss, so all stop together (no hang in DDP).
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, reduction="mean")
+        if finite.item() < 1.0:
+            last = last_complete_checkpoint(self.args.output_dir)
+            raise FloatingPointError(
+                f"The training loss became {loss.item()} at step {self.state.global_step + 1}; stopping before "
+                f"the weights are saved. Last good checkpoint: {last or 'none'}. Lower --learning_rate, raise "
+                "--warmup_steps, set --max_grad_norm, or train in fp32/bf16 instead of fp16, then resume."
+            )
+        return loss
 
     def evaluation_loop(self, *args, **kwargs):
         # Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples that

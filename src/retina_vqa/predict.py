@@ -1,0 +1,421 @@
+"""Answer questions about fundus images with a fine-tuned BLIP VQA model.
+
+One image, one or more questions::
+
+    python -m retina_vqa.predict --model_name_or_path outputs/demo --image fundus.jpg \\
+        --question "what is the diagnosis?" --question "is there any abnormality?"
+
+prints, for each question::
+
+    Question: what is the diagnosis?
+    Answer: moderate dr
+
+With several ``--image``s each image gets every question, under an ``Image: path`` line.
+
+A whole dataset, in batches, written as JSON lines (id, question, prediction, and reference + correct when
+the data has answers)::
+
+    python -m retina_vqa.predict --model_name_or_path outputs/demo --dataset_dir data/retinavqa-synthetic \\
+        --split test --output_file predictions.jsonl --batch_size 64
+    python -m retina_vqa.predict --model_name_or_path outputs/demo --data_file my_images/  # imagefolder
+    python -m retina_vqa.predict --model_name_or_path outputs/demo --data_file questions.jsonl
+
+Images are read with `retina_vqa.images.load_image` (JPEG, PNG, TIFF, grayscale, alpha, palette, CMYK,
+16-bit, EXIF-rotated, very large photographs), and answers are generated with the real question padding
+mask (`retina_vqa.generation.generate_answers`), so batched answers equal one-at-a-time answers.
+
+Python API: `load_for_inference` and `answer_questions`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from datasets import Dataset, Image
+from PIL import Image as PILImage
+from tqdm.auto import tqdm
+from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, BlipForQuestionAnswering
+
+from .arguments import DataTrainingArguments
+from .attention import apply_cross_attention_mask_fix
+from .data import check_columns, load_raw_datasets
+from .generation import answer_generation_defaults, apply_saved_answer_generation, generate_answers
+from .images import ImageLoadError, ImageSource, load_image
+from .modeling import check_tokenizer_matches
+from .predictions import decode_answers, prediction_records, write_predictions
+
+__all__ = ["answer_questions", "load_for_inference", "main"]
+
+DEFAULT_MAX_IMAGE_SIDE = 2048
+
+
+def load_for_inference(
+    model_name_or_path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[BlipForQuestionAnswering, Any]:
+    """Load a saved BLIP VQA model and its processor, ready to answer.
+
+    The model is in eval mode on `device` (default: ``cuda`` if available, else ``cpu``), with the
+    cross-attention mask fix applied (`retina_vqa.attention`) and the answer length and beams saved with the
+    model (``generation_config.json``) given to its text decoder, so ``model.generate`` uses them too.
+
+    Raises:
+        OSError: no model or processor at `model_name_or_path`.
+        ValueError: the checkpoint is not a `BlipForQuestionAnswering`, or its processor does not match it.
+    """
+    name = os.fspath(model_name_or_path)
+    processor = AutoProcessor.from_pretrained(name)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(name)
+    if not isinstance(model, BlipForQuestionAnswering):
+        raise ValueError(
+            f"{name} loads as {type(model).__name__}; retina_vqa.predict answers with "
+            "BlipForQuestionAnswering models such as the ones run_vqa.py saves."
+        )
+    check_tokenizer_matches(model.config, processor)
+    apply_cross_attention_mask_fix(model)
+    apply_saved_answer_generation(model)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(torch.device(device)).eval()
+    return model, processor
+
+
+def _generation_kwargs(
+    model: BlipForQuestionAnswering, max_new_tokens: int | None, num_beams: int | None
+) -> dict[str, Any]:
+    defaults = answer_generation_defaults(model)
+    max_new_tokens = defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+    num_beams = defaults["num_beams"] if num_beams is None else num_beams
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1, got {num_beams}.")
+    positions = model.config.text_config.max_position_embeddings
+    if max_new_tokens + 1 > positions:
+        raise ValueError(
+            f"max_new_tokens {max_new_tokens} does not fit the decoder's {positions} positions "
+            f"(one is the [DEC] start): use at most {positions - 1}."
+        )
+    # max_length=None: the explicit max_new_tokens decides, without transformers' "both set" warning.
+    return {"max_new_tokens": max_new_tokens, "max_length": None, "num_beams": num_beams}
+
+
+@torch.no_grad()
+def _answer_batch(
+    model: BlipForQuestionAnswering,
+    processor: Any,
+    images: list[PILImage.Image],
+    questions: list[str],
+    generation_kwargs: dict[str, Any],
+) -> list[str]:
+    tokenizer = processor.tokenizer
+    parameter = next(model.parameters())
+    pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    text = tokenizer(
+        [question.strip() for question in questions],
+        padding=True,
+        truncation=True,
+        max_length=model.config.text_config.max_position_embeddings,
+        return_token_type_ids=False,
+        return_tensors="pt",
+    )
+    generated = generate_answers(
+        model,
+        pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype),
+        input_ids=text["input_ids"].to(parameter.device),
+        attention_mask=text["attention_mask"].to(parameter.device),
+        **generation_kwargs,
+    )
+    return decode_answers(tokenizer, generated.cpu())
+
+
+def answer_questions(
+    model: BlipForQuestionAnswering,
+    processor: Any,
+    images: ImageSource | Sequence[ImageSource],
+    questions: str | Sequence[str],
+    max_new_tokens: int | None = None,
+    num_beams: int | None = None,
+    batch_size: int = 32,
+    max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE,
+) -> list[str]:
+    """Answer ``questions[i]`` about ``images[i]``, in batches; one answer string per question.
+
+    Args:
+        model, processor: as returned by `load_for_inference` (or any BlipForQuestionAnswering with the mask
+            fix applied).
+        images: one image source per question (a path, bytes, PIL image, numpy array, datasets image
+            dict, ...: see `retina_vqa.images.load_image`), or a single image for all questions.
+        questions: the questions (a single string is one question).
+        max_new_tokens: longest answer in tokens; default: the length saved with the model, else 48.
+        num_beams: beam search width; default: the value saved with the model, else 1 (greedy).
+        batch_size: questions per forward pass. Answers do not depend on it.
+        max_image_side: very large photographs are downsized on load to this longer side (None: never).
+
+    Raises:
+        ImageLoadError: an image cannot be read; the message names it (``image 3 (file 'x.jpg')``).
+    """
+    if isinstance(questions, str):
+        questions = [questions]
+    questions = list(questions)
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, PILImage.Image, Mapping)) or not isinstance(
+        images, Sequence
+    ):
+        images = [images] * len(questions)
+    images = list(images)
+    if len(images) != len(questions):
+        raise ValueError(
+            f"{len(images)} images for {len(questions)} questions: give one image per question, or one image."
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    generation_kwargs = _generation_kwargs(model, max_new_tokens, num_beams)
+    answers: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        batch_images = [
+            load_image(image, where=f"image {start + i}", max_side=max_image_side)
+            for i, image in enumerate(images[start : start + batch_size])
+        ]
+        answers.extend(
+            _answer_batch(
+                model, processor, batch_images, questions[start : start + batch_size], generation_kwargs
+            )
+        )
+    return answers
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m retina_vqa.predict",
+        description="Answer questions about fundus images with a fine-tuned BLIP VQA model: given images and "
+        "questions (--image, --question), or a whole dataset (--dataset_dir or --data_file).",
+    )
+    parser.add_argument(
+        "--model_name_or_path",
+        required=True,
+        help="Folder saved by run_vqa.py (or a hub id of a BLIP VQA model).",
+    )
+    single = parser.add_argument_group("images and questions")
+    single.add_argument(
+        "--image",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        help="Image file(s); repeat the flag or give several paths. Every image gets every question.",
+    )
+    single.add_argument(
+        "--question",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="TEXT",
+        help='Question(s), e.g. --question "what is the diagnosis?" --question "is there any abnormality?".',
+    )
+    data = parser.add_argument_group("a dataset")
+    source = data.add_mutually_exclusive_group()
+    source.add_argument("--dataset_dir", help="A DatasetDict saved with save_to_disk (e.g. RetinaVQA).")
+    source.add_argument(
+        "--data_file",
+        help="An imagefolder folder (images + metadata.jsonl) or a JSON lines file whose image paths are "
+        "relative to it.",
+    )
+    data.add_argument("--split", default="test", help="Split of --dataset_dir to answer (default: test).")
+    data.add_argument(
+        "--output_file",
+        help="Where to write the predictions (JSON lines); default: predictions-<split or file name>.jsonl "
+        "in the model folder.",
+    )
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--question_column", default="question")
+    data.add_argument(
+        "--answer_column", default="answer", help="Reference answers, used for exact match when present."
+    )
+    data.add_argument("--max_samples", type=int, help="Answer only the first this many rows.")
+    data.add_argument("--batch_size", type=int, default=32, help="Questions per forward pass.")
+    generation = parser.add_argument_group("generation")
+    generation.add_argument(
+        "--max_new_tokens",
+        type=int,
+        help="Longest answer in tokens; default: the length saved with the model, else 48.",
+    )
+    generation.add_argument(
+        "--num_beams", type=int, help="Beam search width; default: the value saved with the model, else 1."
+    )
+    generation.add_argument(
+        "--max_image_side",
+        type=int,
+        default=DEFAULT_MAX_IMAGE_SIDE,
+        help="Very large photographs are downsized on load to this longer side (0: never); default 2048.",
+    )
+    generation.add_argument("--device", help="cuda, cuda:1, cpu, ...; default: cuda if available.")
+    return parser
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """One line on stderr and exit status 2, like argparse, without the usage block or a traceback."""
+    parser.exit(2, f"{parser.prog}: error: {' '.join(str(message).split())}\n")
+
+
+def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    dataset_mode = args.dataset_dir is not None or args.data_file is not None
+    if dataset_mode and (args.image or args.question):
+        _fail(parser, "give either --image/--question or a dataset (--dataset_dir/--data_file), not both.")
+    if not dataset_mode:
+        if not args.image:
+            _fail(parser, "nothing to answer: give --image and --question, or --dataset_dir/--data_file.")
+        if not args.question:
+            _fail(parser, "give at least one --question to ask about the image(s).")
+        if any(not question.strip() for question in args.question):
+            _fail(parser, "--question must not be empty.")
+    for name in ("batch_size", "max_new_tokens", "num_beams", "max_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            _fail(parser, f"--{name} must be at least 1, got {value}.")
+    if args.max_image_side < 0:
+        _fail(parser, f"--max_image_side must be positive (or 0 for no limit), got {args.max_image_side}.")
+
+
+def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[BlipForQuestionAnswering, Any]:
+    try:
+        return load_for_inference(args.model_name_or_path, device=args.device)
+    except (OSError, ValueError) as error:
+        _fail(parser, f"cannot load a model from {args.model_name_or_path!r}: {error}")
+
+
+def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
+    images = []
+    for path in args.image:
+        try:
+            images.append(load_image(path, max_side=max_side))
+        except ImageLoadError as error:
+            _fail(parser, str(error))
+    model, processor = _load(parser, args)
+    pairs = [(image, question) for image in images for question in args.question]
+    answers = answer_questions(
+        model,
+        processor,
+        [image for image, _ in pairs],
+        [question for _, question in pairs],
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
+        batch_size=args.batch_size,
+        max_image_side=max_side,
+    )
+    answers_iter = iter(answers)
+    for path in args.image:
+        if len(args.image) > 1:
+            print(f"Image: {path}")
+        for question in args.question:
+            print(f"Question: {question}")
+            print(f"Answer: {next(answers_iter)}")
+
+
+def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Dataset, str]:
+    """The rows to answer and a name for them (the split, or the data file's name)."""
+    split = args.split
+    data_args = DataTrainingArguments(
+        dataset_dir=args.dataset_dir,
+        test_file=args.data_file,
+        test_split=split,
+        image_column=args.image_column,
+        question_column=args.question_column,
+        answer_column=args.answer_column,
+    )
+    try:
+        raw = load_raw_datasets(data_args)
+    except (OSError, ValueError) as error:
+        _fail(parser, str(error))
+    if split not in raw:
+        _fail(parser, f"--split {split!r} is not in {args.dataset_dir}; it has {list(raw)}.")
+    dataset = raw[split]
+    try:
+        check_columns(
+            dataset, split, {"image_column": args.image_column, "question_column": args.question_column}
+        )
+    except ValueError as error:
+        _fail(parser, str(error))
+    if args.max_samples is not None:
+        dataset = dataset.select(range(min(args.max_samples, len(dataset))))
+    questions = dataset.select_columns([args.question_column])[args.question_column]
+    empty = [row for row, question in enumerate(questions) if question is None or not str(question).strip()]
+    if empty:
+        rows = ", ".join(str(row) for row in empty[:10])
+        _fail(parser, f"{len(empty)} empty questions (rows {rows}{', ...' if len(empty) > 10 else ''}).")
+    name = split if args.dataset_dir is not None else Path(args.data_file.rstrip("/\\")).stem
+    return dataset, name
+
+
+def _default_output_file(model_name_or_path: str, name: str) -> str:
+    folder = model_name_or_path if os.path.isdir(model_name_or_path) else "."
+    return os.path.join(folder, f"predictions-{name}.jsonl")
+
+
+def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
+    dataset, name = _load_dataset(parser, args)
+    output_file = args.output_file or _default_output_file(args.model_name_or_path, name)
+    model, processor = _load(parser, args)
+    generation_kwargs = _generation_kwargs(model, args.max_new_tokens, args.num_beams)
+
+    rows = dataset.select_columns([args.image_column, args.question_column])
+    if isinstance(rows.features[args.image_column], Image):
+        # Undecoded {"bytes", "path"} dicts: load_image reports bad files with their row and path.
+        rows = rows.cast_column(args.image_column, Image(decode=False))
+    predictions: list[str] = []
+    with tqdm(total=len(rows), desc=f"Answering {name}", unit="question") as progress:
+        for start in range(0, len(rows), args.batch_size):
+            batch = rows[start : start + args.batch_size]
+            try:
+                images = [
+                    load_image(
+                        image,
+                        where=f"row {start + i} of {name!r}, column {args.image_column!r}",
+                        max_side=max_side,
+                    )
+                    for i, image in enumerate(batch[args.image_column])
+                ]
+            except ImageLoadError as error:
+                progress.close()
+                _fail(parser, str(error))
+            predictions.extend(
+                _answer_batch(model, processor, images, batch[args.question_column], generation_kwargs)
+            )
+            progress.update(len(images))
+
+    answer_column = args.answer_column if args.answer_column in dataset.column_names else None
+    records = prediction_records(dataset, predictions, args.question_column, answer_column)
+    Path(output_file).parent.mkdir(parents=True, exist_ok=True)
+    write_predictions(output_file, records)
+    summary = f"Answered {len(records)} questions of {name!r}"
+    if answer_column is not None and records:
+        correct = sum(record["correct"] for record in records)
+        summary += f": exact match {correct / len(records):.4f} ({correct}/{len(records)})"
+    print(f"{summary}; predictions written to {output_file}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_args(parser, args)
+    max_side = args.max_image_side or None
+    if args.dataset_dir is not None or args.data_file is not None:
+        _predict_dataset(parser, args, max_side)
+    else:
+        _predict_images(parser, args, max_side)
+
+
+if __name__ == "__main__":
+    # The loading bars of transformers would drown the few lines this prints.
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    main()

@@ -1,0 +1,295 @@
+"""retina_vqa.predict: the CLI, the Python API, the image kinds people have, and plain-transformers parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from retina_vqa.generation import (
+    answer_generation_defaults,
+    apply_saved_answer_generation,
+    configure_answer_generation,
+)
+from retina_vqa.metrics import normalize_answer
+from retina_vqa.predict import answer_questions, load_for_inference, main
+
+from .conftest import TINY_CONFIG, make_tiny_model
+
+MAX_LENGTH = 30  # > transformers' 20-token default, so a cut answer shows
+QUESTIONS = ["what is the diagnosis?", "is there any abnormality?"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A random tiny BLIP (answers vary and run to the maximum length) saved like run_vqa.py saves one."""
+    from transformers import AutoProcessor
+
+    path = tmp_path_factory.mktemp("model") / "out"
+    model = make_tiny_model(init_range=0.5, seed=0)
+    configure_answer_generation(model, MAX_LENGTH, num_beams=1)
+    model.save_pretrained(path)
+    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir):
+    return load_for_inference(model_dir, device="cpu")
+
+
+def fundus(width: int = 96, height: int = 64) -> Image.Image:
+    """A small asymmetric RGB picture (so a rotation changes the pixels)."""
+    y, x = np.mgrid[0:height, 0:width]
+    array = np.stack([x * 255 // width, y * 255 // height, (x + y) % 256], axis=-1).astype(np.uint8)
+    image = Image.fromarray(array)
+    ImageDraw.Draw(image).ellipse((5, 5, width // 3, height // 2), fill=(250, 220, 40))
+    return image
+
+
+def run_cli(argv: list[str], capsys) -> str:
+    main(argv)
+    return capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Images and questions
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_cli_prints_question_and_answer_lines(model_dir, loaded, tmp_path, capsys):
+    image_path = tmp_path / "fundus.png"
+    fundus().save(image_path)
+    args = ["--model_name_or_path", str(model_dir), "--image", str(image_path), "--device", "cpu"]
+    out = run_cli(args + ["--question", QUESTIONS[0], "--question", QUESTIONS[1]], capsys)
+
+    answers = answer_questions(*loaded, str(image_path), QUESTIONS)
+    expected = "".join(f"Question: {q}\nAnswer: {a}\n" for q, a in zip(QUESTIONS, answers, strict=True))
+    assert out == expected
+    assert all(answers)
+
+
+def test_cli_several_images_get_every_question_under_a_header(model_dir, loaded, tmp_path, capsys):
+    paths = [tmp_path / "a.png", tmp_path / "b.jpg"]
+    fundus().save(paths[0])
+    fundus().transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(paths[1])
+    out = run_cli(
+        ["--model_name_or_path", str(model_dir), "--image", *map(str, paths), "--question", *QUESTIONS],
+        capsys,
+    )
+    expected = ""
+    for path in paths:
+        answers = answer_questions(*loaded, str(path), QUESTIONS)
+        expected += f"Image: {path}\n"
+        expected += "".join(f"Question: {q}\nAnswer: {a}\n" for q, a in zip(QUESTIONS, answers, strict=True))
+    assert out == expected
+
+
+def write_image_kinds(folder: Path) -> dict[str, Path]:
+    base = fundus()
+    kinds = {}
+
+    def save(name: str, image: Image.Image, **kwargs) -> None:
+        kinds[name] = folder / name
+        image.save(kinds[name], **kwargs)
+
+    save("rgb.jpg", base, quality=95)
+    save("rgb.png", base)
+    save("rgb.tif", base)
+    save("gray.png", base.convert("L"))
+    save("gray_alpha.png", base.convert("LA"))
+    save("palette.png", base.convert("P"))
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+    save("rgba.png", rgba)
+    save("cmyk.jpg", base.convert("CMYK"))
+    sixteen = (np.asarray(base.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    save("sixteen_bit.png", Image.fromarray(sixteen))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    save("exif_rotated.jpg", base, quality=95, exif=exif)
+    large = Image.new("RGB", (5000, 4000), (40, 10, 5))
+    ImageDraw.Draw(large).ellipse((500, 200, 4500, 3800), fill=(200, 80, 30))
+    save("large.jpg", large, quality=80)
+    return kinds
+
+
+def test_every_image_kind_is_answered(model_dir, loaded, tmp_path, capsys):
+    kinds = write_image_kinds(tmp_path)
+    assert Image.open(kinds["sixteen_bit.png"]).mode.startswith("I;16")
+    assert Image.open(kinds["cmyk.jpg"]).mode == "CMYK"
+    assert Image.open(kinds["palette.png"]).mode == "P"
+    out = run_cli(
+        ["--model_name_or_path", str(model_dir), "--max_image_side", "1024", "--question", QUESTIONS[0]]
+        + ["--image", *map(str, kinds.values())],
+        capsys,
+    )
+    lines = out.splitlines()
+    assert lines[0::3] == [f"Image: {path}" for path in kinds.values()]
+    assert lines[1::3] == [f"Question: {QUESTIONS[0]}"] * len(kinds)
+    assert all(line.startswith("Answer: ") and len(line) > len("Answer: ") for line in lines[2::3])
+
+    # EXIF orientation is applied: same answer as the stored pixels physically rotated (lossless PNG).
+    with Image.open(kinds["exif_rotated.jpg"]) as stored:
+        rotated = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert rotated.size == (64, 96)
+    rotated.save(tmp_path / "rotated.png")
+    answers = answer_questions(*loaded, [kinds["exif_rotated.jpg"], tmp_path / "rotated.png"], QUESTIONS[:1] * 2)
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "empty"])
+def test_unreadable_image_is_a_one_line_error_naming_the_file(model_dir, tmp_path, capsys, kind):
+    path = tmp_path / f"{kind}.jpg"
+    if kind == "corrupt":
+        path.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--model_name_or_path", str(model_dir), "--image", str(path), "--question", QUESTIONS[0]])
+    assert excinfo.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert str(path) in captured.err and "Traceback" not in captured.err
+
+
+def test_bad_arguments_exit_with_a_message(model_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--model_name_or_path", str(model_dir), "--question", QUESTIONS[0]])
+    assert excinfo.value.code == 2 and "--image" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--model_name_or_path", str(tmp_path / "no-model"), "--dataset_dir", str(tmp_path)])
+    assert excinfo.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# A dataset
+# ----------------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_dataset_predictions_equal_one_by_one_answers(model_dir, loaded, tiny_dataset_dir, tmp_path, capsys):
+    output = tmp_path / "preds.jsonl"
+    out = run_cli(
+        ["--model_name_or_path", str(model_dir), "--dataset_dir", str(tiny_dataset_dir), "--split", "test"]
+        + ["--max_samples", "12", "--batch_size", "5", "--output_file", str(output)],
+        capsys,
+    )
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(12))
+    records = read_jsonl(output)
+    assert [r["id"] for r in records] == list(range(12))
+    assert [r["question"] for r in records] == test["question"]
+    assert [r["reference"] for r in records] == test["answer"]
+    for record in records:
+        assert record["correct"] == (normalize_answer(record["prediction"]) == normalize_answer(record["reference"]))
+    assert {"image_id", "question_type"} <= set(records[0])
+
+    one_by_one = [answer_questions(*loaded, row["image"], row["question"])[0] for row in test]
+    assert [r["prediction"] for r in records] == one_by_one
+    correct = sum(r["correct"] for r in records)
+    assert out == f"Answered 12 questions of 'test': exact match {correct / 12:.4f} ({correct}/12); " \
+        f"predictions written to {output}\n"
+
+
+def test_json_lines_file_with_relative_paths_and_default_output(model_dir, loaded, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    fundus().save(data / "images" / "a.png")
+    fundus().convert("L").save(data / "images" / "b.tif")
+    rows = [("images/a.png", QUESTIONS[0]), ("images/b.tif", QUESTIONS[0]), ("images/b.tif", QUESTIONS[1])]
+    answers = answer_questions(*loaded, [data / p for p, _ in rows], [q for _, q in rows])
+    references = [answers[0].upper(), "healthy retina", answers[2]]  # exact match is normalised
+    with open(data / "questions.jsonl", "w") as f:
+        for (image, question), reference in zip(rows, references, strict=True):
+            f.write(json.dumps({"image": image, "question": question, "answer": reference}) + "\n")
+
+    out = run_cli(["--model_name_or_path", str(model_dir), "--data_file", str(data / "questions.jsonl")], capsys)
+    output = model_dir / "predictions-questions.jsonl"
+    records = read_jsonl(output)
+    assert [r["prediction"] for r in records] == answers
+    assert [r["correct"] for r in records] == [True, answers[1] == "healthy retina", True]
+    assert "exact match" in out and str(output) in out
+
+
+def test_dataset_bad_image_names_the_row_and_file(model_dir, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    fundus().save(tmp_path / "good.png")
+    with open(tmp_path / "q.jsonl", "w") as f:
+        for name in ("good.png", "bad.png"):
+            f.write(json.dumps({"image": name, "question": QUESTIONS[0]}) + "\n")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--model_name_or_path", str(model_dir), "--data_file", str(tmp_path / "q.jsonl")])
+    err = capsys.readouterr().err
+    assert excinfo.value.code == 2
+    assert "row 1" in err and "bad.png" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generation settings and plain transformers
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_saved_generation_config_carries_the_answer_settings(model_dir):
+    saved = json.loads((model_dir / "generation_config.json").read_text())
+    assert saved["bos_token_id"] == 5 and saved["decoder_start_token_id"] == 5  # [DEC]
+    assert saved["eos_token_id"] == 3 and saved["pad_token_id"] == 0  # [SEP], [PAD]
+    assert saved["max_length"] == MAX_LENGTH and saved["num_beams"] == 1
+
+
+def test_loaded_model_uses_the_saved_settings(loaded):
+    model, _ = loaded
+    assert answer_generation_defaults(model) == {"max_new_tokens": MAX_LENGTH - 1, "num_beams": 1}
+    decoder = model.text_decoder.generation_config
+    assert (decoder.max_length, decoder.eos_token_id, decoder.pad_token_id) == (MAX_LENGTH, 3, 0)
+
+
+def test_model_without_saved_settings_answers_up_to_48_tokens(tmp_path):
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    model = make_tiny_model()
+    model.save_pretrained(tmp_path)
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path)
+    assert answer_generation_defaults(model) == {"max_new_tokens": 48, "num_beams": 1}
+    apply_saved_answer_generation(model)
+    assert model.text_decoder.generation_config.max_length == 49
+
+
+def test_plain_transformers_gives_the_same_long_answer(model_dir, loaded, tmp_path):
+    from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor
+
+    path = tmp_path / "fundus.png"
+    fundus().save(path)
+    (ours,) = answer_questions(*loaded, path, QUESTIONS[0])
+    tokenizer = loaded[1].tokenizer
+    assert len(tokenizer(ours, add_special_tokens=False)["input_ids"]) > 20  # runs to the saved maximum
+
+    # Nothing from retina_vqa below: what the model card shows.
+    model = AutoModelForVisualQuestionAnswering.from_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    inputs = processor(images=Image.open(path).convert("RGB"), text=QUESTIONS[0], return_tensors="pt")
+    with torch.no_grad():
+        ids = model.generate(**inputs, max_length=model.generation_config.max_length)
+        via_config = model.generate(**inputs, generation_config=model.generation_config)
+        bare = model.generate(**inputs)
+    assert ids.shape[-1] == MAX_LENGTH  # not cut at transformers' default of 20 new tokens
+    assert processor.decode(ids[0], skip_special_tokens=True).strip() == ours
+    assert torch.equal(via_config, ids)
+    # transformers 5 builds BLIP's decoder generation config from the text config, not from
+    # generation_config.json, so a bare generate() stops at 20 new tokens: a prefix of the answer.
+    assert ours.startswith(processor.decode(bare[0], skip_special_tokens=True).strip())
+
+
+def test_configure_answer_generation_validates(loaded):
+    with pytest.raises(ValueError, match="max_answer_length"):
+        configure_answer_generation(loaded[0], 1)
+    with pytest.raises(ValueError, match="num_beams"):
+        configure_answer_generation(loaded[0], 10, num_beams=0)
