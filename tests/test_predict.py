@@ -164,8 +164,14 @@ def test_bad_arguments_exit_with_a_message(model_dir, tmp_path, capsys):
         main(["--model_name_or_path", str(model_dir), "--question", QUESTIONS[0]])
     assert excinfo.value.code == 2 and "--image" in capsys.readouterr().err
     with pytest.raises(SystemExit) as excinfo:
-        main(["--model_name_or_path", str(tmp_path / "no-model"), "--dataset_dir", str(tmp_path)])
+        main(["--model_name_or_path", str(model_dir), "--dataset_dir", str(tmp_path / "no-data")])
     assert excinfo.value.code == 2 and "does not exist" in capsys.readouterr().err
+    fundus().save(tmp_path / "fundus.png")
+    with pytest.raises(SystemExit) as excinfo:
+        main(["--model_name_or_path", str(tmp_path / "no-model"), "--image", str(tmp_path / "fundus.png")]
+             + ["--question", QUESTIONS[0]])
+    err = capsys.readouterr().err
+    assert excinfo.value.code == 2 and "cannot load a model" in err and "no-model" in err
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -119,6 +119,11 @@ def tokenize_questions_and_answers(
         answer_ids = tokenizer(answers, truncation=True, max_length=max_answer_length)["input_ids"]
         # BLIP's decoder starts from [DEC] (the bos token), not [CLS]; generate() starts there too.
         result["decoder_input_ids"] = [[tokenizer.bos_token_id] + ids[1:] for ids in answer_ids]
+        # For --train_sampling_strategy group_by_length: most answers are 1-3 words, a few are 30; batching
+        # by length keeps the short ones from being padded to the long ones.
+        result["length"] = [
+            len(q) + len(a) for q, a in zip(result["input_ids"], result["decoder_input_ids"], strict=True)
+        ]
     return result
 
 

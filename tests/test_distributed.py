@@ -1,0 +1,41 @@
+"""Two processes equal one: the same global batch gives the same training curve under DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .conftest import ROOT
+from .test_run_vqa import common_args
+
+
+def losses(output_dir) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_two_processes_follow_the_single_process_loss_curve(tiny_dataset_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    steps = ["--do_train", "--max_steps", "6", "--save_strategy", "no", "--learning_rate", "5e-4"]
+    single = tmp_path / "single"
+    subprocess.run(
+        [sys.executable, str(ROOT / "run_vqa.py"), *common_args(tiny_dataset_dir, single), *steps],
+        env=env, check=True, capture_output=True, timeout=600,
+    )
+    ddp = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"), "--main_process_port", "29533", str(ROOT / "run_vqa.py"),
+        *common_args(tiny_dataset_dir, ddp), *steps, "--per_device_train_batch_size", "4",  # 2 x 4 = 8
+    ]
+    completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    one, two = losses(single), losses(ddp)
+    assert len(one) == len(two) == 6
+    # Same samples per step; the loss is a per-process token mean, so DDP's mean of two halves differs from
+    # the mean over the whole batch by a little.
+    for a, b in zip(one, two, strict=True):
+        assert abs(a - b) <= 0.02 * a, (one, two)
+    assert two[-1] < two[0]
