@@ -25,11 +25,13 @@ from retina_vqa.baselines import QuestionPriorBaseline
 from retina_vqa.checkpoints import last_complete_checkpoint
 from retina_vqa.collator import VqaCollator
 from retina_vqa.data import check_columns, check_split, load_raw_datasets, prepare_split
+from retina_vqa.generation import configure_answer_generation
 from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
 from retina_vqa.modeling import load_model, load_processor
 from retina_vqa.predictions import decode_answers, prediction_records, write_predictions
 from retina_vqa.trainer import VqaTrainer
 from retina_vqa.validation import drop_invalid, validate_splits
+from retina_vqa.visualize import plot_run
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +170,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = load_model(model_args, processor)
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_answer_length
+    # Saved as generation_config.json: answer length and beams of evaluation, [DEC] start, [SEP] end.
+    configure_answer_generation(
+        model, training_args.generation_max_length, num_beams=training_args.generation_num_beams or 1
+    )
 
     # 5. Tokenise the text once (cached); the main process goes first so the others read its cache.
     prepared: dict[str, datasets.Dataset] = {}
@@ -251,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 data_args.answer_column,
             )
             write_predictions(os.path.join(training_args.output_dir, "predictions.jsonl"), records)
+
+    # Pictures of the run next to its numbers: curves.png, confusion.png, samples.png (main process only).
+    if data_args.plot and trainer.is_world_process_zero():
+        plot_run(training_args.output_dir, splits.get("do_predict"), image_column=data_args.image_column)
 
     # 11. Model card, hub.
     card = {

@@ -139,7 +139,9 @@ def test_every_image_kind_is_answered(model_dir, loaded, tmp_path, capsys):
         rotated = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
     assert rotated.size == (64, 96)
     rotated.save(tmp_path / "rotated.png")
-    answers = answer_questions(*loaded, [kinds["exif_rotated.jpg"], tmp_path / "rotated.png"], QUESTIONS[:1] * 2)
+    answers = answer_questions(
+        *loaded, [kinds["exif_rotated.jpg"], tmp_path / "rotated.png"], QUESTIONS[:1] * 2
+    )
     assert answers[0] == answers[1]
 
 
@@ -168,10 +170,19 @@ def test_bad_arguments_exit_with_a_message(model_dir, tmp_path, capsys):
     assert excinfo.value.code == 2 and "does not exist" in capsys.readouterr().err
     fundus().save(tmp_path / "fundus.png")
     with pytest.raises(SystemExit) as excinfo:
-        main(["--model_name_or_path", str(tmp_path / "no-model"), "--image", str(tmp_path / "fundus.png")]
-             + ["--question", QUESTIONS[0]])
+        main(
+            ["--model_name_or_path", str(tmp_path / "no-model"), "--image", str(tmp_path / "fundus.png")]
+            + ["--question", QUESTIONS[0]]
+        )
     err = capsys.readouterr().err
-    assert excinfo.value.code == 2 and "cannot load a model" in err and "no-model" in err
+    assert excinfo.value.code == 2 and "no such folder" in err and "no-model" in err
+    with pytest.raises(SystemExit) as excinfo:  # a hub id is tried (and fails offline), not taken for a path
+        main(
+            ["--model_name_or_path", "no-org/no-model", "--image", str(tmp_path / "fundus.png")]
+            + ["--question", QUESTIONS[0]]
+        )
+    err = capsys.readouterr().err
+    assert excinfo.value.code == 2 and "cannot load a model from 'no-org/no-model'" in err
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -196,14 +207,18 @@ def test_dataset_predictions_equal_one_by_one_answers(model_dir, loaded, tiny_da
     assert [r["question"] for r in records] == test["question"]
     assert [r["reference"] for r in records] == test["answer"]
     for record in records:
-        assert record["correct"] == (normalize_answer(record["prediction"]) == normalize_answer(record["reference"]))
+        assert record["correct"] == (
+            normalize_answer(record["prediction"]) == normalize_answer(record["reference"])
+        )
     assert {"image_id", "question_type"} <= set(records[0])
 
     one_by_one = [answer_questions(*loaded, row["image"], row["question"])[0] for row in test]
     assert [r["prediction"] for r in records] == one_by_one
     correct = sum(r["correct"] for r in records)
-    assert out == f"Answered 12 questions of 'test': exact match {correct / 12:.4f} ({correct}/12); " \
+    assert (
+        out == f"Answered 12 questions of 'test': exact match {correct / 12:.4f} ({correct}/12); "
         f"predictions written to {output}\n"
+    )
 
 
 def test_json_lines_file_with_relative_paths_and_default_output(model_dir, loaded, tmp_path, capsys):
@@ -218,7 +233,9 @@ def test_json_lines_file_with_relative_paths_and_default_output(model_dir, loade
         for (image, question), reference in zip(rows, references, strict=True):
             f.write(json.dumps({"image": image, "question": question, "answer": reference}) + "\n")
 
-    out = run_cli(["--model_name_or_path", str(model_dir), "--data_file", str(data / "questions.jsonl")], capsys)
+    out = run_cli(
+        ["--model_name_or_path", str(model_dir), "--data_file", str(data / "questions.jsonl")], capsys
+    )
     output = model_dir / "predictions-questions.jsonl"
     records = read_jsonl(output)
     assert [r["prediction"] for r in records] == answers

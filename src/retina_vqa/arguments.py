@@ -145,6 +145,10 @@ class DataTrainingArguments:
             "the counts per reason go to all_results.json."
         },
     )
+    plot: bool = field(
+        default=True,
+        metadata={"help": "Write curves.png, confusion.png and samples.png into --output_dir at the end of a run."},
+    )
     max_image_side: int | None = field(
         default=2048,
         metadata={

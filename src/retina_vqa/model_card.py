@@ -17,8 +17,11 @@ processor = AutoProcessor.from_pretrained("{repo}")
 
 image = Image.open("fundus.jpg").convert("RGB")
 inputs = processor(images=image, text="what is the diagnosis?", return_tensors="pt")
+# BLIP's generate uses its text decoder's settings, which from_pretrained does not restore from
+# generation_config.json: pass the saved answer length and beams explicitly.
+settings = model.generation_config
 with torch.no_grad():
-    answer_ids = model.generate(**inputs)
+    answer_ids = model.generate(**inputs, max_length=settings.max_length, num_beams=settings.num_beams)
 print(processor.decode(answer_ids[0], skip_special_tokens=True))
 ```
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import random
 import textwrap
@@ -51,6 +52,8 @@ from .images import load_image
 from .metrics import DEFAULT_DIAGNOSIS_LABELS, OTHER_LABEL, confusion_matrix
 from .synthetic import _PRESENCE_TYPES, FOV_RADIUS_FRACTION
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "DPI",
     "PRESENCE_LESION_TYPES",
@@ -59,6 +62,7 @@ __all__ = [
     "plot_attention",
     "plot_confusion",
     "plot_curves",
+    "plot_run",
     "plot_samples",
     "pointing_game",
     "upsample",
@@ -177,7 +181,10 @@ def plot_samples(
             lines.append(f"ref:  {_wrap(record['reference'], 34)}")
         lines.append(f"pred: {_wrap(record.get('prediction', ''), 34)}")
         ax.set_xlabel("\n".join(lines), fontsize=8, color=colour, loc="left", fontfamily="monospace")
-    fig.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.04, wspace=0.08, hspace=0.55)
+    height = SAMPLE_CELL_INCHES[1] * rows
+    fig.subplots_adjust(
+        left=0.02, right=0.98, top=1 - 0.5 / height, bottom=0.8 / height, wspace=0.08, hspace=0.55
+    )
     return _save(fig, output)
 
 
@@ -281,6 +288,45 @@ def plot_confusion(
     fig.colorbar(shown, ax=ax, label="share of the reference row")
     fig.subplots_adjust(left=0.2, right=0.95, top=0.93, bottom=0.2)
     return _save(fig, output)
+
+
+def plot_run(
+    output_dir: str | Path,
+    predict_dataset: Any = None,
+    image_column: str = "image",
+    num: int = 16,
+    seed: int = 0,
+) -> list[Path]:
+    """The end-of-run pictures in `output_dir`: ``curves.png`` (from ``trainer_state.json``), and, when
+    ``predictions.jsonl`` exists, ``confusion.png`` and (given the predicted split) ``samples.png``.
+
+    A picture that fails is logged and skipped, so a finished run is never lost to plotting. Returns the
+    paths written.
+    """
+    output_dir = Path(output_dir)
+    state, predictions = output_dir / "trainer_state.json", output_dir / "predictions.jsonl"
+    jobs = []
+    if state.exists():
+        jobs.append(("curves.png", lambda path: plot_curves(json.loads(state.read_text()), path)))
+    if predictions.exists():
+        records = read_jsonl(predictions)
+        jobs.append(("confusion.png", lambda path: plot_confusion(records, path)))
+        if predict_dataset is not None:
+            jobs.append(
+                (
+                    "samples.png",
+                    lambda path: plot_samples(records, predict_dataset, path, num, seed, image_column),
+                )
+            )
+    written = []
+    for name, job in jobs:
+        try:
+            job(output_dir / name)
+        except Exception as error:  # a picture must not fail a finished run
+            logger.warning("Could not draw %s: %s", name, error)
+        else:
+            written.append(output_dir / name)
+    return written
 
 
 # ---------------------------------------------------------------------------------------------------------
