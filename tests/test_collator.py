@@ -78,3 +78,19 @@ def test_undecodable_image_names_the_row(collator):
     bad = {"input_ids": [2, 3], "image": {"bytes": b"not an image", "path": None}}
     with pytest.raises(ValueError, match="batch row 1"):
         collator([{"input_ids": [2, 3], "image": _png(1)}, bad])
+
+
+def test_rows_with_the_same_image_share_one_encoding(collator):
+    a, b = _png(10), _png(200)
+    features = [
+        {"input_ids": [2, 3], "image": a, "image_key": "a"},
+        {"input_ids": [2, 3], "image": b, "image_key": "b"},
+        {"input_ids": [2, 3], "image": a, "image_key": "a"},
+    ]
+    batch = collator(features)
+    assert batch["pixel_values"].shape[0] == 2
+    assert batch["image_index"].tolist() == [0, 1, 0]
+    collator.share_images = False
+    unshared = collator(features)
+    assert "image_index" not in unshared and unshared["pixel_values"].shape[0] == 3
+    torch.testing.assert_close(unshared["pixel_values"], batch["pixel_values"][batch["image_index"]])

@@ -90,3 +90,29 @@ def test_from_scratch_image_encoder_is_not_initialised_to_zero(tmp_path):
     assert 0.01 < float(weight.std()) < 0.03
     shipped = BlipConfig.from_pretrained(TINY_CONFIG)
     assert shipped.vision_config.initializer_range == 0.02
+
+
+def test_shared_image_forward_equals_the_per_question_forward_and_saves_as_plain_blip(tmp_path):
+    import json
+
+    from retina_vqa.modeling import SharedImageBlipForQuestionAnswering
+
+    model = make_tiny_model(init_range=0.02)
+    model.__class__ = SharedImageBlipForQuestionAnswering
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 128, 128)
+    index = torch.tensor([0, 1, 0, 0])
+    ids = torch.tensor([[2, 30, 31, 3], [2, 32, 3, 0], [2, 33, 3, 0], [2, 34, 35, 3]])
+    mask = (ids != 0).long()
+    answers = torch.tensor([[5, 40, 3], [5, 41, 3], [5, 42, 3], [5, 43, 3]])
+    batch = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": answers, "labels": answers}
+    shared = model(pixel_values=images, image_index=index, **batch)
+    repeated = model(pixel_values=images[index], **batch)
+    torch.testing.assert_close(shared.loss, repeated.loss)
+    grads = torch.autograd.grad(shared.loss, model.vision_model.embeddings.patch_embedding.weight)[0]
+    expected = torch.autograd.grad(repeated.loss, model.vision_model.embeddings.patch_embedding.weight)[0]
+    # Same sum, different order of floating-point additions.
+    torch.testing.assert_close(grads, expected, atol=1e-4 * float(expected.abs().max()), rtol=0)
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BlipForQuestionAnswering"]
+    assert type(model) is SharedImageBlipForQuestionAnswering

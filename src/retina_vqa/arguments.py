@@ -203,6 +203,13 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={"help": "Must stay False: the collator reads the image column, which the model does not take."},
     )
+    group_by_image: bool = field(
+        default=True,
+        metadata={
+            "help": "Train with the questions of an image next to each other, so each batch encodes an image once "
+            "(same gradient, several times less image-encoder work). Applies to the default random sampling."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "BLIP VQA uses every parameter in each step; searching for unused ones costs time."},

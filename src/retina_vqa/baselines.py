@@ -107,9 +107,7 @@ def exact_match_scores(
         for group, hit in zip(groups, hits, strict=True):
             totals[group][0] += int(hit)
             totals[group][1] += 1
-        result["per_question_type"] = {
-            g: {"exact_match": h / n, "num_examples": n} for g, (h, n) in totals.items()
-        }
+        result["per_question_type"] = {g: {"exact_match": h / n, "num_examples": n} for g, (h, n) in totals.items()}
     return result
 
 

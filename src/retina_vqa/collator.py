@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .data import IMAGE_KEY
 from .images import load_image
 
 
@@ -52,6 +53,10 @@ class VqaCollator:
         batch["decoder_attention_mask"] # [[1, 1, 1, 0], [1, 1, 1, 1]]
         batch["labels"]                 # [[5, 20, 3, -100], [5, 21, 22, 3]]
         batch["pixel_values"]           # float tensor (2, 3, H, W) from the image processor
+
+    Rows that carry an ``image_key`` (see `data.image_keys`) and share it share one image: with
+    ``share_images`` the batch then holds each distinct image once in ``pixel_values`` and
+    ``image_index`` (one entry per row) points to it; the model encodes each image once.
     """
 
     image_processor: Any
@@ -60,6 +65,7 @@ class VqaCollator:
     max_image_side: int | None = 2048
     pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
+    share_images: bool = True
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         required = ("input_ids", self.image_column)
@@ -71,13 +77,23 @@ class VqaCollator:
                 "image "
                 "column (TrainingArguments.remove_unused_columns=False)."
             )
+        batch: dict[str, torch.Tensor] = {}
+        if self.share_images and IMAGE_KEY in features[0]:
+            # Each distinct image once; image_index[i] says which one question i is about.
+            position: dict[str, int] = {}
+            rows = []
+            for i, feature in enumerate(features):
+                if feature[IMAGE_KEY] not in position:
+                    position[feature[IMAGE_KEY]] = len(rows)
+                    rows.append(i)
+            batch["image_index"] = torch.tensor([position[f[IMAGE_KEY]] for f in features], dtype=torch.long)
+        else:
+            rows = list(range(len(features)))
         images = [
-            load_image(feature[self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
-            for i, feature in enumerate(features)
+            load_image(features[i][self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
+            for i in rows
         ]
-        batch: dict[str, torch.Tensor] = {
-            "pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        }
+        batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         batch["input_ids"], batch["attention_mask"] = _pad(
             [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
         )

@@ -7,6 +7,7 @@ become pixels per batch in the collator, so the cache never holds float images.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -16,6 +17,8 @@ from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 from .arguments import DataTrainingArguments, ModelArguments
 
 logger = logging.getLogger(__name__)
+
+IMAGE_KEY = "image_key"
 
 
 def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments | None = None) -> DatasetDict:
@@ -127,6 +130,19 @@ def tokenize_questions_and_answers(
     return result
 
 
+def image_keys(examples: dict[str, list], image_column: str) -> dict[str, list[str]]:
+    """A short content hash per row's image (its path when the bytes are not stored): rows with the same
+    image share a key, which groups questions by image (see sampling.py)."""
+    keys = []
+    for value in examples[image_column]:
+        data = value.get("bytes") if isinstance(value, dict) else None
+        if data:
+            keys.append(hashlib.sha1(data).hexdigest()[:16])
+        else:
+            keys.append(str(value.get("path") if isinstance(value, dict) else value))
+    return {IMAGE_KEY: keys}
+
+
 def prepare_split(
     dataset: Dataset,
     tokenizer,
@@ -134,7 +150,10 @@ def prepare_split(
     with_answers: bool,
     description: str,
 ) -> Dataset:
-    """Tokenise a split (cached) and mark its image column to be decoded by the collator."""
+    """Tokenise a split and key its images (cached); images stay encoded for the collator to decode."""
+    # The collator decodes images itself (one error path for bad files, no PIL objects in workers' queues).
+    if isinstance(dataset.features.get(data_args.image_column), Image):
+        dataset = dataset.cast_column(data_args.image_column, Image(decode=False))
     dataset = dataset.map(
         tokenize_questions_and_answers,
         batched=True,
@@ -149,7 +168,11 @@ def prepare_split(
         load_from_cache_file=not data_args.overwrite_cache,
         desc=f"Tokenising {description} questions and answers",
     )
-    # The collator decodes images itself (one error path for bad files, no PIL objects in workers' queues).
-    if isinstance(dataset.features.get(data_args.image_column), Image):
-        dataset = dataset.cast_column(data_args.image_column, Image(decode=False))
-    return dataset
+    return dataset.map(
+        image_keys,
+        batched=True,
+        fn_kwargs={"image_column": data_args.image_column},
+        num_proc=data_args.preprocessing_num_workers,
+        load_from_cache_file=not data_args.overwrite_cache,
+        desc=f"Keying {description} images",
+    )

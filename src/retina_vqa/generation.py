@@ -19,16 +19,21 @@ def generate_answers(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     interpolate_pos_encoding: bool = False,
+    image_index: torch.Tensor | None = None,
     **generate_kwargs,
 ) -> torch.LongTensor:
     """Generated answer ids, starting with ``[DEC]`` and ending at ``[SEP]`` (then padding).
 
-    `generate_kwargs` go to the decoder's `generate` (``max_length``, ``max_new_tokens``, ``num_beams``, ...).
+    With ``image_index``, ``pixel_values`` holds each distinct image once and question i is about image
+    ``image_index[i]``. `generate_kwargs` go to the decoder's `generate` (``max_length``, ``max_new_tokens``,
+    ``num_beams``, ...).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     vision_outputs = model.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
     image_embeds = vision_outputs.last_hidden_state
+    if image_index is not None:  # each distinct image encoded once (see collator.VqaCollator)
+        image_embeds = image_embeds.index_select(0, image_index)
     image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
     question_embeds = model.text_encoder(
         input_ids=input_ids,

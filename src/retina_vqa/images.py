@@ -161,8 +161,7 @@ def _open_stream(source: Any, source_desc: str) -> tuple[IO[bytes], bool]:
         raise ImageLoadError(
             source_desc,
             "the image dict has neither 'bytes' nor 'path' set",
-            "Expected a datasets Image feature value like {'bytes': b'...', 'path': 'x.jpg'}; "
-            "check the image column.",
+            "Expected a datasets Image feature value like {'bytes': b'...', 'path': 'x.jpg'}; check the image column.",
         )
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -282,9 +281,7 @@ def _check_array(array: np.ndarray, source_desc: str) -> np.ndarray:
             "Pass an HxW (grayscale), HxWx3 (RGB) or HxWx4 (RGBA) array.",
         )
     if not (
-        np.issubdtype(array.dtype, np.integer)
-        or np.issubdtype(array.dtype, np.floating)
-        or array.dtype == np.bool_
+        np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating) or array.dtype == np.bool_
     ):
         raise ImageLoadError(
             source_desc,

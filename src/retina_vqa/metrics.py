@@ -317,9 +317,7 @@ def _label_index(labels: Sequence[str]) -> dict[str, int]:
     for position, label in enumerate(labels):
         key = normalize_answer(label)
         if key in index:
-            raise ValueError(
-                f"Diagnosis labels {labels[index[key]]!r} and {label!r} normalise to the same answer."
-            )
+            raise ValueError(f"Diagnosis labels {labels[index[key]]!r} and {label!r} normalise to the same answer.")
         index[key] = position
     return index
 
@@ -437,9 +435,7 @@ def compute_vqa_metrics(
     if answer_types is not None:
         kinds = [_answer_kind(t) for t in answer_types]
     else:
-        kinds = [
-            "closed" if len(normalize_answer(r).split()) <= _CLOSED_MAX_TOKENS else "open" for r in references
-        ]
+        kinds = ["closed" if len(normalize_answer(r).split()) <= _CLOSED_MAX_TOKENS else "open" for r in references]
     closed = [i for i, kind in enumerate(kinds) if kind == "closed"]
     opened = [i for i, kind in enumerate(kinds) if kind == "open"]
     if closed:
@@ -447,9 +443,7 @@ def compute_vqa_metrics(
     if opened:
         open_preds = [predictions[i] for i in opened]
         open_refs = [references[i] for i in opened]
-        metrics["open_token_recall"] = _mean(
-            [token_recall(p, r) for p, r in zip(open_preds, open_refs, strict=True)]
-        )
+        metrics["open_token_recall"] = _mean([token_recall(p, r) for p, r in zip(open_preds, open_refs, strict=True)])
         metrics["open_rouge_l"] = _mean([rouge_l(p, r) for p, r in zip(open_preds, open_refs, strict=True)])
         metrics["open_bleu"] = corpus_bleu(open_preds, open_refs)
 

@@ -18,6 +18,7 @@ from transformers import (
     BlipForQuestionAnswering,
     BlipProcessor,
 )
+from transformers.models.blip.modeling_blip import BlipTextVisionModelOutput
 
 from .arguments import ModelArguments
 from .attention import apply_cross_attention_mask_fix
@@ -32,6 +33,72 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
         "token": model_args.token,
         "trust_remote_code": model_args.trust_remote_code,
     }
+
+
+class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
+    """`BlipForQuestionAnswering` whose forward can encode each distinct image of a batch once.
+
+    With ``image_index`` (one entry per question), ``pixel_values`` holds each distinct image once and
+    question i is answered about image ``image_index[i]``: the image encoder runs once per image instead
+    of once per question, with the same gradient. Without it, the forward is transformers' own. The
+    weights and the saved files are those of `BlipForQuestionAnswering`.
+    """
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        image_index: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> BlipTextVisionModelOutput:
+        if image_index is None:
+            return super().forward(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
+                attention_mask=attention_mask,
+                labels=labels,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                **kwargs,
+            )
+        if decoder_input_ids is None:
+            raise ValueError("Pass decoder_input_ids ([DEC] + answer) and labels to train; use generate to answer.")
+        vision = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        image_embeds = vision.last_hidden_state.index_select(0, image_index)
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        question_embeds = self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
+        answer = self.text_decoder(
+            input_ids=decoder_input_ids,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=question_embeds,
+            encoder_attention_mask=attention_mask,
+            labels=labels,
+            reduction="mean",
+        )
+        return BlipTextVisionModelOutput(
+            loss=answer.loss.mean() if labels is not None else None,
+            image_embeds=image_embeds,
+            last_hidden_state=vision.last_hidden_state,
+        )
+
+    def save_pretrained(self, *args, **kwargs):
+        # Saved as the plain transformers class (config.architectures): sharing is a batching detail.
+        self.__class__ = BlipForQuestionAnswering
+        try:
+            return self.save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = SharedImageBlipForQuestionAnswering
 
 
 def load_processor(model_args: ModelArguments) -> BlipProcessor:
@@ -87,6 +154,7 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
     check_tokenizer_matches(model.config, processor)
     # Without it the answer decoder attends to question padding (see attention.py).
     apply_cross_attention_mask_fix(model)
+    model.__class__ = SharedImageBlipForQuestionAnswering
     set_label_smoothing(model, model_args.label_smoothing)
     if model_args.image_size is not None and model_args.image_size != model.config.vision_config.image_size:
         resize_image_size(model, model_args.image_size)

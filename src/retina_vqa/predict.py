@@ -181,9 +181,7 @@ def answer_questions(
             for i, image in enumerate(images[start : start + batch_size])
         ]
         answers.extend(
-            _answer_batch(
-                model, processor, batch_images, questions[start : start + batch_size], generation_kwargs
-            )
+            _answer_batch(model, processor, batch_images, questions[start : start + batch_size], generation_kwargs)
         )
     return answers
 
@@ -237,9 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data.add_argument("--image_column", default="image")
     data.add_argument("--question_column", default="question")
-    data.add_argument(
-        "--answer_column", default="answer", help="Reference answers, used for exact match when present."
-    )
+    data.add_argument("--answer_column", default="answer", help="Reference answers, used for exact match when present.")
     data.add_argument("--max_samples", type=int, help="Answer only the first this many rows.")
     data.add_argument("--batch_size", type=int, default=32, help="Questions per forward pass.")
     generation = parser.add_argument_group("generation")
@@ -290,9 +286,7 @@ def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Bl
     # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
     looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
     if looks_local and not os.path.isdir(name):
-        _fail(
-            parser, f"--model_name_or_path {name!r}: no such folder (train one with run_vqa.py --output_dir)."
-        )
+        _fail(parser, f"--model_name_or_path {name!r}: no such folder (train one with run_vqa.py --output_dir).")
     try:
         return load_for_inference(args.model_name_or_path, device=args.device)
     except (OSError, ValueError) as error:
@@ -346,9 +340,7 @@ def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         _fail(parser, f"--split {split!r} is not in {args.dataset_dir}; it has {list(raw)}.")
     dataset = raw[split]
     try:
-        check_columns(
-            dataset, split, {"image_column": args.image_column, "question_column": args.question_column}
-        )
+        check_columns(dataset, split, {"image_column": args.image_column, "question_column": args.question_column})
     except ValueError as error:
         _fail(parser, str(error))
     if args.max_samples is not None:
@@ -393,9 +385,7 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
             except ImageLoadError as error:
                 progress.close()
                 _fail(parser, str(error))
-            predictions.extend(
-                _answer_batch(model, processor, images, batch[args.question_column], generation_kwargs)
-            )
+            predictions.extend(_answer_batch(model, processor, images, batch[args.question_column], generation_kwargs))
             progress.update(len(images))
 
     answer_column = args.answer_column if args.answer_column in dataset.column_names else None

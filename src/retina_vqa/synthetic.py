@@ -91,9 +91,7 @@ CAUSE_ANSWERS = (
 
 
 def _question_type(question: str, answer_type: str, paraphrases: Sequence[str]) -> Mapping[str, Any]:
-    return MappingProxyType(
-        {"question": question, "answer_type": answer_type, "paraphrases": (question, *paraphrases)}
-    )
+    return MappingProxyType({"question": question, "answer_type": answer_type, "paraphrases": (question, *paraphrases)})
 
 
 # Ordered: rows of one image follow this order. "paraphrases" starts with the canonical question.
@@ -257,9 +255,7 @@ def haemorrhage_quadrant(x: float, y: float, image_size: int, laterality: str) -
     return f"{vertical}-{horizontal}"
 
 
-def count_haemorrhage_quadrants(
-    lesions: Iterable[Mapping[str, Any]], image_size: int, laterality: str
-) -> int:
+def count_haemorrhage_quadrants(lesions: Iterable[Mapping[str, Any]], image_size: int, laterality: str) -> int:
     """Number of quadrants holding the centre of at least one haemorrhage box."""
     quadrants = {
         haemorrhage_quadrant((b["x0"] + b["x1"]) / 2.0, (b["y0"] + b["y1"]) / 2.0, image_size, laterality)
@@ -425,9 +421,7 @@ def _vessel_tree(
         heading = candidates[pick]
         side = 1.0 if pick == 0 else -1.0
         parent_w = w0 + (w1 - w0) * k / len(pts)
-        length = (
-            rng.uniform(0.3, 0.6) * radius * (0.5 if depth == 1 else 1.0) * (0.45 if towards_fovea else 1.0)
-        )
+        length = rng.uniform(0.3, 0.6) * radius * (0.5 if depth == 1 else 1.0) * (0.45 if towards_fovea else 1.0)
         # Branches bend back towards their parent's direction, as real ones do.
         branch = _walk(rng, pts[k], heading, length, -side * rng.uniform(0.2, 0.6), 0.05, step)
         branch = _clip_to_fov(branch, centre, radius)
@@ -468,9 +462,7 @@ def _draw_vessels(
             target = math.atan2(vertical * rng.uniform(0.0, 0.25), -nasal_sign)
             total_turn = (target - heading0 + math.pi) % (2 * math.pi) - math.pi
             length = rng.uniform(1.0, 1.2) * radius
-            pts = _walk(
-                rng, start, heading0, length, total_turn, 0.03, step, turn_until=rng.uniform(0.45, 0.65)
-            )
+            pts = _walk(rng, start, heading0, length, total_turn, 0.03, step, turn_until=rng.uniform(0.45, 0.65))
             pts = _clip_to_fov(pts, centre, radius)
             _vessel_tree(rng, draw, pts, w, w * 0.4, 2, fov_big, fov, step)
             if draw is dv:
@@ -522,9 +514,7 @@ def _draw_vessels(
     return out[0], out[1]
 
 
-def _draw_tuft(
-    rng: np.random.Generator, size: int, centre: np.ndarray, radius: float
-) -> tuple[np.ndarray, dict]:
+def _draw_tuft(rng: np.random.Generator, size: int, centre: np.ndarray, radius: float) -> tuple[np.ndarray, dict]:
     """Neovascular tuft: many fine, tortuous, looping vessels inside a small disc. Returns a coverage
     mask and the tuft's bounding box."""
     ss = 3
@@ -557,9 +547,7 @@ def _draw_tuft(
         all_pts.append(pts)
     pts = np.vstack(all_pts)
     mask = np.zeros((size, size), dtype=np.float32)
-    small = (
-        np.asarray(canvas.resize((2 * half // ss, 2 * half // ss), Image.Resampling.BOX), np.float32) / 255
-    )
+    small = np.asarray(canvas.resize((2 * half // ss, 2 * half // ss), Image.Resampling.BOX), np.float32) / 255
     ox, oy = int(round(centre[0] - half / ss)), int(round(centre[1] - half / ss))
     h, w = small.shape
     sx0, sy0 = max(0, -ox), max(0, -oy)
@@ -641,9 +629,7 @@ def render_fundus(
     disc = fovea + np.array([nasal_sign * 2.5 * disc_d, -0.25 * disc_d]) + rng.normal(0, 0.008 * size, 2)
 
     # Background: orange-red with per-image hue, mottled choroidal texture.
-    base = np.array(
-        [rng.uniform(0.80, 0.95), rng.uniform(0.30, 0.42), rng.uniform(0.10, 0.20)], dtype=np.float32
-    )
+    base = np.array([rng.uniform(0.80, 0.95), rng.uniform(0.30, 0.42), rng.uniform(0.10, 0.20)], dtype=np.float32)
     texture = 1.0 + 0.05 * _smooth_noise(rng, size, 10) + 0.025 * _smooth_noise(rng, size, 40)
     img = np.empty((size, size, 3), dtype=np.float32)
     img[:] = base
@@ -861,9 +847,7 @@ def _add_lesions(
         for _ in range(3):
             q = p + np.array([rng.uniform(-0.6, 0.6) * rx, rng.uniform(0.1, 0.4) * ry])
             _blob(img, q[0], q[1], rx * 0.35, ry * 0.55, (0.55, 0.18, 0.2), 0.8, profile="gauss")
-        lesions.append(
-            _box(p[0] - rx, p[1] - 0.45 * ry, p[0] + rx, p[1] + ry, size, "preretinal_haemorrhage")
-        )
+        lesions.append(_box(p[0] - rx, p[1] - 0.45 * ry, p[0] + rx, p[1] + ry, size, "preretinal_haemorrhage"))
     return lesions
 
 
@@ -955,8 +939,7 @@ def validate_grade_weights(grade_weights: Sequence[float] | str | None) -> tuple
             values = tuple(float(v) for v in grade_weights.split(","))
         except ValueError:
             raise ValueError(
-                "--grade_weights must be five comma-separated numbers such as 1,1,1,1,1; "
-                f"got {grade_weights!r}"
+                f"--grade_weights must be five comma-separated numbers such as 1,1,1,1,1; got {grade_weights!r}"
             ) from None
     else:
         values = tuple(float(v) for v in grade_weights)
@@ -1120,9 +1103,7 @@ def generate_dataset(
         examples = rendered[offset : offset + len(tasks[split])]
         offset += len(tasks[split])
         fingerprint = hashlib.sha256(json.dumps([*params, split]).encode()).hexdigest()[:16]
-        splits[split] = _build_split(
-            examples, qtypes, paraphrase, seed, split, image_size, features, fingerprint
-        )
+        splits[split] = _build_split(examples, qtypes, paraphrase, seed, split, image_size, features, fingerprint)
     return datasets.DatasetDict(splits)
 
 
@@ -1192,9 +1173,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> None:
             *Path.cwd().resolve().parents,
         }
         if resolved in protected:
-            raise ValueError(
-                f"--output_dir {output_dir} is the working, home or root directory; refusing to delete it"
-            )
+            raise ValueError(f"--output_dir {output_dir} is the working, home or root directory; refusing to delete it")
 
 
 def save_dataset(
@@ -1265,9 +1244,7 @@ def write_dataset_card(
     """Write README.md with per-split counts of images, rows, question types, answers and grades."""
     splits = list(dataset_dict)
     meta = {
-        s: dataset_dict[s]
-        .select_columns(["image_id", "question_type", "answer", "grade", "quality"])
-        .to_dict()
+        s: dataset_dict[s].select_columns(["image_id", "question_type", "answer", "grade", "quality"]).to_dict()
         for s in splits
     }
 
@@ -1282,9 +1259,7 @@ def write_dataset_card(
         return result
 
     def table(counters: dict[str, collections.Counter], keys: Iterable, label: str, fmt=str) -> str:
-        return _markdown_table(
-            [label, *splits], [[fmt(k), *(counters[s].get(k, 0) for s in splits)] for k in keys]
-        )
+        return _markdown_table([label, *splits], [[fmt(k), *(counters[s].get(k, 0) for s in splits)] for k in keys])
 
     images = {s: len(set(meta[s]["image_id"])) for s in splits}
     qt_counts = per_split("question_type")

@@ -13,8 +13,10 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_managed_module
 
 from .checkpoints import last_complete_checkpoint
+from .data import IMAGE_KEY
 from .generation import generate_answers
 from .model_card import render_model_card
+from .sampling import ImageGroupedSampler
 
 
 class VqaTrainer(Seq2SeqTrainer):
@@ -31,6 +33,17 @@ class VqaTrainer(Seq2SeqTrainer):
     def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.card_info: dict[str, Any] = card_info or {}
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if (
+            getattr(self.args, "group_by_image", False)
+            and self.args.train_sampling_strategy == "random"
+            and dataset is not None
+            and IMAGE_KEY in getattr(dataset, "column_names", ())
+        ):
+            return ImageGroupedSampler(dataset[IMAGE_KEY], seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -83,6 +96,7 @@ class VqaTrainer(Seq2SeqTrainer):
                 pixel_values=inputs["pixel_values"],
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs.get("attention_mask"),
+                image_index=inputs.get("image_index"),
                 **gen_kwargs,
             )
 

@@ -125,9 +125,7 @@ def load_model_and_processor(model_name_or_path: str | Path):
 
     model = AutoModelForVisualQuestionAnswering.from_pretrained(str(model_name_or_path))
     if not isinstance(model, BlipForQuestionAnswering):
-        raise ValueError(
-            f"{model_name_or_path} loads as {type(model).__name__}, not BlipForQuestionAnswering."
-        )
+        raise ValueError(f"{model_name_or_path} loads as {type(model).__name__}, not BlipForQuestionAnswering.")
     apply_cross_attention_mask_fix(model)
     processor = AutoProcessor.from_pretrained(str(model_name_or_path))
     return model.eval(), processor
@@ -182,9 +180,7 @@ def plot_samples(
         lines.append(f"pred: {_wrap(record.get('prediction', ''), 34)}")
         ax.set_xlabel("\n".join(lines), fontsize=8, color=colour, loc="left", fontfamily="monospace")
     height = SAMPLE_CELL_INCHES[1] * rows
-    fig.subplots_adjust(
-        left=0.02, right=0.98, top=1 - 0.5 / height, bottom=0.8 / height, wspace=0.08, hspace=0.55
-    )
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.5 / height, bottom=0.8 / height, wspace=0.08, hspace=0.55)
     return _save(fig, output)
 
 
@@ -214,10 +210,7 @@ def plot_curves(trainer_state: Mapping[str, Any], output: str | Path) -> tuple[i
     metrics = [
         k
         for k in keys
-        if k.startswith("eval_")
-        and k != "eval_loss"
-        and "/" not in k
-        and not any(word in k for word in _NOT_METRICS)
+        if k.startswith("eval_") and k != "eval_loss" and "/" not in k and not any(word in k for word in _NOT_METRICS)
     ]
     per_type = [k for k in keys if k.startswith("eval_exact_match/")]
     panels = [("loss", losses), ("eval metrics", metrics), ("eval exact match per question type", per_type)]
@@ -261,9 +254,7 @@ def plot_confusion(
 ) -> tuple[int, int]:
     """Confusion matrix of the `question_type` questions (rows reference, columns prediction + "other")."""
     rows = [r for r in records if r.get("question_type") == question_type and "reference" in r]
-    matrix = np.array(
-        confusion_matrix([r["reference"] for r in rows], [r.get("prediction", "") for r in rows], labels)
-    )
+    matrix = np.array(confusion_matrix([r["reference"] for r in rows], [r.get("prediction", "") for r in rows], labels))
     fig = Figure(figsize=CONFUSION_INCHES)
     ax = fig.add_subplot(1, 1, 1)
     totals = matrix.sum(axis=1, keepdims=True)
@@ -443,22 +434,14 @@ def gradcam_map(
     finally:
         model.train(was_training)
 
-    cam = (probs.detach().float() * grad.float().clamp(min=0)).mean(dim=1)[
-        0
-    ]  # (question tokens, image tokens)
+    cam = (probs.detach().float() * grad.float().clamp(min=0)).mean(dim=1)[0]  # (question tokens, image tokens)
     cam = cam[attention_mask[0].bool(), 1:]  # real question tokens; drop the image [CLS]
     if cam.shape[-1] != grid_h * grid_w:
         raise ValueError(f"{cam.shape[-1]} image patches do not form the {grid_h}x{grid_w} patch grid.")
-    maps = (
-        cam.reshape(-1, grid_h, grid_w)
-        if per_token
-        else cam.mean(dim=0, keepdim=True).reshape(1, grid_h, grid_w)
-    )
+    maps = cam.reshape(-1, grid_h, grid_w) if per_token else cam.mean(dim=0, keepdim=True).reshape(1, grid_h, grid_w)
     low = maps.amin(dim=(1, 2), keepdim=True)
     span = maps.amax(dim=(1, 2), keepdim=True) - low
-    maps = torch.where(
-        span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps)
-    )
+    maps = torch.where(span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
     result = maps.cpu().numpy().astype(np.float32)
     return (result if per_token else result[0]), answer
 
@@ -511,9 +494,7 @@ def plot_attention(
         return _save(fig, output)
     ids = processor.tokenizer(question, truncation=True)["input_ids"]
     tokens = processor.tokenizer.convert_ids_to_tokens(ids)
-    panels = [("image", image)] + [
-        (token, overlay(image, m)) for token, m in zip(tokens, heatmap, strict=True)
-    ]
+    panels = [("image", image)] + [(token, overlay(image, m)) for token, m in zip(tokens, heatmap, strict=True)]
     columns = min(5, len(panels))
     rows = math.ceil(len(panels) / columns)
     fig = Figure(figsize=(TOKEN_CELL_INCHES[0] * columns, TOKEN_CELL_INCHES[1] * rows + 0.8))
@@ -524,9 +505,7 @@ def plot_attention(
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title, fontsize=10)
-    fig.subplots_adjust(
-        left=0.02, right=0.98, top=1 - 0.75 / fig.get_size_inches()[1], bottom=0.02, hspace=0.25
-    )
+    fig.subplots_adjust(left=0.02, right=0.98, top=1 - 0.75 / fig.get_size_inches()[1], bottom=0.02, hspace=0.25)
     return _save(fig, output)
 
 
@@ -608,9 +587,7 @@ def pointing_game(
         means = array.mean(axis=0) if len(array) else [float("nan")] * 4
         return {
             "count": len(array),
-            **{
-                k: float(v) for k, v in zip(("model", "random", "centre", "answered_yes"), means, strict=True)
-            },
+            **{k: float(v) for k, v in zip(("model", "random", "centre", "answered_yes"), means, strict=True)},
         }
 
     everything = [v for values in scores.values() for v in values]
@@ -631,9 +608,7 @@ def format_pointing(result: Mapping[str, Any]) -> str:
         lines.append(
             f"{name:<22}{s['count']:>6}{s['model']:>9.3f}{s['random']:>9.3f}{s['centre']:>9.3f}{s['answered_yes']:>9.3f}"
         )
-    lines.append(
-        f"(hit = map maximum within {result['tolerance']:g} x image size of a lesion of the asked kind)"
-    )
+    lines.append(f"(hit = map maximum within {result['tolerance']:g} x image size of a lesion of the asked kind)")
     return "\n".join(lines)
 
 
@@ -643,9 +618,7 @@ def format_pointing(result: Mapping[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m retina_vqa.visualize", description=__doc__.split("\n\n")[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m retina_vqa.visualize", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     samples = commands.add_parser("samples", help="grid of random predictions, right in green, wrong in red")
@@ -697,9 +670,7 @@ def main(argv: list[str] | None = None) -> Any:
         size = plot_confusion(read_jsonl(args.predictions), args.output, args.question_type)
     elif args.command == "attention":
         model, processor = load_model_and_processor(args.model_name_or_path)
-        size = plot_attention(
-            model, processor, args.image, args.question, args.output, args.layer, args.per_token
-        )
+        size = plot_attention(model, processor, args.image, args.question, args.output, args.layer, args.per_token)
     else:
         model, processor = load_model_and_processor(args.model_name_or_path)
         dataset = _load_split(args.dataset_dir, args.split)
