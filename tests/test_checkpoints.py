@@ -40,10 +40,35 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
 
 def command(data_dir, output_dir) -> list[str]:
     return [
-        sys.executable, str(ROOT / "run_vqa.py"), "--model_name_or_path", "", "--config_name", str(TINY_CONFIG),
-        "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), "--do_train", "--max_steps", "8",
-        "--save_steps", "2", "--per_device_train_batch_size", "8", "--learning_rate", "1e-3", "--logging_steps", "1",
-        "--report_to", "none", "--seed", "3", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+        sys.executable,
+        str(ROOT / "run_vqa.py"),
+        "--model_name_or_path",
+        "",
+        "--config_name",
+        str(TINY_CONFIG),
+        "--dataset_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output_dir),
+        "--do_train",
+        "--max_steps",
+        "8",
+        "--save_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--learning_rate",
+        "1e-3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--seed",
+        "3",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
     ]
 
 
@@ -53,8 +78,9 @@ def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weigh
     subprocess.run(command(tiny_dataset_dir, straight), env=env, check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(command(tiny_dataset_dir, killed), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(tiny_dataset_dir, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (killed / "checkpoint-2" / "trainer_state.json").exists():
         assert process.poll() is None, "the run ended before its first checkpoint"

@@ -30,7 +30,7 @@ def test_pads_questions_and_answers_and_masks_labels(collator):
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch["decoder_input_ids"].tolist() == [[5, 20, 3, 0], [5, 21, 22, 3]]
     assert batch["decoder_attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
-    assert batch["labels"].tolist() == [[5, 20, 3, -100], [5, 21, 22, 3]]
+    assert batch["labels"].tolist() == [[-100, 20, 3, -100], [-100, 21, 22, 3]]
     assert set(batch) == {
         "pixel_values",
         "input_ids",
@@ -53,14 +53,14 @@ def test_a_real_token_with_the_pad_id_stays_in_the_labels():
             {"input_ids": [2, 3], "decoder_input_ids": [5, 3], "image": _png(9)},
         ]
     )
-    assert batch["labels"].tolist() == [[5, 7, 3], [5, 3, -100]]
+    assert batch["labels"].tolist() == [[-100, 7, 3], [-100, 3, -100]]
 
 
 def test_pad_to_multiple_of(collator):
     collator.pad_to_multiple_of = 8
     batch = collator([{"input_ids": [2, 10, 3], "decoder_input_ids": [5, 3], "image": _png(1)}])
     assert batch["input_ids"].shape == (1, 8)
-    assert batch["labels"].tolist() == [[5, 3] + [-100] * 6]
+    assert batch["labels"].tolist() == [[-100, 3] + [-100] * 6]
 
 
 def test_rows_without_answers_give_no_labels(collator):

@@ -337,9 +337,7 @@ def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         probe_image(path)
 
 
-def test_between_one_and_two_times_the_limit_only_warns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_between_one_and_two_times_the_limit_only_warns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = _save(Image.new("RGB", (100, 100)), tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)
     with warnings.catch_warnings(record=True) as caught:
@@ -375,9 +373,7 @@ def test_sha1_same_content_same_hash(tmp_path: Path) -> None:
     path = _save(_noise((8, 8)), tmp_path / "a.png")
     other = _save(_noise((8, 8), seed=1), tmp_path / "b.png")
     data = path.read_bytes()
-    digests = {
-        image_sha1(s) for s in (path, str(path), data, io.BytesIO(data), {"bytes": data, "path": None})
-    }
+    digests = {image_sha1(s) for s in (path, str(path), data, io.BytesIO(data), {"bytes": data, "path": None})}
     assert len(digests) == 1
     assert image_sha1(other) != image_sha1(path)
 

@@ -157,9 +157,7 @@ def test_corpus_bleu_reference_values(predictions: list[str], references: list[s
 
 
 @pytest.mark.parametrize(("predictions", "references", "expected"), BLEU_CASES)
-def test_corpus_bleu_matches_nltk_live(
-    predictions: list[str], references: list[str], expected: float
-) -> None:
+def test_corpus_bleu_matches_nltk_live(predictions: list[str], references: list[str], expected: float) -> None:
     bleu_score = pytest.importorskip("nltk.translate.bleu_score")
     nltk_value = bleu_score.corpus_bleu(
         [[rouge_tokenize(r)] for r in references], [rouge_tokenize(p) for p in predictions]
@@ -419,9 +417,7 @@ def test_build_compute_metrics_accepts_tuple_predictions_without_dataset(tokeniz
 def test_build_compute_metrics_rejects_mismatched_dataset_and_logits(tokenizer) -> None:
     eval_dataset = datasets.Dataset.from_dict({"question_type": ["presence"]})
     with pytest.raises(ValueError, match="rows"):
-        build_compute_metrics(tokenizer, eval_dataset)(
-            EvalPrediction(predictions=GENERATED, label_ids=LABELS)
-        )
+        build_compute_metrics(tokenizer, eval_dataset)(EvalPrediction(predictions=GENERATED, label_ids=LABELS))
     logits = np.zeros((3, 5, len(VOCAB)), dtype=np.float32)
     with pytest.raises(ValueError, match="predict_with_generate"):
         build_compute_metrics(tokenizer)(EvalPrediction(predictions=logits, label_ids=LABELS))

@@ -116,3 +116,27 @@ def test_shared_image_forward_equals_the_per_question_forward_and_saves_as_plain
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BlipForQuestionAnswering"]
     assert type(model) is SharedImageBlipForQuestionAnswering
+
+
+def test_loss_with_num_items_in_batch_is_the_token_sum_over_that_count():
+    from retina_vqa.modeling import SharedImageBlipForQuestionAnswering
+
+    model = make_tiny_model(init_range=0.02)
+    model.__class__ = SharedImageBlipForQuestionAnswering
+    model.text_decoder.label_smoothing = 0.0
+    ids = torch.tensor([[2, 30, 3], [2, 31, 3]])
+    answers = torch.tensor([[5, 40, 41, 3], [5, 42, 3, 0]])
+    labels = answers.masked_fill(answers == 0, -100)
+    labels[:, 0] = -100
+    batch = {
+        "pixel_values": torch.randn(2, 3, 128, 128),
+        "input_ids": ids,
+        "decoder_input_ids": answers,
+        "labels": labels,
+    }
+    mean = model(**batch).loss  # transformers: mean over this batch's 5 target tokens
+    tokens = int((labels[:, 1:] != -100).sum())
+    assert tokens == 5
+    torch.testing.assert_close(model(**batch, num_items_in_batch=tokens).loss, mean)
+    # Counted over two processes' 10 tokens, this batch contributes half.
+    torch.testing.assert_close(model(**batch, num_items_in_batch=2 * tokens).loss, mean / 2)

@@ -139,9 +139,7 @@ def test_every_image_kind_is_answered(model_dir, loaded, tmp_path, capsys):
         rotated = stored.convert("RGB").transpose(Image.Transpose.ROTATE_270)
     assert rotated.size == (64, 96)
     rotated.save(tmp_path / "rotated.png")
-    answers = answer_questions(
-        *loaded, [kinds["exif_rotated.jpg"], tmp_path / "rotated.png"], QUESTIONS[:1] * 2
-    )
+    answers = answer_questions(*loaded, [kinds["exif_rotated.jpg"], tmp_path / "rotated.png"], QUESTIONS[:1] * 2)
     assert answers[0] == answers[1]
 
 
@@ -207,9 +205,7 @@ def test_dataset_predictions_equal_one_by_one_answers(model_dir, loaded, tiny_da
     assert [r["question"] for r in records] == test["question"]
     assert [r["reference"] for r in records] == test["answer"]
     for record in records:
-        assert record["correct"] == (
-            normalize_answer(record["prediction"]) == normalize_answer(record["reference"])
-        )
+        assert record["correct"] == (normalize_answer(record["prediction"]) == normalize_answer(record["reference"]))
     assert {"image_id", "question_type"} <= set(records[0])
 
     one_by_one = [answer_questions(*loaded, row["image"], row["question"])[0] for row in test]
@@ -233,9 +229,7 @@ def test_json_lines_file_with_relative_paths_and_default_output(model_dir, loade
         for (image, question), reference in zip(rows, references, strict=True):
             f.write(json.dumps({"image": image, "question": question, "answer": reference}) + "\n")
 
-    out = run_cli(
-        ["--model_name_or_path", str(model_dir), "--data_file", str(data / "questions.jsonl")], capsys
-    )
+    out = run_cli(["--model_name_or_path", str(model_dir), "--data_file", str(data / "questions.jsonl")], capsys)
     output = model_dir / "predictions-questions.jsonl"
     records = read_jsonl(output)
     assert [r["prediction"] for r in records] == answers

@@ -18,8 +18,19 @@ def test_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(tiny_d
     output_dir = tmp_path / "out"
     # A learning rate this large with no clipping blows the weights up within a few steps.
     args = common_args(tiny_dataset_dir, output_dir) + [
-        "--do_train", "--max_steps", "30", "--save_steps", "1", "--learning_rate", "1e12", "--max_grad_norm", "0",
-        "--warmup_steps", "0", "--lr_scheduler_type", "constant",
+        "--do_train",
+        "--max_steps",
+        "30",
+        "--save_steps",
+        "1",
+        "--learning_rate",
+        "1e12",
+        "--max_grad_norm",
+        "0",
+        "--warmup_steps",
+        "0",
+        "--lr_scheduler_type",
+        "constant",
     ]
     with pytest.raises(FloatingPointError, match=r"at step (\d+).*Last good checkpoint: .*checkpoint-(\d+)") as error:
         run_vqa.main(args)
@@ -35,9 +46,23 @@ def test_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(tiny_d
 def test_save_total_limit_never_deletes_the_best_checkpoint(tiny_dataset_dir, tmp_path):
     output_dir = tmp_path / "out"
     args = common_args(tiny_dataset_dir, output_dir) + [
-        "--do_train", "--do_eval", "--max_steps", "8", "--eval_strategy", "steps", "--eval_steps", "2",
-        "--save_steps", "2", "--save_total_limit", "1", "--load_best_model_at_end",
-        "--metric_for_best_model", "eval_loss", "--max_eval_samples", "13",
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "8",
+        "--eval_strategy",
+        "steps",
+        "--eval_steps",
+        "2",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "1",
+        "--load_best_model_at_end",
+        "--metric_for_best_model",
+        "eval_loss",
+        "--max_eval_samples",
+        "13",
     ]
     run_vqa.main(args)
     state = json.loads((output_dir / "trainer_state.json").read_text())

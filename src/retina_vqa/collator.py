@@ -5,7 +5,8 @@ popular notebooks get wrong:
 
 * the decoder input is the answer with its first token replaced by the tokenizer's bos token ``[DEC]``
   (this happens once, in the tokenisation map: see `data.tokenize_questions_and_answers`);
-* the labels are the same ids with padding set to -100; the decoder shifts them itself;
+* the labels are the same ids with padding (and the never-predicted ``[DEC]``) set to -100; the decoder
+  shifts them itself;
 * ``decoder_input_ids`` and ``decoder_attention_mask`` are passed explicitly. Without them,
   `BlipForQuestionAnswering` feeds ``labels`` to the decoder as its input: -100 labels then crash the
   embedding lookup, and pad-id labels train on padding while `generate` starts from ``[DEC]``.
@@ -51,7 +52,7 @@ class VqaCollator:
         batch["attention_mask"]         # [[1, 1, 1, 1], [1, 1, 1, 0]]
         batch["decoder_input_ids"]      # [[5, 20, 3, 0], [5, 21, 22, 3]]
         batch["decoder_attention_mask"] # [[1, 1, 1, 0], [1, 1, 1, 1]]
-        batch["labels"]                 # [[5, 20, 3, -100], [5, 21, 22, 3]]
+        batch["labels"]                 # [[-100, 20, 3, -100], [-100, 21, 22, 3]]
         batch["pixel_values"]           # float tensor (2, 3, H, W) from the image processor
 
     Rows that carry an ``image_key`` (see `data.image_keys`) and share it share one image: with
@@ -106,4 +107,7 @@ class VqaCollator:
             # Masking by the attention mask, not by comparing with the pad id, keeps a real token
             # that happens to share the pad id (some vocabularies) in the loss.
             batch["labels"] = decoder_ids.masked_fill(decoder_mask == 0, self.label_pad_token_id)
+            # The decoder predicts token t+1 from token t: [DEC] itself is never a target. Marking it -100
+            # keeps the Trainer's count of answer tokens (which normalises the loss) exact.
+            batch["labels"][:, 0] = self.label_pad_token_id
         return batch

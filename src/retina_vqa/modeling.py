@@ -36,13 +36,20 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
 
 
 class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
-    """`BlipForQuestionAnswering` whose forward can encode each distinct image of a batch once.
+    """`BlipForQuestionAnswering` whose forward can encode each distinct image of a batch once, and whose loss
+    is normalised by the answer tokens of the whole step (all processes), as the Trainer expects.
 
     With ``image_index`` (one entry per question), ``pixel_values`` holds each distinct image once and
     question i is answered about image ``image_index[i]``: the image encoder runs once per image instead
     of once per question, with the same gradient. Without it, the forward is transformers' own. The
     weights and the saved files are those of `BlipForQuestionAnswering`.
     """
+
+    # The Trainer passes `num_items_in_batch` (answer tokens in the whole step: all processes, all accumulated
+    # micro-batches) and then expects a sum over this batch divided by it. transformers' BLIP ignores it and
+    # returns a per-batch mean, which the Trainer multiplies by the number of processes: a DDP run then
+    # trains on N times the loss, and each process weighs its own tokens. Here the loss is what it expects.
+    accepts_loss_kwargs = True
 
     def forward(
         self,
@@ -54,9 +61,10 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         labels: torch.LongTensor | None = None,
         interpolate_pos_encoding: bool = False,
         image_index: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> BlipTextVisionModelOutput:
-        if image_index is None:
+        if image_index is None and num_items_in_batch is None:
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -70,7 +78,9 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         if decoder_input_ids is None:
             raise ValueError("Pass decoder_input_ids ([DEC] + answer) and labels to train; use generate to answer.")
         vision = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        image_embeds = vision.last_hidden_state.index_select(0, image_index)
+        image_embeds = vision.last_hidden_state
+        if image_index is not None:
+            image_embeds = image_embeds.index_select(0, image_index)
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         question_embeds = self.text_encoder(
             input_ids=input_ids,
@@ -84,10 +94,14 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
             encoder_hidden_states=question_embeds,
             encoder_attention_mask=attention_mask,
             labels=labels,
-            reduction="mean",
+            reduction="mean" if num_items_in_batch is None else "none",
         )
+        loss = None
+        if labels is not None:
+            # reduction "none" gives each answer's summed token loss.
+            loss = answer.loss.mean() if num_items_in_batch is None else answer.loss.sum() / num_items_in_batch
         return BlipTextVisionModelOutput(
-            loss=answer.loss.mean() if labels is not None else None,
+            loss=loss,
             image_embeds=image_embeds,
             last_hidden_state=vision.last_hidden_state,
         )
