@@ -143,6 +143,10 @@ def image_keys(examples: dict[str, list], image_column: str) -> dict[str, list[s
     return {IMAGE_KEY: keys}
 
 
+def _prepare_batch(examples: dict[str, list], image_column: str, **tokenize_kwargs) -> dict[str, list]:
+    return {**tokenize_questions_and_answers(examples, **tokenize_kwargs), **image_keys(examples, image_column)}
+
+
 def prepare_split(
     dataset: Dataset,
     tokenizer,
@@ -154,8 +158,9 @@ def prepare_split(
     # The collator decodes images itself (one error path for bad files, no PIL objects in workers' queues).
     if isinstance(dataset.features.get(data_args.image_column), Image):
         dataset = dataset.cast_column(data_args.image_column, Image(decode=False))
-    dataset = dataset.map(
-        tokenize_questions_and_answers,
+    # One map: each map writes a new cache file holding every column, image bytes included.
+    return dataset.map(
+        _prepare_batch,
         batched=True,
         fn_kwargs={
             "tokenizer": tokenizer,
@@ -163,16 +168,9 @@ def prepare_split(
             "answer_column": data_args.answer_column if with_answers else None,
             "max_question_length": data_args.max_question_length,
             "max_answer_length": data_args.max_answer_length,
+            "image_column": data_args.image_column,
         },
         num_proc=data_args.preprocessing_num_workers,
         load_from_cache_file=not data_args.overwrite_cache,
         desc=f"Tokenising {description} questions and answers",
-    )
-    return dataset.map(
-        image_keys,
-        batched=True,
-        fn_kwargs={"image_column": data_args.image_column},
-        num_proc=data_args.preprocessing_num_workers,
-        load_from_cache_file=not data_args.overwrite_cache,
-        desc=f"Keying {description} images",
     )

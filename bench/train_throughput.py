@@ -1,0 +1,243 @@
+"""Training throughput: the recipe's Trainer path against the usual notebook loop, same model, data and batch.
+
+Variants, run alternately in one process (A B C, C B A, ...):
+
+* ``recipe`` (A): the split tokenised once with ``data.prepare_split`` (datasets.map), ``VqaCollator``
+  (images decoded per batch, dynamic padding, one ``pixel_values`` entry per distinct image), the real
+  ``VqaTrainer`` with ``VqaTrainingArguments`` (``group_by_image`` on, as by default) and the model of
+  ``modeling.load_model`` (``SharedImageBlipForQuestionAnswering``);
+* ``notebook`` (B): a torch Dataset calling the processor per item (``padding="max_length"``, 32 tokens),
+  padded answer ids as labels, a shuffled DataLoader, a plain AdamW loop on a plain
+  ``BlipForQuestionAnswering`` (``model(input_ids=..., pixel_values=..., labels=...)``);
+* ``recipe_random`` (C): the recipe with ``group_by_image=False`` (random order: batches rarely share an
+  image), which separates the image-sharing gain from the rest of the pipeline.
+
+Throughput is training samples (questions) per second over the steps after the first ``--warmup_steps``
+(the first step allocates the optimizer state and warms the allocator), timed by a callback / the loop
+itself: model building, Trainer construction and data loading set-up are excluded for every variant.
+
+    python bench/train_throughput.py            # tiny config + full blip-vqa-base architecture, 128 px
+    python bench/train_throughput.py --quick    # smoke test: tiny only, 3 steps, 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import math
+import sys
+import tempfile
+import time
+from typing import Any
+
+import common
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+
+class StepClock(TrainerCallback):
+    """Wall time at the end of each optimizer step."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.times = [time.perf_counter()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+
+def timed_throughput(times: list[float], warmup_steps: int, batch_size: int) -> float:
+    """Samples/s over the steps after ``warmup_steps`` (``times[0]`` is the start, ``times[i]`` the end of step i)."""
+    steps = len(times) - 1 - warmup_steps
+    if steps < 1:
+        raise ValueError(f"need more steps than --warmup_steps {warmup_steps}, got {len(times) - 1}")
+    return steps * batch_size / (times[-1] - times[warmup_steps])
+
+
+def run_recipe(model, prepared, processor, collator, batch_size: int, steps: int, warmup: int, group: bool, workers):
+    from retina_vqa.arguments import VqaTrainingArguments
+    from retina_vqa.trainer import VqaTrainer
+
+    clock = StepClock()
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = VqaTrainingArguments(
+            output_dir=output_dir,
+            overwrite_output_dir=True,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=1e-4,
+            warmup_steps=0,
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            report_to="none",
+            disable_tqdm=True,
+            dataloader_num_workers=workers,
+            group_by_image=group,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            seed=42,
+        )
+        trainer = VqaTrainer(
+            model=model,
+            args=args,
+            train_dataset=prepared,
+            processing_class=processor,
+            data_collator=collator,
+            callbacks=[clock],
+        )
+        trainer.remove_callback(PrinterCallback)  # the Trainer's own metrics line; the table follows
+        result = trainer.train()
+        del trainer
+    gc.collect()
+    if not math.isfinite(result.training_loss):
+        raise FloatingPointError("recipe training loss is not finite")
+    return timed_throughput(clock.times, warmup, batch_size)
+
+
+def run_notebook(model, raw_split, processor, batch_size: int, steps: int, warmup: int, workers: int) -> float:
+    """The notebook's loop, as written there (plus the step clock)."""
+    device = next(model.parameters()).device
+    loader = common.notebook_loader(raw_split, processor, batch_size, num_workers=workers)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    times = [time.perf_counter()]
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))  # more epochs if the split is short
+    for batch in itertools.islice(batches, steps):
+        input_ids = batch.pop("input_ids").to(device)
+        pixel_values = batch.pop("pixel_values").to(device)
+        labels = batch.pop("labels").to(device)
+        outputs = model(input_ids=input_ids, pixel_values=pixel_values, labels=labels)
+        loss = outputs.loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        times.append(time.perf_counter())
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError("notebook training loss is not finite")
+    del optimizer
+    gc.collect()
+    return timed_throughput(times, warmup, batch_size)
+
+
+def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int) -> dict[str, Any]:
+    from retina_vqa.data import prepare_split
+
+    image_size = args.image_size
+    rows_needed = batch_size * steps
+    images = args.num_train_images or max(8, -(-rows_needed // 13) + 1)
+    dataset_dir = common.synthetic_dataset(images, args.num_test_images, image_size)
+    raw_train = common.load_split(dataset_dir, "train")
+    processor = common.load_processor(image_size)
+    dargs = common.data_args(dataset_dir)
+    prepared = prepare_split(raw_train, processor.tokenizer, dargs, with_answers=True, description="train")
+    collator = common.recipe_collator(processor, dargs)
+
+    models = {
+        "recipe": common.recipe_model(size, image_size, processor),
+        "notebook": common.plain_model(size, image_size, processor),
+    }
+    n_params = common.count_parameters(models["recipe"])
+    print(
+        f"[{size}] {n_params / 1e6:.1f}M parameters, {image_size} px, batch {batch_size}, {steps} steps "
+        f"({args.warmup_steps} untimed), {len(raw_train)} training rows of {images} images",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    variants = {
+        "recipe": lambda: run_recipe(
+            models["recipe"],
+            prepared,
+            processor,
+            collator,
+            batch_size,
+            steps,
+            args.warmup_steps,
+            True,
+            args.num_workers,
+        ),
+        "notebook": lambda: run_notebook(
+            models["notebook"], raw_train, processor, batch_size, steps, args.warmup_steps, args.num_workers
+        ),
+    }
+    if not args.no_random_order:
+        variants["recipe_random"] = lambda: run_recipe(
+            models["recipe"],
+            prepared,
+            processor,
+            collator,
+            batch_size,
+            steps,
+            args.warmup_steps,
+            False,
+            args.num_workers,
+        )
+    results = common.alternate(variants, args.repeats)
+    models.clear()  # frees the full-size models before the next size
+    gc.collect()
+    return {
+        "size": size,
+        "parameters": n_params,
+        "image_size": image_size,
+        "batch_size": batch_size,
+        "steps": steps,
+        "timed_steps": steps - args.warmup_steps,
+        "repeats": args.repeats,
+        "num_workers": args.num_workers,
+        "samples_per_s": common.summarise(results, baseline="notebook"),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="tiny,full", help="comma-separated: tiny (configs/blip-tiny), full")
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--tiny_batch_size", type=int, default=32)
+    parser.add_argument("--tiny_steps", type=int, default=21)
+    parser.add_argument("--full_batch_size", type=int, default=8)
+    parser.add_argument("--full_steps", type=int, default=3)
+    parser.add_argument("--warmup_steps", type=int, default=1, help="first steps left out of the timing")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers, for every variant")
+    parser.add_argument("--num_train_images", type=int, default=None, help="default: enough for the steps")
+    parser.add_argument("--num_test_images", type=int, default=4)
+    parser.add_argument("--no_random_order", action="store_true", help="skip variant C (group_by_image false)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: tiny, batch 8, 3 steps, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.tiny_batch_size, args.tiny_steps, args.repeats = "tiny", 8, 3, 1
+    common.quiet()
+
+    configs = {"tiny": (args.tiny_batch_size, args.tiny_steps), "full": (args.full_batch_size, args.full_steps)}
+    per_size = [bench_size(size, args, *configs[size]) for size in args.sizes.split(",") if size]
+
+    common.emit_json("train_throughput", {"quick": args.quick, "results": per_size})
+    rows = []
+    for entry in per_size:
+        for name, stats in entry["samples_per_s"].items():
+            rows.append(
+                [
+                    entry["size"],
+                    name,
+                    entry["batch_size"],
+                    entry["timed_steps"],
+                    stats["median"],
+                    stats["min"],
+                    stats["max"],
+                    stats["ratio_vs_notebook"],
+                ]
+            )
+    common.print_table(
+        f"Training throughput at {args.image_size} px (samples/s, median of {args.repeats}; ratio = variant/notebook)",
+        ["model", "variant", "batch", "timed steps", "median", "min", "max", "ratio"],
+        rows,
+    )
+    return {"results": per_size}
+
+
+if __name__ == "__main__":
+    main()
