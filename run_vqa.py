@@ -11,6 +11,7 @@ Runs the same on CPU, one GPU, or many GPUs/nodes: accelerate picks the devices.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -18,6 +19,7 @@ import sys
 import datasets
 import torch
 import transformers
+import yaml
 from transformers import HfArgumentParser, set_seed
 
 from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
@@ -46,11 +48,25 @@ def parse_args(
         # the torchrun launcher instead.) Must be set before the TrainingArguments pick a device.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(os.path.abspath(argv[0]))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(os.path.abspath(argv[0]))
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        # A config file, optionally followed by flags that override it: run_vqa.py demo.yaml --num_train_epochs 1
+        return parser.parse_args_into_dataclasses(args=config_file_args(argv[0]) + argv[1:])
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def config_file_args(path: str) -> list[str]:
+    """A YAML/JSON config as the equivalent command-line flags (so later flags override it)."""
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(config).__name__}.")
+    args = []
+    for key, value in config.items():
+        if value is None:  # the field's default
+            continue
+        values = value if isinstance(value, list) else [value]
+        args += [f"--{key}", *(str(v) for v in values)]
+    return args
 
 
 def setup_logging(training_args: VqaTrainingArguments) -> None:

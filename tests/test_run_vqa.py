@@ -280,3 +280,14 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     assert [r["id"] for r in rows] == list(range(13))
     log = completed.stdout + completed.stderr
     assert "Process rank 0" in log and "Process rank 1" in log
+
+
+def test_flags_after_a_config_file_override_it(tmp_path):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"model_name_or_path": "", "config_name": "x", "dataset_dir": "d",
+                                    "output_dir": "o", "num_train_epochs": 3, "do_train": True, "cache_dir": None}))
+    model_args, data_args, training_args = run_vqa.parse_args([str(path), "--num_train_epochs", "1"])
+    assert training_args.num_train_epochs == 1 and training_args.do_train
+    assert model_args.model_name_or_path is None and model_args.cache_dir is None

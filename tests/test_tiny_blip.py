@@ -34,3 +34,15 @@ def test_special_tokens_agree_with_the_config():
     assert config.text_config.pad_token_id == tokenizer.pad_token_id
     assert config.text_config.vocab_size == len(tokenizer)
     assert config.text_config.encoder_hidden_size == config.vision_config.hidden_size
+
+
+def test_fundus_statistics_match_freshly_generated_images():
+    import numpy as np
+
+    from retina_vqa.synthetic import generate_dataset
+    from retina_vqa.tiny_blip import FUNDUS_MEAN, FUNDUS_STD
+
+    train = generate_dataset(60, 0, 0, image_size=128, seed=11, num_workers=1, question_types=["diagnosis"])["train"]
+    pixels = np.stack([np.asarray(image.convert("RGB"), dtype=np.float64) / 255 for image in train["image"]])
+    assert np.allclose(pixels.mean(axis=(0, 1, 2)), FUNDUS_MEAN, atol=0.03)
+    assert np.allclose(pixels.std(axis=(0, 1, 2)), FUNDUS_STD, atol=0.03)

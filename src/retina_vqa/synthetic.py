@@ -50,7 +50,7 @@ MIN_IMAGE_SIZE = 64
 FOV_RADIUS_FRACTION = 0.47
 PREVIEW_GRID = 4
 # Bump when the drawing changes, so that dataset fingerprints (cache keys) change with it.
-_GENERATOR_VERSION = 1
+_GENERATOR_VERSION = 2
 
 DIAGNOSIS_ANSWERS = ("healthy retina", "mild dr", "moderate dr", "severe dr", "proliferative dr")
 MODALITY_ANSWER = "color fundus photography"
@@ -712,11 +712,12 @@ def _add_lesions(
     s = float(size)
     avoid_r = disc_r * 1.3
 
-    # Microaneurysms: small sharp dark-red dots around the posterior pole.
+    # Microaneurysms: small sharp dark-red dots around the posterior pole. Drawn larger and darker than life
+    # (about 2 px at 128 px) so that grade 1 stays distinguishable from grade 0 after resizing to 128 px.
     for _ in range(int(rng.integers(6, 21) if grade == 1 else rng.integers(8, 26))):
-        r = rng.uniform(0.008, 0.012) * s
+        r = rng.uniform(0.012, 0.016) * s
         p = _sample_point(rng, size, r, fovea, 0.04 * s, 0.34 * s, disc, avoid_r)
-        _blob(img, p[0], p[1], r, r, (0.58, 0.22, 0.26), 1.0, edge=0.2 * r + 0.6)
+        _blob(img, p[0], p[1], r, r, (0.40, 0.09, 0.11), 1.0, edge=0.2 * r + 0.6)
         lesions.append(_box(p[0] - r, p[1] - r, p[0] + r, p[1] + r, size, "microaneurysm"))
     if grade == 1:
         return lesions
