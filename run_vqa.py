@@ -203,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pad_token_id=tokenizer.pad_token_id,
         image_column=data_args.image_column,
         max_image_side=data_args.max_image_side,
+        pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None),
     )
     eval_dataset = prepared.get("do_eval")
     compute_metrics = build_compute_metrics(

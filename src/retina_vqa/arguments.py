@@ -145,6 +145,13 @@ class DataTrainingArguments:
             "the counts per reason go to all_results.json."
         },
     )
+    pad_to_multiple_of: int | None = field(
+        default=None,
+        metadata={
+            "help": "Pad question and answer lengths of a batch up to a multiple of this (default: 8 on GPU, where "
+            "tensor cores want it; none on CPU)."
+        },
+    )
     plot: bool = field(
         default=True,
         metadata={"help": "Write curves.png, confusion.png and samples.png into --output_dir at the end of a run."},
