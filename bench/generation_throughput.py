@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_train_images", type=int, default=32, help="for the training steps")
     parser.add_argument("--init_range", type=float, default=0.5, help="only with --train_steps 0")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--model_name_or_path", default=None, help="a trained model (e.g. outputs/demo) instead of a random one"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 test images, 1 repeat")
     args = parser.parse_args(argv)
     if args.quick:
@@ -133,7 +136,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dargs = common.data_args(dataset_dir)
     prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=False, description="test")
     collator = common.recipe_collator(processor, dargs)
-    if args.train_steps > 0:
+    if args.model_name_or_path:
+        from retina_vqa.predict import load_for_inference
+
+        model, processor = load_for_inference(args.model_name_or_path, device="cpu")
+        prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=False, description="test")
+        collator = common.recipe_collator(processor, dargs)
+    elif args.train_steps > 0:
         model = train_model(processor, dataset_dir, args.train_steps, 32, seed=0)
     else:
         model = make_model(processor, args.init_range, seed=0)
@@ -177,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "image_size": args.image_size,
             "batch_size": args.batch_size,
             "max_answer_length": args.max_answer_length,
-            "model": f"tiny, trained {args.train_steps} steps" if args.train_steps else f"tiny, init {args.init_range}",
+            "model": args.model_name_or_path
+            or (f"tiny, trained {args.train_steps} steps" if args.train_steps else f"tiny, init {args.init_range}"),
             "repeats": args.repeats,
             "questions_per_s": summary,
             "answers": check,

@@ -79,10 +79,7 @@ def _hand_features(x: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[0:s, 0:s]
     fov = (xx + 0.5 - s / 2) ** 2 + (yy + 0.5 - s / 2) ** 2 < (0.45 * s) ** 2
     pixels = x[:, fov]  # n, p, 3
-    hists = [
-        np.stack([np.histogram(img[:, c], bins=16, range=(0, 1))[0] for c in range(3)]).ravel()
-        for img in pixels
-    ]
+    hists = [np.stack([np.histogram(img[:, c], bins=16, range=(0, 1))[0] for c in range(3)]).ravel() for img in pixels]
     hist = np.asarray(hists, dtype=np.float32) / fov.sum()
     return np.concatenate([small, hist * 10.0], axis=1)
 
@@ -109,9 +106,7 @@ class TinyCNN(nn.Module):
         super().__init__()
 
         def block(cin: int, cout: int) -> nn.Sequential:
-            return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)
-            )
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2))
 
         self.features = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 64))
         self.head = nn.Linear(64, 5)
@@ -187,9 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.info("data ready in %.1fs: train %s, test %s", time.time() - start, x_train.shape, x_test.shape)
 
     t = time.time()
-    acc_lr = report(
-        "logistic regression (pixels + colour histograms)", y_test, fit_logreg(x_train, y_train, x_test)
-    )
+    acc_lr = report("logistic regression (pixels + colour histograms)", y_test, fit_logreg(x_train, y_train, x_test))
     logger.info("logistic regression took %.1fs", time.time() - t)
     t = time.time()
     acc_cnn = report(

@@ -286,8 +286,19 @@ def test_flags_after_a_config_file_override_it(tmp_path):
     import yaml
 
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"model_name_or_path": "", "config_name": "x", "dataset_dir": "d",
-                                    "output_dir": "o", "num_train_epochs": 3, "do_train": True, "cache_dir": None}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": "",
+                "config_name": "x",
+                "dataset_dir": "d",
+                "output_dir": "o",
+                "num_train_epochs": 3,
+                "do_train": True,
+                "cache_dir": None,
+            }
+        )
+    )
     model_args, data_args, training_args = run_vqa.parse_args([str(path), "--num_train_epochs", "1"])
     assert training_args.num_train_epochs == 1 and training_args.do_train
     assert model_args.model_name_or_path is None and model_args.cache_dir is None

@@ -14,8 +14,9 @@ def test_no_torch_load_without_weights_only():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load":
                 owner = getattr(node.func.value, "id", None)
-                weights_only = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
-                                   for k in node.keywords)
+                weights_only = any(
+                    k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords
+                )
                 if owner in ("torch", "pickle") and not weights_only:
                     offenders.append(f"{path.name}:{node.lineno}")
     assert not offenders
