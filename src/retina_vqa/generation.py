@@ -12,6 +12,19 @@ import torch
 from transformers import BlipForQuestionAnswering
 
 
+def encode_questions(
+    model: BlipForQuestionAnswering, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The question encoder reading the image patches: the token states the answer decoder attends to."""
+    image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+    return model.text_encoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        encoder_hidden_states=image_embeds,
+        encoder_attention_mask=image_mask,
+    ).last_hidden_state
+
+
 @torch.no_grad()
 def generate_answers(
     model: BlipForQuestionAnswering,
@@ -34,13 +47,7 @@ def generate_answers(
     image_embeds = vision_outputs.last_hidden_state
     if image_index is not None:  # each distinct image encoded once (see collator.VqaCollator)
         image_embeds = image_embeds.index_select(0, image_index)
-    image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-    question_embeds = model.text_encoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        encoder_hidden_states=image_embeds,
-        encoder_attention_mask=image_mask,
-    ).last_hidden_state
+    question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask)
     text_config = model.config.text_config
     start = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     generate_kwargs.setdefault("eos_token_id", text_config.sep_token_id)

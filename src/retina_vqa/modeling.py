@@ -22,6 +22,7 @@ from transformers.models.blip.modeling_blip import BlipTextVisionModelOutput
 
 from .arguments import ModelArguments
 from .attention import apply_cross_attention_mask_fix
+from .generation import encode_questions
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +82,7 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         image_embeds = vision.last_hidden_state
         if image_index is not None:
             image_embeds = image_embeds.index_select(0, image_index)
-        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-        question_embeds = self.text_encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            encoder_hidden_states=image_embeds,
-            encoder_attention_mask=image_mask,
-        ).last_hidden_state
+        question_embeds = encode_questions(self, image_embeds, input_ids, attention_mask)
         answer = self.text_decoder(
             input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,

@@ -47,7 +47,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from .generation import generate_answers
+from .generation import encode_questions, generate_answers
 from .images import load_image
 from .metrics import DEFAULT_DIAGNOSIS_LABELS, OTHER_LABEL, confusion_matrix
 from .synthetic import _PRESENCE_TYPES, FOV_RADIUS_FRACTION
@@ -410,13 +410,7 @@ def gradcam_map(
             with torch.enable_grad():
                 # A leaf that needs grad: the attention probabilities get a gradient even in a frozen model.
                 image_embeds = image_embeds.detach().requires_grad_(True)
-                image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-                question_embeds = model.text_encoder(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    encoder_hidden_states=image_embeds,
-                    encoder_attention_mask=image_mask,
-                ).last_hidden_state
+                question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask)
                 logits = model.text_decoder(
                     input_ids=answer_ids,
                     attention_mask=torch.ones_like(answer_ids),
