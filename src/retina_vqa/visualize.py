@@ -221,8 +221,9 @@ def plot_curves(trainer_state: Mapping[str, Any], output: str | Path) -> tuple[i
         for name in names:
             steps, values = _series(history, name)
             label = name.removeprefix("eval_exact_match/") if name.startswith("eval_exact_match/") else name
-            style = "-" if len(steps) > 1 else "o"
-            ax.plot(steps, values, style, label=label, marker="o" if name.startswith("eval") else None, ms=3)
+            # A single point needs a marker to show at all; evaluations are points in time, so mark them too.
+            marker = "o" if name.startswith("eval") or len(steps) == 1 else None
+            ax.plot(steps, values, "-", label=label, marker=marker, ms=3)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
