@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from retina_vqa.checkpoints import is_complete, last_complete_checkpoint
 
-from .conftest import ROOT, TINY_CONFIG
+from .conftest import ROOT
+from .test_run_vqa import common_args
 
 
 def fake_checkpoint(output_dir, step: int, state: str | None = '{"global_step": STEP}', weights: bool = True):
@@ -39,37 +40,8 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
 
 
 def command(data_dir, output_dir) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "run_vqa.py"),
-        "--model_name_or_path",
-        "",
-        "--config_name",
-        str(TINY_CONFIG),
-        "--dataset_dir",
-        str(data_dir),
-        "--output_dir",
-        str(output_dir),
-        "--do_train",
-        "--max_steps",
-        "8",
-        "--save_steps",
-        "2",
-        "--per_device_train_batch_size",
-        "8",
-        "--learning_rate",
-        "1e-3",
-        "--logging_steps",
-        "1",
-        "--report_to",
-        "none",
-        "--seed",
-        "3",
-        "--disable_tqdm",
-        "true",
-        "--dataloader_num_workers",
-        "0",
-    ]
+    steps = ["--do_train", "--max_steps", "8", "--save_steps", "2", "--seed", "3"]
+    return [sys.executable, str(ROOT / "run_vqa.py"), *common_args(data_dir, output_dir), *steps]
 
 
 def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weights(tiny_dataset_dir, tmp_path):

@@ -9,7 +9,8 @@ from PIL import Image
 
 from retina_vqa.validation import drop_invalid, validate_splits
 
-from .conftest import ROOT, TINY_CONFIG
+from .conftest import ROOT
+from .test_run_vqa import common_args
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
@@ -106,26 +107,17 @@ def broken_dataset_dir(tmp_path):
 
 
 def run_args(data_dir, output_dir) -> list[str]:
-    return [
-        "--model_name_or_path",
-        "",
-        "--config_name",
-        str(TINY_CONFIG),
-        "--dataset_dir",
-        str(data_dir),
-        "--output_dir",
-        str(output_dir),
+    overrides = [
         "--do_train",
         "--do_eval",
         "--max_steps",
         "2",
         "--per_device_train_batch_size",
         "4",
-        "--report_to",
-        "none",
         "--generation_max_length",
         "4",
     ]
+    return common_args(data_dir, output_dir) + overrides
 
 
 def test_run_stops_before_training_with_the_full_report(broken_dataset_dir, tmp_path):
