@@ -5,24 +5,22 @@
     accelerate launch run_vqa.py --model_name_or_path Salesforce/blip-vqa-base --dataset_dir RetinaVQA \\
         --output_dir outputs/blip-retina --do_train --do_eval --do_predict --bf16
 
-Runs the same on CPU, one GPU, or many GPUs/nodes: accelerate picks the devices. A single `.yaml` or
-`.json` argument is read as a config file. The logic lives in `src/retina_vqa/`; this script wires it.
+Runs the same on CPU, one GPU, or many GPUs/nodes: accelerate picks the devices. A `.yaml` or `.json`
+first argument is read as a config file (later flags override it). The logic lives in `src/retina_vqa/`;
+this script wires it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 
 import datasets
-import torch
 import transformers
-import yaml
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 
-from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
+from retina_vqa.arguments import DataTrainingArguments, VqaTrainingArguments, parse_args
 from retina_vqa.baselines import QuestionPriorBaseline
 from retina_vqa.checkpoints import last_complete_checkpoint
 from retina_vqa.collator import VqaCollator
@@ -36,37 +34,6 @@ from retina_vqa.validation import drop_invalid, validate_splits
 from retina_vqa.visualize import plot_run
 
 logger = logging.getLogger(__name__)
-
-
-def parse_args(
-    argv: list[str] | None = None,
-) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
-    argv = sys.argv[1:] if argv is None else argv
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        # Several processes started by accelerate/torchrun on a machine without GPUs: DDP over gloo on
-        # the CPU. (accelerate's own MULTI_CPU mode needs mpirun; accelerate_configs/cpu_ddp.yaml uses
-        # the torchrun launcher instead.) Must be set before the TrainingArguments pick a device.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
-    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        # A config file, optionally followed by flags that override it: run_vqa.py demo.yaml --num_train_epochs 1
-        return parser.parse_args_into_dataclasses(args=config_file_args(argv[0]) + argv[1:])
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def config_file_args(path: str) -> list[str]:
-    """A YAML/JSON config as the equivalent command-line flags (so later flags override it)."""
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
-    if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(config).__name__}.")
-    args = []
-    for key, value in config.items():
-        if value is None:  # the field's default
-            continue
-        values = value if isinstance(value, list) else [value]
-        args += [f"--{key}", *(str(v) for v in values)]
-    return args
 
 
 def setup_logging(training_args: VqaTrainingArguments) -> None:

@@ -1,14 +1,20 @@
-"""Command-line arguments of the recipe: what model to start from and what data to train on.
+"""Command-line arguments of the recipe (what model to start from, what data to train on) and their parsing.
 
-The third group, `Seq2SeqTrainingArguments`, comes from transformers unchanged. `HfArgumentParser`
-turns these dataclasses into `--flags` and reads a single `.yaml`/`.json` argument as a config file.
+The third group is transformers' `Seq2SeqTrainingArguments` with VQA defaults. `parse_args` turns the
+dataclasses into `--flags` with `HfArgumentParser` and reads a `.yaml`/`.json` first argument as a config
+file, which later flags override.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from dataclasses import dataclass, field
 
-from transformers import Seq2SeqTrainingArguments
+import torch
+import yaml
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 DEFAULT_MODEL = "Salesforce/blip-vqa-base"
 
@@ -236,3 +242,34 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
                 "leave it at False (the collator picks the model inputs itself)."
             )
         super().__post_init__()
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
+    argv = sys.argv[1:] if argv is None else argv
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        # Several processes started by accelerate/torchrun on a machine without GPUs: DDP over gloo on
+        # the CPU. (accelerate's own MULTI_CPU mode needs mpirun; accelerate_configs/cpu_ddp.yaml uses
+        # the torchrun launcher instead.) Must be set before the TrainingArguments pick a device.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        # A config file, optionally followed by flags that override it: run_vqa.py demo.yaml --num_train_epochs 1
+        return parser.parse_args_into_dataclasses(args=config_file_args(argv[0]) + argv[1:])
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def config_file_args(path: str) -> list[str]:
+    """A YAML/JSON config as the equivalent command-line flags (so later flags override it)."""
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a mapping of argument names to values, got {type(config).__name__}.")
+    args = []
+    for key, value in config.items():
+        if value is None:  # the field's default
+            continue
+        values = value if isinstance(value, list) else [value]
+        args += [f"--{key}", *(json.dumps(v) if isinstance(v, dict) else str(v) for v in values)]
+    return args
