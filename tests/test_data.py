@@ -70,7 +70,9 @@ def test_check_columns_suggests_the_closest_column(tiny_dataset_dir):
 
 def test_check_split_lists_existing_splits(tiny_dataset_dir):
     raw = datasets.load_from_disk(str(tiny_dataset_dir))
-    with pytest.raises(ValueError, match=r"--do_eval needs a 'dev' split.*\['train', 'validation', 'test'\]"):
+    with pytest.raises(
+        ValueError, match=r"--do_eval needs a 'dev' split.*\['train', 'validation', 'test'\].*--validation_split"
+    ):
         check_split(raw, "dev", "--do_eval", "--validation_file")
 
 

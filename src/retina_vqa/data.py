@@ -100,7 +100,7 @@ def check_split(raw_datasets: DatasetDict, split: str, flag: str, file_flag: str
     if split not in raw_datasets:
         raise ValueError(
             f"{flag} needs a {split!r} split, but the data has {list(raw_datasets)}. Add one "
-            f"({file_flag}), or name an existing split with --{split.split('_')[0]}_split."
+            f"({file_flag}), or name an existing split with {file_flag.replace('_file', '_split')}."
         )
     return raw_datasets[split]
 
