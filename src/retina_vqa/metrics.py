@@ -547,7 +547,8 @@ class RetinaVQAMetric(evaluate.Metric):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _decode(tokenizer: Any, ids: Any, pad_token_id: int) -> list[str]:
+def decode_ids(tokenizer: Any, ids: Any, pad_token_id: int) -> list[str]:
+    """Generated (or label) ids -> stripped strings; the Trainer's -100 padding becomes the pad id first."""
     if isinstance(ids, tuple):
         # Some models return (sequences, extra outputs...); the generated ids are the first element.
         ids = ids[0]
@@ -605,8 +606,8 @@ def build_compute_metrics(
         raise ValueError("The tokenizer has no pad token id; it is needed to replace the -100 label padding.")
 
     def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float | int]:
-        predictions = _decode(inner_tokenizer, eval_pred.predictions, pad_token_id)
-        references = _decode(inner_tokenizer, eval_pred.label_ids, pad_token_id)
+        predictions = decode_ids(inner_tokenizer, eval_pred.predictions, pad_token_id)
+        references = decode_ids(inner_tokenizer, eval_pred.label_ids, pad_token_id)
         if len(predictions) != len(references):
             raise ValueError(f"Got {len(predictions)} predictions but {len(references)} labels.")
         return compute_vqa_metrics(

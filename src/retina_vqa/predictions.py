@@ -7,18 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from .metrics import normalize_answer
+from .metrics import decode_ids, normalize_answer
 
 
 def decode_answers(tokenizer: Any, ids: Any) -> list[str]:
-    """Generated (or label) ids -> answer strings. -100 (the Trainer's padding) becomes the pad id first."""
-    if isinstance(ids, tuple):
-        ids = ids[0]
-    ids = np.asarray(ids)
-    ids = np.where(ids < 0, tokenizer.pad_token_id, ids)
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    """Generated (or label) ids -> answer strings."""
+    return decode_ids(tokenizer, ids, tokenizer.pad_token_id)
 
 
 def prediction_records(
