@@ -141,3 +141,18 @@ def test_loss_with_num_items_in_batch_is_the_token_sum_over_that_count():
     torch.testing.assert_close(model(**batch, num_items_in_batch=tokens).loss, mean)
     # Counted over two processes' 10 tokens, this batch contributes half.
     torch.testing.assert_close(model(**batch, num_items_in_batch=2 * tokens).loss, mean / 2)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_load_model_uses_the_chosen_attention_and_saves_plain_blip(tmp_path, implementation):
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    from retina_vqa.attention import attention_implementation
+
+    args = scratch_args(attn_implementation=implementation)
+    model = load_model(args, load_processor(args))
+    assert attention_implementation(model) == implementation
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path)
+    assert attention_implementation(reloaded) == "eager"  # nothing of ours in the saved files
+    assert "attn" not in (tmp_path / "config.json").read_text().replace("_attn_implementation_autoset", "")

@@ -75,6 +75,16 @@ class ModelArguments:
         },
     )
 
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "Attention kernels: 'sdpa' (torch's fused scaled_dot_product_attention for the image encoder "
+            "and the question/answer transformers; same results as eager up to rounding, faster and lighter) or "
+            "'eager' (transformers' BLIP attention, which also returns attention probabilities).",
+            "choices": ["sdpa", "eager"],
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.model_name_or_path == "":
             self.model_name_or_path = None

@@ -21,7 +21,7 @@ from transformers import (
 from transformers.models.blip.modeling_blip import BlipTextVisionModelOutput
 
 from .arguments import ModelArguments
-from .attention import apply_cross_attention_mask_fix
+from .attention import set_attention_implementation
 from .generation import encode_questions
 
 logger = logging.getLogger(__name__)
@@ -161,8 +161,9 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
             f"{type(model).__name__}. Use a BLIP VQA checkpoint such as Salesforce/blip-vqa-base."
         )
     check_tokenizer_matches(model.config, processor)
-    # Without it the answer decoder attends to question padding (see attention.py).
-    apply_cross_attention_mask_fix(model)
+    # Fused or eager attention, both with the cross-attention mask fix: without it the answer decoder
+    # attends to question padding (see attention.py).
+    set_attention_implementation(model, model_args.attn_implementation)
     model.__class__ = SharedImageBlipForQuestionAnswering
     set_label_smoothing(model, model_args.label_smoothing)
     if model_args.image_size is not None and model_args.image_size != model.config.vision_config.image_size:

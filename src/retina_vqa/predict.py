@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, BlipForQuestionAnswering
 
 from .arguments import DataTrainingArguments
-from .attention import apply_cross_attention_mask_fix
+from .attention import set_attention_implementation
 from .data import check_columns, load_raw_datasets
 from .generation import answer_generation_defaults, apply_saved_answer_generation, generate_answers
 from .images import ImageLoadError, ImageSource, load_image
@@ -55,12 +55,15 @@ DEFAULT_MAX_IMAGE_SIDE = 2048
 
 
 def load_for_inference(
-    model_name_or_path: str | os.PathLike, device: str | torch.device | None = None
+    model_name_or_path: str | os.PathLike,
+    device: str | torch.device | None = None,
+    attn_implementation: str = "sdpa",
 ) -> tuple[BlipForQuestionAnswering, Any]:
     """Load a saved BLIP VQA model and its processor, ready to answer.
 
-    The model is in eval mode on `device` (default: ``cuda`` if available, else ``cpu``), with the
-    cross-attention mask fix applied (`retina_vqa.attention`) and the answer length and beams saved with the
+    The model is in eval mode on `device` (default: ``cuda`` if available, else ``cpu``), with fused
+    (``"sdpa"``) or transformers' ``"eager"`` attention, the cross-attention mask fix applied in both
+    (`retina_vqa.attention`), and the answer length and beams saved with the
     model (``generation_config.json``) given to its text decoder, so ``model.generate`` uses them too.
 
     Raises:
@@ -76,7 +79,7 @@ def load_for_inference(
             "BlipForQuestionAnswering models such as the ones run_vqa.py saves."
         )
     check_tokenizer_matches(model.config, processor)
-    apply_cross_attention_mask_fix(model)
+    set_attention_implementation(model, attn_implementation)
     apply_saved_answer_generation(model)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -254,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="Very large photographs are downsized on load to this longer side (0: never); default 2048.",
     )
     generation.add_argument("--device", help="cuda, cuda:1, cpu, ...; default: cuda if available.")
+    generation.add_argument(
+        "--attn_implementation",
+        choices=["sdpa", "eager"],
+        default="sdpa",
+        help="Fused attention (default) or transformers' eager BLIP attention; the answers are the same.",
+    )
     return parser
 
 
@@ -288,7 +297,9 @@ def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Bl
     if looks_local and not os.path.isdir(name):
         _fail(parser, f"--model_name_or_path {name!r}: no such folder (train one with run_vqa.py --output_dir).")
     try:
-        return load_for_inference(args.model_name_or_path, device=args.device)
+        return load_for_inference(
+            args.model_name_or_path, device=args.device, attn_implementation=args.attn_implementation
+        )
     except (OSError, ValueError) as error:
         _fail(parser, f"cannot load a model from {args.model_name_or_path!r}: {error}")
 
