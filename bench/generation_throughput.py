@@ -1,26 +1,33 @@
 """Answering throughput: the recipe's batched masked generation against one ``model.generate`` per question.
 
-Variants, run alternately in one process over the same test split and the same model:
+Variants, run alternately in one process over the same test split and the same weights:
 
-* ``batched``: the test split tokenised by ``data.prepare_split`` and batched by ``VqaCollator`` (``--batch_size``
-  questions, each distinct image once), answered by ``generation.generate_answers`` (the real question
-  mask, ``image_index``), greedy;
+* ``planned``: `retina_vqa.predict.answer_questions` (what ``python -m retina_vqa.predict --dataset_dir``
+  runs) on the split's encoded images and questions: each distinct image decoded and encoded once, then the
+  questions sorted by text (answers of similar length together) in batches of ``--batch_size``, answered by
+  ``generation.generate_answers`` (the real question mask), greedy, fused attention;
+* ``batched``: the test split in dataset order, tokenised by ``data.prepare_split`` and batched by
+  ``VqaCollator`` (``--batch_size`` questions, each distinct image once), answered by ``generate_answers``
+  as the Trainer's evaluation does, greedy, fused attention;
 * ``one_by_one``: per question, ``processor(images=image, text=question, return_tensors="pt")`` and
-  transformers' own ``model.generate`` with batch 1, greedy, the same answer length.
+  transformers' own ``model.generate`` (eager attention) with batch 1, greedy, the same answer length.
 
-One at a time there is no padding, so the masked batched answers must be identical token for token: the
-benchmark compares every answer and reports the mismatches (target: none). The model is a random tiny BLIP
-with a wide initialisation (``initializer_range`` 0.5, as tests/conftest.py ``make_tiny_model``), whose
-answers vary with image and question; the cross-attention mask fix is applied as ``modeling.load_model``
-does. Collation and processor calls are inside the timing for both sides.
+One at a time there is no padding, so the masked batched answers must be identical: the benchmark compares
+every answer (token ids for ``batched``, the answer strings for ``planned``) and exits non-zero on any
+difference. The default model is a random tiny BLIP with a wide initialisation (``initializer_range`` 0.5,
+as tests/conftest.py ``make_tiny_model``), whose answers vary with image and question and run to the length
+limit; ``--model_name_or_path outputs/demo`` uses the trained demo model (short answers ending at ``[SEP]``).
+Image decoding, collation and processor calls are inside the timing for every variant.
 
     python bench/generation_throughput.py            # 16 test images x 13 questions, batch 32
+    python bench/generation_throughput.py --model_name_or_path outputs/demo
     python bench/generation_throughput.py --quick    # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import sys
 import time
@@ -97,6 +104,26 @@ def answer_batched(model, prepared, collator, batch_size: int, max_length: int) 
     return answers
 
 
+def answer_planned(model, processor, raw, batch_size: int, max_length: int) -> list[str]:
+    """`retina_vqa.predict.answer_questions` on the split's encoded images (each image encoded once, questions
+    grouped by text): answer strings, as the API returns them."""
+    from datasets import Image
+
+    from retina_vqa.predict import answer_questions
+
+    columns = raw.cast_column("image", Image(decode=False)).select_columns(["image", "question"]).to_dict()
+    answers = answer_questions(
+        model,
+        processor,
+        columns["image"],
+        columns["question"],
+        max_new_tokens=max_length - 1,
+        num_beams=1,
+        batch_size=batch_size,
+    )
+    return answers
+
+
 @torch.no_grad()
 def answer_one_by_one(model, raw, processor, max_length: int) -> list[tuple[int, ...]]:
     text = model.config.text_config
@@ -122,13 +149,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--model_name_or_path", default=None, help="a trained model (e.g. outputs/demo) instead of a random one"
     )
+    parser.add_argument(
+        "--attn_implementation", default="sdpa", choices=["sdpa", "eager"], help="the recipe side's attention"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 2 test images, 1 repeat")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_test_images, args.repeats, args.num_train_images = 2, 1, 4
     common.quiet()
+    from retina_vqa.attention import set_attention_implementation
     from retina_vqa.data import prepare_split
     from retina_vqa.generation import configure_answer_generation
+    from retina_vqa.predictions import decode_answers
 
     dataset_dir = common.synthetic_dataset(args.num_train_images, args.num_test_images, args.image_size)
     raw = common.load_split(dataset_dir, "test")
@@ -147,37 +179,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         model = make_model(processor, args.init_range, seed=0)
     configure_answer_generation(model, args.max_answer_length)
+    # The recipe answers with fused attention; the notebook side is transformers' own (eager) BLIP, same weights.
+    set_attention_implementation(model, args.attn_implementation)
+    stock = copy.deepcopy(model)
+    set_attention_implementation(stock, "eager")
     print(f"{len(raw)} questions about {args.num_test_images} images, batch {args.batch_size}", file=sys.stderr)
 
-    outputs: dict[str, list[tuple[int, ...]]] = {}
+    outputs: dict[str, list] = {}
 
     def timed(name: str, fn) -> float:
         start = time.perf_counter()
         outputs[name] = fn()
         return len(raw) / (time.perf_counter() - start)
 
+    length, batch = args.max_answer_length, args.batch_size
     variants = {
-        "batched": lambda: timed(
-            "batched", lambda: answer_batched(model, prepared, collator, args.batch_size, args.max_answer_length)
-        ),
-        "one_by_one": lambda: timed(
-            "one_by_one", lambda: answer_one_by_one(model, raw, processor, args.max_answer_length)
-        ),
+        "planned": lambda: timed("planned", lambda: answer_planned(model, processor, raw, batch, length)),
+        "batched": lambda: timed("batched", lambda: answer_batched(model, prepared, collator, batch, length)),
+        "one_by_one": lambda: timed("one_by_one", lambda: answer_one_by_one(stock, raw, processor, length)),
     }
     results = common.alternate(variants, args.repeats)
     summary = common.summarise(results, baseline="one_by_one")
-    batched, single = outputs["batched"], outputs["one_by_one"]
-    mismatches = [i for i, (a, b) in enumerate(zip(batched, single, strict=True)) if a != b]
+    single = outputs["one_by_one"]
+    text = model.config.text_config
+    single_text = decode_answers(
+        processor.tokenizer, [list(a) + [text.pad_token_id] * (length - len(a)) for a in single]
+    )
+    mismatches = {
+        "batched": [i for i, (a, b) in enumerate(zip(outputs["batched"], single, strict=True)) if a != b],
+        "planned": [i for i, (a, b) in enumerate(zip(outputs["planned"], single_text, strict=True)) if a != b],
+    }
     lengths = [len(a) - 1 for a in single]  # generated tokens after [DEC]
     distinct = len(set(single))
     check = {
         "questions": len(raw),
-        "identical_answers": len(raw) - len(mismatches),
-        "mismatches": len(mismatches),
-        "first_mismatch_rows": mismatches[:5],
+        "identical_answers": {name: len(raw) - len(rows) for name, rows in mismatches.items()},
+        "first_mismatch_rows": {name: rows[:5] for name, rows in mismatches.items()},
         "distinct_answers": distinct,
         "mean_answer_tokens": round(sum(lengths) / len(lengths), 2),
-        "answers_ending_in_sep": sum(a[-1] == model.config.text_config.sep_token_id for a in single),
+        "answers_ending_in_sep": sum(a[-1] == text.sep_token_id for a in single),
     }
     common.emit_json(
         "generation_throughput",
@@ -189,6 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "model": args.model_name_or_path
             or (f"tiny, trained {args.train_steps} steps" if args.train_steps else f"tiny, init {args.init_range}"),
             "repeats": args.repeats,
+            "attn_implementation": args.attn_implementation,
             "questions_per_s": summary,
             "answers": check,
         },
@@ -196,18 +237,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratio = "ratio_vs_one_by_one"
     common.print_table(
         f"Answering {len(raw)} questions (questions/s, median of {args.repeats}; ratio = variant/one_by_one)",
-        ["variant", "batch", "median", "min", "max", "ratio"],
+        ["variant", "batch", "median", "min", "max", "ratio", "identical"],
         [
-            [name, args.batch_size if name == "batched" else 1, s["median"], s["min"], s["max"], s[ratio]]
+            [
+                name,
+                1 if name == "one_by_one" else batch,
+                s["median"],
+                s["min"],
+                s["max"],
+                s[ratio],
+                "-" if name == "one_by_one" else f"{check['identical_answers'][name]}/{len(raw)}",
+            ]
             for name, s in summary.items()
         ],
     )
-    verdict = "IDENTICAL" if not mismatches else f"{len(mismatches)} DIFFER (rows {mismatches[:5]})"
     print(
-        f"\nAnswers batched vs one by one: {verdict}; {distinct} distinct answers, "
-        f"{check['mean_answer_tokens']} tokens on average, {check['answers_ending_in_sep']} ended by [SEP]"
+        f"\nOne by one: {distinct} distinct answers, {check['mean_answer_tokens']} tokens on average, "
+        f"{check['answers_ending_in_sep']} ended by [SEP]"
     )
-    if mismatches:
+    if any(mismatches.values()):
+        print(f"DIFFERENT ANSWERS (rows): {check['first_mismatch_rows']}")
         sys.exit(1)
     return {"questions_per_s": summary, "answers": check}
 

@@ -310,3 +310,28 @@ def test_configure_answer_generation_validates(loaded):
         configure_answer_generation(loaded[0], 1)
     with pytest.raises(ValueError, match="num_beams"):
         configure_answer_generation(loaded[0], 10, num_beams=0)
+
+
+def test_each_image_is_encoded_once_and_answers_keep_row_order(loaded, tmp_path):
+    model, processor = loaded
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"eye{i}.png")
+        fundus(96 + 16 * i, 64).save(paths[-1])
+    # Questions about the three images, interleaved, one image given as a path and as the same path again.
+    images = [paths[i % 3] for i in range(9)] + [str(paths[0])]
+    questions = [QUESTIONS[i % 2] for i in range(9)] + ["which eye is this?"]
+    encoded = []
+    handle = model.vision_model.register_forward_hook(lambda m, args, out: encoded.append(out[0].shape[0]))
+    try:
+        answers = answer_questions(model, processor, images, questions, batch_size=4)
+        one_chunk_per_image = answer_questions(model, processor, images, questions, batch_size=2, images_per_chunk=1)
+    finally:
+        handle.remove()
+    assert encoded[:1] == [3] and sum(encoded) == 3 + 3  # three distinct images, once per call
+    one_by_one = [
+        answer_questions(model, processor, image, question)[0]
+        for image, question in zip(images, questions, strict=True)
+    ]
+    assert answers == one_by_one == one_chunk_per_image
+    assert len(set(answers)) > 1  # not a constant answer

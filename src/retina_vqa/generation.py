@@ -8,6 +8,8 @@ real question mask goes to the decoder, as in BLIP's own code.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
+
 import torch
 from transformers import BlipForQuestionAnswering
 
@@ -25,26 +27,39 @@ def encode_questions(
     ).last_hidden_state
 
 
+def encode_images(
+    model: BlipForQuestionAnswering, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+) -> torch.Tensor:
+    """The image encoder's patch states (batch x patches + 1 x hidden) that the question encoder reads."""
+    return model.vision_model(
+        pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+    ).last_hidden_state
+
+
 @torch.no_grad()
 def generate_answers(
     model: BlipForQuestionAnswering,
-    pixel_values: torch.Tensor,
+    pixel_values: torch.Tensor | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None = None,
     interpolate_pos_encoding: bool = False,
     image_index: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
     **generate_kwargs,
 ) -> torch.LongTensor:
     """Generated answer ids, starting with ``[DEC]`` and ending at ``[SEP]`` (then padding).
 
     With ``image_index``, ``pixel_values`` holds each distinct image once and question i is about image
-    ``image_index[i]``. `generate_kwargs` go to the decoder's `generate` (``max_length``, ``max_new_tokens``,
-    ``num_beams``, ...).
+    ``image_index[i]``. Instead of pixels, ``image_embeds`` from `encode_images` may be given (encoded once,
+    answered in several batches); ``image_index`` then indexes them. `generate_kwargs` go to the decoder's
+    `generate` (``max_length``, ``max_new_tokens``, ``num_beams``, ...).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    vision_outputs = model.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-    image_embeds = vision_outputs.last_hidden_state
+    if (pixel_values is None) == (image_embeds is None):
+        raise ValueError("Pass either pixel_values or image_embeds.")
+    if image_embeds is None:
+        image_embeds = encode_images(model, pixel_values, interpolate_pos_encoding)
     if image_index is not None:  # each distinct image encoded once (see collator.VqaCollator)
         image_embeds = image_embeds.index_select(0, image_index)
     question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask)
@@ -58,6 +73,45 @@ def generate_answers(
         encoder_attention_mask=attention_mask,
         **generate_kwargs,
     )
+
+
+def answering_plan(
+    image_keys: Sequence[Hashable], questions: Sequence[str], batch_size: int, images_per_chunk: int = 256
+) -> list[tuple[list[int], list[tuple[list[int], list[int]]]]]:
+    """The order in which to answer a set of questions so that each image is encoded once and each batch
+    decodes answers of similar length.
+
+    A batch decodes until its longest answer is done: a yes/no question batched with a free-text one pays
+    for the long answer. Question i is about image ``image_keys[i]`` (any hashable identity: a content hash,
+    a path). The distinct images are taken in order of first appearance, ``images_per_chunk`` at a time;
+    within a chunk the questions are sorted by their text (the same question, or the same type, has answers
+    of similar length) and cut into batches of ``batch_size``.
+
+    Returns one ``(image_rows, batches)`` per chunk: ``image_rows[j]`` is the first row showing the chunk's
+    image j (the row to load it from), and each batch is ``(rows, image_positions)`` with
+    ``image_positions[k]`` the position in ``image_rows`` of the image of ``rows[k]``. Every row appears in
+    exactly one batch. Answers do not depend on the order (`generate_answers` masks padding), so the caller
+    puts them back by row.
+    """
+    if len(image_keys) != len(questions):
+        raise ValueError(f"{len(image_keys)} image keys for {len(questions)} questions.")
+    if batch_size < 1 or images_per_chunk < 1:
+        raise ValueError(f"batch_size and images_per_chunk must be at least 1, got {batch_size}, {images_per_chunk}.")
+    rows_of: dict[Hashable, list[int]] = {}
+    for row, key in enumerate(image_keys):
+        rows_of.setdefault(key, []).append(row)
+    images = list(rows_of.values())
+    plan = []
+    for start in range(0, len(images), images_per_chunk):
+        chunk = images[start : start + images_per_chunk]
+        position = {row: j for j, rows in enumerate(chunk) for row in rows}
+        rows = sorted(position, key=lambda row: (" ".join(questions[row].lower().split()), position[row], row))
+        batches = [
+            (rows[i : i + batch_size], [position[row] for row in rows[i : i + batch_size]])
+            for i in range(0, len(rows), batch_size)
+        ]
+        plan.append(([rows[0] for rows in chunk], batches))
+    return plan
 
 
 DEFAULT_MAX_ANSWER_LENGTH = 48

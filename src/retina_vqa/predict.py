@@ -30,8 +30,9 @@ Python API: `load_for_inference` and `answer_questions`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -44,7 +45,13 @@ from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, Bli
 from .arguments import DataTrainingArguments
 from .attention import set_attention_implementation
 from .data import check_columns, load_raw_datasets
-from .generation import answer_generation_defaults, apply_saved_answer_generation, generate_answers
+from .generation import (
+    answer_generation_defaults,
+    answering_plan,
+    apply_saved_answer_generation,
+    encode_images,
+    generate_answers,
+)
 from .images import ImageLoadError, ImageSource, load_image
 from .modeling import check_tokenizer_matches
 from .predictions import decode_answers, prediction_records, write_predictions
@@ -107,33 +114,67 @@ def _generation_kwargs(
     return {"max_new_tokens": max_new_tokens, "max_length": None, "num_beams": num_beams}
 
 
+def _image_identity(source: Any) -> Hashable:
+    """Which rows show the same image: the file (path), the encoded bytes (hash), else the object itself."""
+    if isinstance(source, (str, os.PathLike)):
+        return ("path", os.path.abspath(os.fspath(source)))
+    if isinstance(source, Mapping):
+        if source.get("bytes"):
+            return ("bytes", hashlib.sha1(source["bytes"]).hexdigest())
+        if source.get("path"):
+            return ("path", os.path.abspath(source["path"]))
+    if isinstance(source, (bytes, bytearray)):
+        return ("bytes", hashlib.sha1(source).hexdigest())
+    return ("object", id(source))
+
+
 @torch.no_grad()
-def _answer_batch(
+def _answer_planned(
     model: BlipForQuestionAnswering,
     processor: Any,
-    images: list[PILImage.Image],
-    questions: list[str],
+    image_keys: Sequence[Hashable],
+    questions: Sequence[str],
+    load: Callable[[list[int]], list[PILImage.Image]],
+    batch_size: int,
     generation_kwargs: dict[str, Any],
+    images_per_chunk: int = 256,
+    progress: tqdm | None = None,
 ) -> list[str]:
+    """Answers in row order, computed in `generation.answering_plan` order: every distinct image encoded once
+    per chunk, questions batched with others of the same text (answers of similar length)."""
     tokenizer = processor.tokenizer
     parameter = next(model.parameters())
-    pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-    text = tokenizer(
-        [question.strip() for question in questions],
-        padding=True,
-        truncation=True,
-        max_length=model.config.text_config.max_position_embeddings,
-        return_token_type_ids=False,
-        return_tensors="pt",
-    )
-    generated = generate_answers(
-        model,
-        pixel_values=pixel_values.to(device=parameter.device, dtype=parameter.dtype),
-        input_ids=text["input_ids"].to(parameter.device),
-        attention_mask=text["attention_mask"].to(parameter.device),
-        **generation_kwargs,
-    )
-    return decode_answers(tokenizer, generated.cpu())
+    answers: list[str | None] = [None] * len(questions)
+    for image_rows, batches in answering_plan(image_keys, questions, batch_size, images_per_chunk):
+        encoded = []
+        for start in range(0, len(image_rows), batch_size):
+            images = load(image_rows[start : start + batch_size])
+            pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            encoded.append(encode_images(model, pixel_values.to(device=parameter.device, dtype=parameter.dtype)))
+        image_embeds = torch.cat(encoded)
+        for rows, positions in batches:
+            text = tokenizer(
+                [questions[row].strip() for row in rows],
+                padding=True,
+                truncation=True,
+                max_length=model.config.text_config.max_position_embeddings,
+                return_token_type_ids=False,
+                return_tensors="pt",
+            )
+            generated = generate_answers(
+                model,
+                pixel_values=None,
+                image_embeds=image_embeds,
+                image_index=torch.tensor(positions, device=parameter.device),
+                input_ids=text["input_ids"].to(parameter.device),
+                attention_mask=text["attention_mask"].to(parameter.device),
+                **generation_kwargs,
+            )
+            for row, answer in zip(rows, decode_answers(tokenizer, generated.cpu()), strict=True):
+                answers[row] = answer
+            if progress is not None:
+                progress.update(len(rows))
+    return answers
 
 
 def answer_questions(
@@ -145,6 +186,7 @@ def answer_questions(
     num_beams: int | None = None,
     batch_size: int = 32,
     max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE,
+    images_per_chunk: int = 256,
 ) -> list[str]:
     """Answer ``questions[i]`` about ``images[i]``, in batches; one answer string per question.
 
@@ -157,6 +199,9 @@ def answer_questions(
         max_new_tokens: longest answer in tokens; default: the length saved with the model, else 48.
         num_beams: beam search width; default: the value saved with the model, else 1 (greedy).
         batch_size: questions per forward pass. Answers do not depend on it.
+        images_per_chunk: distinct images encoded and held at a time. Each image is encoded once per chunk,
+            and the questions about a chunk's images are answered grouped by question text (answers of
+            similar length together); memory grows with it.
         max_image_side: very large photographs are downsized on load to this longer side (None: never).
 
     Raises:
@@ -177,16 +222,12 @@ def answer_questions(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     generation_kwargs = _generation_kwargs(model, max_new_tokens, num_beams)
-    answers: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        batch_images = [
-            load_image(image, where=f"image {start + i}", max_side=max_image_side)
-            for i, image in enumerate(images[start : start + batch_size])
-        ]
-        answers.extend(
-            _answer_batch(model, processor, batch_images, questions[start : start + batch_size], generation_kwargs)
-        )
-    return answers
+
+    def load(rows: list[int]) -> list[PILImage.Image]:
+        return [load_image(images[row], where=f"image {row}", max_side=max_image_side) for row in rows]
+
+    keys = [_image_identity(image) for image in images]
+    return _answer_planned(model, processor, keys, questions, load, batch_size, generation_kwargs, images_per_chunk)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -380,24 +421,26 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     if isinstance(rows.features[args.image_column], Image):
         # Undecoded {"bytes", "path"} dicts: load_image reports bad files with their row and path.
         rows = rows.cast_column(args.image_column, Image(decode=False))
-    predictions: list[str] = []
+    images = rows.select_columns([args.image_column])
+    keys = [_image_identity(image) for batch in images.iter(batch_size=256) for image in batch[args.image_column]]
+
+    def load(indices: list[int]) -> list[PILImage.Image]:
+        sources = images.select(indices)[args.image_column]
+        where = "row {} of {!r}, column {!r}"
+        return [
+            load_image(source, where=where.format(row, name, args.image_column), max_side=max_side)
+            for row, source in zip(indices, sources, strict=True)
+        ]
+
+    questions = rows.select_columns([args.question_column]).to_dict()[args.question_column]
     with tqdm(total=len(rows), desc=f"Answering {name}", unit="question") as progress:
-        for start in range(0, len(rows), args.batch_size):
-            batch = rows[start : start + args.batch_size]
-            try:
-                images = [
-                    load_image(
-                        image,
-                        where=f"row {start + i} of {name!r}, column {args.image_column!r}",
-                        max_side=max_side,
-                    )
-                    for i, image in enumerate(batch[args.image_column])
-                ]
-            except ImageLoadError as error:
-                progress.close()
-                _fail(parser, str(error))
-            predictions.extend(_answer_batch(model, processor, images, batch[args.question_column], generation_kwargs))
-            progress.update(len(images))
+        try:
+            predictions = _answer_planned(
+                model, processor, keys, questions, load, args.batch_size, generation_kwargs, progress=progress
+            )
+        except ImageLoadError as error:
+            progress.close()
+            _fail(parser, str(error))
 
     answer_column = args.answer_column if args.answer_column in dataset.column_names else None
     records = prediction_records(dataset, predictions, args.question_column, answer_column)
