@@ -58,7 +58,9 @@ def timed_throughput(times: list[float], warmup_steps: int, batch_size: int) -> 
     return steps * batch_size / (times[-1] - times[warmup_steps])
 
 
-def run_recipe(model, prepared, processor, collator, batch_size: int, steps: int, warmup: int, group: bool, workers):
+def run_recipe(
+    model, prepared, processor, collator, batch_size: int, steps: int, warmup: int, group: bool, workers, compile=False
+):
     from retina_vqa.arguments import VqaTrainingArguments
     from retina_vqa.trainer import VqaTrainer
 
@@ -78,6 +80,7 @@ def run_recipe(model, prepared, processor, collator, batch_size: int, steps: int
             disable_tqdm=True,
             dataloader_num_workers=workers,
             group_by_image=group,
+            torch_compile=compile,
             dataloader_pin_memory=torch.cuda.is_available(),
             seed=42,
         )
@@ -176,6 +179,21 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
             False,
             args.num_workers,
         )
+    if args.torch_compile:
+        # The first step compiles (excluded from the timing by --warmup_steps); every later batch shape reuses it.
+        models["compiled"] = common.recipe_model(size, image_size, processor)
+        variants["recipe_compiled"] = lambda: run_recipe(
+            models["compiled"],
+            prepared,
+            processor,
+            collator,
+            batch_size,
+            steps,
+            args.warmup_steps,
+            True,
+            args.num_workers,
+            compile=True,
+        )
     results = common.alternate(variants, args.repeats)
     models.clear()  # frees the full-size models before the next size
     gc.collect()
@@ -206,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_train_images", type=int, default=None, help="default: enough for the steps")
     parser.add_argument("--num_test_images", type=int, default=4)
     parser.add_argument("--no_random_order", action="store_true", help="skip variant C (group_by_image false)")
+    parser.add_argument(
+        "--torch_compile", action="store_true", help="add variant recipe_compiled (--torch_compile, inductor)"
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: tiny, batch 8, 3 steps, 1 repeat")
     args = parser.parse_args(argv)
     if args.quick:

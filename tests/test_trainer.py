@@ -72,3 +72,46 @@ def test_save_total_limit_never_deletes_the_best_checkpoint(tiny_dataset_dir, tm
     assert best.split("/")[-1] in kept
     losses = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
     assert int(best.split("-")[-1]) == min(losses, key=losses.get)
+
+
+def _training_losses(output_dir) -> list[float]:
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+
+
+def test_torch_compile_traces_one_graph_for_batches_of_every_shape(tiny_dataset_dir, tmp_path):
+    # Dynamic padding and image sharing change the batch shapes every step. The compiled model must not
+    # recompile for each (the sizes are marked dynamic up front), break its graph, or change the training.
+    # The "aot_eager" backend runs dynamo and autograd tracing like inductor, without C++ code generation.
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    def run(name: str, *extra: str):
+        output_dir = tmp_path / name
+        # Batches of 16 rows always hold two or more images (13 questions each): sizes of 1 would be specialised.
+        args = common_args(tiny_dataset_dir, output_dir) + ["--do_train", "--max_steps", "6", *extra]
+        args += ["--per_device_train_batch_size", "16"]
+        run_vqa.main(args)
+        return output_dir
+
+    eager = run("eager")
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        compiled = run("compiled", "--torch_compile", "true", "--torch_compile_backend", "aot_eager")
+        graphs, frames, breaks = (
+            counters["stats"]["unique_graphs"],
+            counters["frames"]["total"],
+            dict(counters["graph_break"]),
+        )
+    finally:
+        torch._dynamo.reset()
+    losses = _training_losses(eager)
+    assert len(losses) == 6 and len({round(x, 3) for x in losses}) > 1
+    assert graphs == 1 and frames == 1 and not breaks, (graphs, frames, breaks)
+    assert _training_losses(compiled) == pytest.approx(losses, rel=1e-4)
+    # Saved without torch.compile's wrapper: plain transformers loads it.
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    AutoModelForVisualQuestionAnswering.from_pretrained(compiled)
+    assert "_orig_mod" not in (compiled / "model.safetensors").read_bytes()[:100_000].decode("latin-1")

@@ -18,6 +18,35 @@ from .generation import generate_answers
 from .model_card import render_model_card
 from .sampling import ImageGroupedSampler
 
+# Sizes that change from batch to batch: distinct images, rows (questions), question and answer lengths.
+DYNAMIC_DIMS = {
+    "pixel_values": (0,),
+    "image_index": (0,),
+    "input_ids": (0, 1),
+    "attention_mask": (0, 1),
+    "decoder_input_ids": (0, 1),
+    "decoder_attention_mask": (0, 1),
+    "labels": (0, 1),
+}
+
+
+def mark_batch_dynamic(inputs: dict[str, Any]) -> None:
+    """Tell torch.compile up front which sizes vary, so that it compiles one graph for every batch.
+
+    Dynamic padding and image sharing give every batch its own question length, answer length and number
+    of distinct images. Left alone, dynamo compiles for the first batch's exact sizes and recompiles when they
+    change (twice, before it turns them dynamic). Dynamo still specialises sizes of 1, so a batch holding
+    the questions of a single image, or a last batch of one question, gets one more graph of its own: two
+    or three graphs in all, however many shapes the batches have. (Marking the image count "unbacked" to
+    avoid that breaks inductor's convolution in torch 2.13.)
+    """
+    for name, dims in DYNAMIC_DIMS.items():
+        tensor = inputs.get(name)
+        if isinstance(tensor, torch.Tensor):
+            for dim in dims:
+                if dim < tensor.dim():
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
 
 class VqaTrainer(Seq2SeqTrainer):
     """`Seq2SeqTrainer` whose `predict_with_generate` answers with the real question mask.
@@ -44,6 +73,12 @@ class VqaTrainer(Seq2SeqTrainer):
         ):
             return ImageGroupedSampler(dataset[IMAGE_KEY], seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.torch_compile:
+            mark_batch_dynamic(inputs)
+        return inputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
