@@ -1,7 +1,8 @@
 """Peak memory of a short training run, and the disk the recipe's tokenisation cache takes per example.
 
-Memory: each run (recipe: prepare_split + VqaCollator + VqaTrainer; notebook: per-item processor Dataset +
-AdamW loop; see train_throughput.py) happens in a fresh child process, started by a small wrapper process
+Memory: each run (recipe: prepare_split + VqaCollator + VqaTrainer, fused attention; recipe_eager: the same
+with transformers' eager attention; notebook: per-item processor Dataset + AdamW loop; see
+train_throughput.py) happens in a fresh child process, started by a small wrapper process
 that reads ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` once the child has exited: the peak resident
 memory of exactly that run (imports, data, model, optimizer state, activations), nothing else.
 
@@ -38,10 +39,13 @@ def child(variant: str, size: str, steps: int, batch_size: int, image_size: int,
     common.quiet()
     raw = common.load_split(Path(dataset_dir), "train")
     processor = common.load_processor(image_size)
-    if variant == "recipe":
+    if variant in ("recipe", "recipe_eager"):
+        from retina_vqa.attention import set_attention_implementation
+
         dargs = common.data_args(dataset_dir)
         prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=True, description="train")
         model = common.recipe_model(size, image_size, processor)
+        set_attention_implementation(model, "eager" if variant == "recipe_eager" else "sdpa")
         collator = common.recipe_collator(processor, dargs)
         train_throughput.run_recipe(model, prepared, processor, collator, batch_size, steps, 0, True, 0)
     elif variant == "notebook":
@@ -114,7 +118,7 @@ def measure_disk(dataset_dir: Path, image_size: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="tiny,full")
-    parser.add_argument("--variants", default="recipe,notebook")
+    parser.add_argument("--variants", default="recipe,recipe_eager,notebook", help="recipe_eager: eager attention")
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--tiny_steps", type=int, default=10)
     parser.add_argument("--tiny_batch_size", type=int, default=32)

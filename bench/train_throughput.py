@@ -10,13 +10,18 @@ Variants, run alternately in one process (A B C, C B A, ...):
   padded answer ids as labels, a shuffled DataLoader, a plain AdamW loop on a plain
   ``BlipForQuestionAnswering`` (``model(input_ids=..., pixel_values=..., labels=...)``);
 * ``recipe_random`` (C): the recipe with ``group_by_image=False`` (random order: batches rarely share an
-  image), which separates the image-sharing gain from the rest of the pipeline.
+  image), which separates the image-sharing gain from the rest of the pipeline;
+* ``recipe_eager`` (with ``--eager_attention``): the recipe with transformers' eager attention instead of the
+  fused (SDPA) default;
+* ``recipe_compiled`` (with ``--torch_compile``): the recipe with ``--torch_compile`` (inductor); its first
+  step compiles and is left out of the timing with the other warm-up steps.
 
 Throughput is training samples (questions) per second over the steps after the first ``--warmup_steps``
 (the first step allocates the optimizer state and warms the allocator), timed by a callback / the loop
 itself: model building, Trainer construction and data loading set-up are excluded for every variant.
 
     python bench/train_throughput.py            # tiny config + full blip-vqa-base architecture, 128 px
+    python bench/train_throughput.py --sizes tiny --eager_attention --torch_compile
     python bench/train_throughput.py --quick    # smoke test: tiny only, 3 steps, 1 repeat
 """
 
@@ -179,6 +184,22 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
             False,
             args.num_workers,
         )
+    if args.eager_attention:
+        from retina_vqa.attention import set_attention_implementation
+
+        models["eager"] = common.recipe_model(size, image_size, processor)
+        set_attention_implementation(models["eager"], "eager")
+        variants["recipe_eager"] = lambda: run_recipe(
+            models["eager"],
+            prepared,
+            processor,
+            collator,
+            batch_size,
+            steps,
+            args.warmup_steps,
+            True,
+            args.num_workers,
+        )
     if args.torch_compile:
         # The first step compiles (excluded from the timing by --warmup_steps); every later batch shape reuses it.
         models["compiled"] = common.recipe_model(size, image_size, processor)
@@ -224,6 +245,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_train_images", type=int, default=None, help="default: enough for the steps")
     parser.add_argument("--num_test_images", type=int, default=4)
     parser.add_argument("--no_random_order", action="store_true", help="skip variant C (group_by_image false)")
+    parser.add_argument(
+        "--eager_attention", action="store_true", help="add variant recipe_eager (--attn_implementation eager)"
+    )
     parser.add_argument(
         "--torch_compile", action="store_true", help="add variant recipe_compiled (--torch_compile, inductor)"
     )
