@@ -335,3 +335,29 @@ def test_each_image_is_encoded_once_and_answers_keep_row_order(loaded, tmp_path)
     ]
     assert answers == one_by_one == one_chunk_per_image
     assert len(set(answers)) > 1  # not a constant answer
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_cli_attention_choice_reaches_the_model(model_dir, tmp_path, capsys, monkeypatch, implementation):
+    from retina_vqa import predict
+    from retina_vqa.attention import attention_implementation
+
+    used = []
+    original = predict.load_for_inference
+
+    def spy(*args, **kwargs):
+        model, processor = original(*args, **kwargs)
+        used.append(attention_implementation(model))
+        return model, processor
+
+    monkeypatch.setattr(predict, "load_for_inference", spy)
+    fundus().save(tmp_path / "eye.png")
+    out = run_cli(
+        ["--model_name_or_path", str(model_dir), "--image", str(tmp_path / "eye.png"), "--question", QUESTIONS[0]]
+        + ["--attn_implementation", implementation],
+        capsys,
+    )
+    model, processor = load_for_inference(model_dir, device="cpu", attn_implementation=implementation)
+    expected = answer_questions(model, processor, tmp_path / "eye.png", QUESTIONS[0])[0]
+    assert used == [implementation]
+    assert out == f"Question: {QUESTIONS[0]}\nAnswer: {expected}\n"
