@@ -210,6 +210,19 @@ class DataTrainingArguments:
                 raise ValueError(f"--{name} must be a positive number of rows, got {value}.")
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def auto_num_workers() -> int:
+    """DataLoader workers for ``--dataloader_num_workers -1``: the CPU cores of this process's share, less one
+    for the training loop itself, at most `MAX_AUTO_WORKERS`, where a GPU trains; 0 on CPU-only machines."""
+    if not torch.cuda.is_available():
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(MAX_AUTO_WORKERS, cores // processes - 1))
+
+
 @dataclass
 class VqaTrainingArguments(Seq2SeqTrainingArguments):
     """`Seq2SeqTrainingArguments` with the defaults a VQA recipe needs.
@@ -244,6 +257,21 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "Files already there may be overwritten."
         },
     )
+    dataloader_num_workers: int = field(
+        default=-1,
+        metadata={
+            "help": "Processes that decode and resize images while the model trains. -1 (default): with CUDA, "
+            f"the CPU cores per training process minus one, at most {MAX_AUTO_WORKERS}; without CUDA, 0 (on a CPU "
+            "the workers compete with the model for the same cores). 0: in the training process."
+        },
+    )
+    dataloader_persistent_workers: bool = field(
+        default=True,
+        metadata={
+            "help": "Keep the DataLoader workers between epochs and evaluations instead of starting them anew "
+            "(ignored with 0 workers)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.remove_unused_columns:
@@ -251,6 +279,14 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
                 "--remove_unused_columns True would drop the image column before the collator sees it; "
                 "leave it at False (the collator picks the model inputs itself)."
             )
+        if self.dataloader_num_workers < -1:
+            raise ValueError(
+                f"--dataloader_num_workers must be -1 (automatic) or >= 0, got {self.dataloader_num_workers}."
+            )
+        if self.dataloader_num_workers == -1:
+            self.dataloader_num_workers = auto_num_workers()
+        if self.dataloader_num_workers == 0:
+            self.dataloader_persistent_workers = False  # torch's DataLoader refuses it without workers
         super().__post_init__()
 
 

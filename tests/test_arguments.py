@@ -1,0 +1,39 @@
+"""VqaTrainingArguments defaults: DataLoader workers chosen for the machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retina_vqa import arguments
+from retina_vqa.arguments import MAX_AUTO_WORKERS, VqaTrainingArguments, auto_num_workers
+
+
+def test_default_on_a_cpu_machine_loads_in_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = VqaTrainingArguments(output_dir=str(tmp_path))
+    assert args.dataloader_num_workers == 0
+    assert args.dataloader_persistent_workers is False  # torch refuses persistent workers without workers
+
+
+def test_explicit_workers_persist_between_epochs(tmp_path):
+    args = VqaTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=2)
+    assert args.dataloader_num_workers == 2 and args.dataloader_persistent_workers is True
+    args = VqaTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=2, dataloader_persistent_workers=False)
+    assert args.dataloader_persistent_workers is False
+
+
+@pytest.mark.parametrize(
+    ("cores", "local_processes", "expected"),
+    [(16, 1, MAX_AUTO_WORKERS), (16, 4, 3), (6, 1, 5), (2, 2, 0), (1, 1, 0)],
+)
+def test_automatic_workers_with_a_gpu_share_the_cores(monkeypatch, cores, local_processes, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(arguments.os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_processes))
+    assert auto_num_workers() == expected
+
+
+def test_negative_workers_other_than_auto_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="dataloader_num_workers must be -1"):
+        VqaTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=-2)
