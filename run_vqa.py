@@ -25,6 +25,7 @@ from retina_vqa.baselines import QuestionPriorBaseline
 from retina_vqa.checkpoints import last_complete_checkpoint
 from retina_vqa.collator import VqaCollator
 from retina_vqa.data import check_columns, check_split, load_raw_datasets, prepare_split
+from retina_vqa.embedding_cache import ImageEmbeddingCache
 from retina_vqa.generation import configure_answer_generation
 from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
 from retina_vqa.modeling import load_model, load_processor
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         image_column=data_args.image_column,
         max_image_side=data_args.max_image_side,
         pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None),
+        return_image_keys=model_args.cache_image_embeddings,
     )
     eval_dataset = prepared.get("do_eval")
     compute_metrics = build_compute_metrics(
@@ -189,6 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=processor,
         data_collator=collator,
         compute_metrics=compute_metrics if training_args.predict_with_generate else None,
+        image_embedding_cache=(
+            ImageEmbeddingCache(int(model_args.image_embedding_cache_gb * 1e9))
+            if model_args.cache_image_embeddings
+            else None
+        ),
     )
     if report.problems:
         trainer.save_metrics("data_validation", report.counts())
@@ -241,6 +248,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 data_args.answer_column,
             )
             write_predictions(os.path.join(training_args.output_dir, "predictions.jsonl"), records)
+
+    if trainer.image_embedding_cache is not None:
+        # This process's counts: how often the frozen image encoder ran, and how often it was spared.
+        stats = trainer.image_embedding_cache.stats()
+        trainer.log_metrics("image_embedding_cache", stats)
+        trainer.save_metrics("image_embedding_cache", stats, combined=False)
+        results.update(stats)
 
     # Pictures of the run next to its numbers: curves.png, confusion.png, samples.png (main process only).
     if data_args.plot and trainer.is_world_process_zero():

@@ -13,6 +13,9 @@ Variants, run alternately in one process (A B C, C B A, ...):
   image), which separates the image-sharing gain from the rest of the pipeline;
 * ``recipe_eager`` (with ``--eager_attention``): the recipe with transformers' eager attention instead of the
   fused (SDPA) default;
+* ``recipe_frozen`` and ``recipe_frozen_cached`` (with ``--frozen_vision``): the recipe with the image encoder
+  frozen, without and with the cache of its outputs (a fresh cache per run: its first epoch encodes every
+  image; use few ``--num_train_images`` so that the steps span several epochs);
 * ``recipe_compiled`` (with ``--torch_compile``): the recipe with ``--torch_compile`` (inductor); its first
   step compiles and is left out of the timing with the other warm-up steps.
 
@@ -22,6 +25,8 @@ itself: model building, Trainer construction and data loading set-up are exclude
 
     python bench/train_throughput.py            # tiny config + full blip-vqa-base architecture, 128 px
     python bench/train_throughput.py --sizes tiny --eager_attention --torch_compile
+    python bench/train_throughput.py --sizes tiny --image_size 384 --frozen_vision --num_train_images 16 \\
+        --no_random_order
     python bench/train_throughput.py --quick    # smoke test: tiny only, 3 steps, 1 repeat
 """
 
@@ -64,7 +69,17 @@ def timed_throughput(times: list[float], warmup_steps: int, batch_size: int) -> 
 
 
 def run_recipe(
-    model, prepared, processor, collator, batch_size: int, steps: int, warmup: int, group: bool, workers, compile=False
+    model,
+    prepared,
+    processor,
+    collator,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    group: bool,
+    workers,
+    compile=False,
+    cache=None,
 ):
     from retina_vqa.arguments import VqaTrainingArguments
     from retina_vqa.trainer import VqaTrainer
@@ -96,6 +111,7 @@ def run_recipe(
             processing_class=processor,
             data_collator=collator,
             callbacks=[clock],
+            image_embedding_cache=cache,
         )
         trainer.remove_callback(PrinterCallback)  # the Trainer's own metrics line; the table follows
         result = trainer.train()
@@ -200,6 +216,32 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
             True,
             args.num_workers,
         )
+    if args.frozen_vision:
+        import dataclasses
+
+        from retina_vqa.embedding_cache import ImageEmbeddingCache
+        from retina_vqa.modeling import freeze
+
+        keyed = dataclasses.replace(collator, return_image_keys=True)
+        for name in ("frozen", "frozen_cached"):
+            models[name] = common.recipe_model(size, image_size, processor)
+            freeze(models[name], vision=True, text=False)
+        variants["recipe_frozen"] = lambda: run_recipe(
+            models["frozen"], prepared, processor, collator, batch_size, steps, args.warmup_steps, True, 0
+        )
+        # A new cache for every run: the first epoch encodes every image, later epochs reuse them.
+        variants["recipe_frozen_cached"] = lambda: run_recipe(
+            models["frozen_cached"],
+            prepared,
+            processor,
+            keyed,
+            batch_size,
+            steps,
+            args.warmup_steps,
+            True,
+            0,
+            cache=ImageEmbeddingCache(8 * 10**9),
+        )
     if args.torch_compile:
         # The first step compiles (excluded from the timing by --warmup_steps); every later batch shape reuses it.
         models["compiled"] = common.recipe_model(size, image_size, processor)
@@ -247,6 +289,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no_random_order", action="store_true", help="skip variant C (group_by_image false)")
     parser.add_argument(
         "--eager_attention", action="store_true", help="add variant recipe_eager (--attn_implementation eager)"
+    )
+    parser.add_argument(
+        "--frozen_vision",
+        action="store_true",
+        help="add variants recipe_frozen (--freeze_vision_encoder), recipe_frozen_cached (+ --cache_image_embeddings)",
     )
     parser.add_argument(
         "--torch_compile", action="store_true", help="add variant recipe_compiled (--torch_compile, inductor)"

@@ -60,6 +60,20 @@ class ModelArguments:
     freeze_text_encoder: bool = field(
         default=False, metadata={"help": "Do not update the question encoder (BERT with cross-attention)."}
     )
+    cache_image_embeddings: bool = field(
+        default=False,
+        metadata={
+            "help": "With --freeze_vision_encoder: encode each image once per run and keep its image-encoder "
+            "output in CPU memory for later epochs and evaluations (see retina_vqa.embedding_cache)."
+        },
+    )
+    image_embedding_cache_gb: float = field(
+        default=8.0,
+        metadata={
+            "help": "Most CPU memory the kept image-encoder outputs may take (blip-vqa-base at 384 px: ~1.8 MB "
+            "per image in fp32). Images beyond it are encoded every time."
+        },
+    )
     label_smoothing: float = field(
         default=0.1,
         metadata={
@@ -98,6 +112,13 @@ class ModelArguments:
                 "--model_name_or_path and --config_name both given: use --model_name_or_path to fine-tune a "
                 "checkpoint, or --config_name with --model_name_or_path '' to train from scratch."
             )
+        if self.cache_image_embeddings and not self.freeze_vision_encoder:
+            raise ValueError(
+                "--cache_image_embeddings keeps the image encoder's outputs, which is only right while the "
+                "encoder does not change: add --freeze_vision_encoder, or drop --cache_image_embeddings."
+            )
+        if self.image_embedding_cache_gb <= 0:
+            raise ValueError(f"--image_embedding_cache_gb must be positive, got {self.image_embedding_cache_gb}.")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.image_size is not None and self.image_size < 16:

@@ -57,7 +57,9 @@ class VqaCollator:
 
     Rows that carry an ``image_key`` (see `data.image_keys`) and share it share one image: with
     ``share_images`` the batch then holds each distinct image once in ``pixel_values`` and
-    ``image_index`` (one entry per row) points to it; the model encodes each image once.
+    ``image_index`` (one entry per row) points to it; the model encodes each image once. With
+    ``return_image_keys`` the batch also lists the key of each of those images (``image_keys``), for the
+    Trainer's cache of image-encoder outputs (`embedding_cache`).
     """
 
     image_processor: Any
@@ -67,8 +69,9 @@ class VqaCollator:
     pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
     share_images: bool = True
+    return_image_keys: bool = False
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         required = ("input_ids", self.image_column)
         missing = [key for key in required if key not in features[0]]
         if missing:
@@ -78,7 +81,11 @@ class VqaCollator:
                 "image "
                 "column (TrainingArguments.remove_unused_columns=False)."
             )
-        batch: dict[str, torch.Tensor] = {}
+        batch: dict[str, Any] = {}
+        if self.return_image_keys and not (self.share_images and IMAGE_KEY in features[0]):
+            raise KeyError(
+                f"return_image_keys needs share_images and an {IMAGE_KEY!r} in every row (data.prepare_split adds it)."
+            )
         if self.share_images and IMAGE_KEY in features[0]:
             # Each distinct image once; image_index[i] says which one question i is about.
             position: dict[str, int] = {}
@@ -88,6 +95,8 @@ class VqaCollator:
                     position[feature[IMAGE_KEY]] = len(rows)
                     rows.append(i)
             batch["image_index"] = torch.tensor([position[f[IMAGE_KEY]] for f in features], dtype=torch.long)
+            if self.return_image_keys:
+                batch["image_keys"] = [features[i][IMAGE_KEY] for i in rows]
         else:
             rows = list(range(len(features)))
         images = [

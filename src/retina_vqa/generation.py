@@ -60,6 +60,8 @@ def generate_answers(
         raise ValueError("Pass either pixel_values or image_embeds.")
     if image_embeds is None:
         image_embeds = encode_images(model, pixel_values, interpolate_pos_encoding)
+    else:  # kept outputs may come from a mixed-precision pass
+        image_embeds = image_embeds.to(next(model.text_encoder.parameters()).dtype)
     if image_index is not None:  # each distinct image encoded once (see collator.VqaCollator)
         image_embeds = image_embeds.index_select(0, image_index)
     question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask)

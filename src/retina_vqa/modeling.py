@@ -22,7 +22,7 @@ from transformers.models.blip.modeling_blip import BlipTextVisionModelOutput
 
 from .arguments import ModelArguments
 from .attention import set_attention_implementation
-from .generation import encode_questions
+from .generation import encode_images, encode_questions
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,10 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
 
     With ``image_index`` (one entry per question), ``pixel_values`` holds each distinct image once and
     question i is answered about image ``image_index[i]``: the image encoder runs once per image instead
-    of once per question, with the same gradient. Without it, the forward is transformers' own. The
-    weights and the saved files are those of `BlipForQuestionAnswering`.
+    of once per question, with the same gradient. ``image_embeds`` (the image encoder's outputs, one per
+    distinct image) may replace ``pixel_values`` when they are already known (`embedding_cache`). Without
+    any of these, the forward is transformers' own. The weights and the saved files are those of
+    `BlipForQuestionAnswering`.
     """
 
     # The Trainer passes `num_items_in_batch` (answer tokens in the whole step: all processes, all accumulated
@@ -55,7 +57,7 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
     def forward(
         self,
         input_ids: torch.LongTensor,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
         decoder_input_ids: torch.LongTensor | None = None,
         decoder_attention_mask: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
@@ -63,9 +65,10 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         interpolate_pos_encoding: bool = False,
         image_index: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
+        image_embeds: torch.Tensor | None = None,
         **kwargs,
     ) -> BlipTextVisionModelOutput:
-        if image_index is None and num_items_in_batch is None:
+        if image_index is None and num_items_in_batch is None and image_embeds is None:
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -78,8 +81,11 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
             )
         if decoder_input_ids is None:
             raise ValueError("Pass decoder_input_ids ([DEC] + answer) and labels to train; use generate to answer.")
-        vision = self.vision_model(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-        image_embeds = vision.last_hidden_state
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass either pixel_values or image_embeds (image-encoder outputs, e.g. kept ones).")
+        if image_embeds is None:
+            image_embeds = encode_images(self, pixel_values, interpolate_pos_encoding)
+        per_image = image_embeds
         if image_index is not None:
             image_embeds = image_embeds.index_select(0, image_index)
         question_embeds = encode_questions(self, image_embeds, input_ids, attention_mask)
@@ -98,7 +104,7 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         return BlipTextVisionModelOutput(
             loss=loss,
             image_embeds=image_embeds,
-            last_hidden_state=vision.last_hidden_state,
+            last_hidden_state=per_image,
         )
 
     def save_pretrained(self, *args, **kwargs):
@@ -169,6 +175,13 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
     if model_args.image_size is not None and model_args.image_size != model.config.vision_config.image_size:
         resize_image_size(model, model_args.image_size)
     freeze(model, vision=model_args.freeze_vision_encoder, text=model_args.freeze_text_encoder)
+    dropout = model.config.vision_config.attention_dropout
+    if model_args.cache_image_embeddings and dropout > 0:
+        raise ValueError(
+            f"--cache_image_embeddings reuses the image encoder's outputs, but its attention dropout is {dropout}: "
+            "the outputs would differ from pass to pass while training. Set vision_config.attention_dropout to 0 "
+            "or drop --cache_image_embeddings."
+        )
     return model
 
 

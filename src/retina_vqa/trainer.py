@@ -14,6 +14,7 @@ from transformers.integrations.fsdp import is_fsdp_managed_module
 
 from .checkpoints import last_complete_checkpoint
 from .data import IMAGE_KEY
+from .embedding_cache import ImageEmbeddingCache
 from .generation import generate_answers
 from .model_card import render_model_card
 from .sampling import ImageGroupedSampler
@@ -21,6 +22,7 @@ from .sampling import ImageGroupedSampler
 # Sizes that change from batch to batch: distinct images, rows (questions), question and answer lengths.
 DYNAMIC_DIMS = {
     "pixel_values": (0,),
+    "image_embeds": (0,),
     "image_index": (0,),
     "input_ids": (0, 1),
     "attention_mask": (0, 1),
@@ -59,9 +61,16 @@ class VqaTrainer(Seq2SeqTrainer):
     `push_to_hub` also calls.
     """
 
-    def __init__(self, *args, card_info: dict[str, Any] | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        card_info: dict[str, Any] | None = None,
+        image_embedding_cache: ImageEmbeddingCache | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.card_info: dict[str, Any] = card_info or {}
+        self.image_embedding_cache = image_embedding_cache
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -76,6 +85,13 @@ class VqaTrainer(Seq2SeqTrainer):
 
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
+        keys = inputs.pop("image_keys", None)
+        if self.image_embedding_cache is not None and keys is not None and "pixel_values" in inputs:
+            # Kept outputs of the frozen image encoder replace the pixels (embedding_cache.py).
+            with self.accelerator.autocast():
+                inputs["image_embeds"] = self.image_embedding_cache.encode(
+                    self.accelerator.unwrap_model(self.model), inputs.pop("pixel_values"), keys
+                )
         if self.args.torch_compile:
             mark_batch_dynamic(inputs)
         return inputs
@@ -128,7 +144,8 @@ class VqaTrainer(Seq2SeqTrainer):
         with summon:
             generated = generate_answers(
                 self.accelerator.unwrap_model(self.model),
-                pixel_values=inputs["pixel_values"],
+                pixel_values=inputs.get("pixel_values"),
+                image_embeds=inputs.get("image_embeds"),
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs.get("attention_mask"),
                 image_index=inputs.get("image_index"),
