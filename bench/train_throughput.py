@@ -172,91 +172,56 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
         flush=True,
     )
 
-    variants = {
-        "recipe": lambda: run_recipe(
-            models["recipe"],
+    def recipe(model_name: str, group: bool = True, **options):
+        """A variant: the recipe's Trainer on ``models[model_name]`` (options: collator, compile, cache)."""
+        data_collator = options.pop("collator", collator)
+        return lambda: run_recipe(
+            models[model_name],
             prepared,
             processor,
-            collator,
+            data_collator,
             batch_size,
             steps,
             args.warmup_steps,
-            True,
+            group,
             args.num_workers,
-        ),
+            **{k: v() if callable(v) else v for k, v in options.items()},
+        )
+
+    variants = {
+        "recipe": recipe("recipe"),
         "notebook": lambda: run_notebook(
             models["notebook"], raw_train, processor, batch_size, steps, args.warmup_steps, args.num_workers
         ),
     }
     if not args.no_random_order:
-        variants["recipe_random"] = lambda: run_recipe(
-            models["recipe"],
-            prepared,
-            processor,
-            collator,
-            batch_size,
-            steps,
-            args.warmup_steps,
-            False,
-            args.num_workers,
-        )
+        variants["recipe_random"] = recipe("recipe", group=False)
     if args.eager_attention:
         from retina_vqa.attention import set_attention_implementation
 
         models["eager"] = common.recipe_model(size, image_size, processor)
         set_attention_implementation(models["eager"], "eager")
-        variants["recipe_eager"] = lambda: run_recipe(
-            models["eager"],
-            prepared,
-            processor,
-            collator,
-            batch_size,
-            steps,
-            args.warmup_steps,
-            True,
-            args.num_workers,
-        )
+        variants["recipe_eager"] = recipe("eager")
     if args.frozen_vision:
         import dataclasses
 
         from retina_vqa.embedding_cache import ImageEmbeddingCache
         from retina_vqa.modeling import freeze
 
-        keyed = dataclasses.replace(collator, return_image_keys=True)
         for name in ("frozen", "frozen_cached"):
             models[name] = common.recipe_model(size, image_size, processor)
             freeze(models[name], vision=True, text=False)
-        variants["recipe_frozen"] = lambda: run_recipe(
-            models["frozen"], prepared, processor, collator, batch_size, steps, args.warmup_steps, True, 0
-        )
+        variants["recipe_frozen"] = recipe("frozen")
         # A new cache for every run: the first epoch encodes every image, later epochs reuse them.
-        variants["recipe_frozen_cached"] = lambda: run_recipe(
-            models["frozen_cached"],
-            prepared,
-            processor,
-            keyed,
-            batch_size,
-            steps,
-            args.warmup_steps,
-            True,
-            0,
-            cache=ImageEmbeddingCache(8 * 10**9),
+        variants["recipe_frozen_cached"] = recipe(
+            "frozen_cached",
+            collator=dataclasses.replace(collator, return_image_keys=True),
+            cache=lambda: ImageEmbeddingCache(8 * 10**9),
         )
     if args.torch_compile:
         # The first step compiles (excluded from the timing by --warmup_steps); every later batch shape reuses it.
         models["compiled"] = common.recipe_model(size, image_size, processor)
-        variants["recipe_compiled"] = lambda: run_recipe(
-            models["compiled"],
-            prepared,
-            processor,
-            collator,
-            batch_size,
-            steps,
-            args.warmup_steps,
-            True,
-            args.num_workers,
-            compile=True,
-        )
+        variants["recipe_compiled"] = recipe("compiled", compile=True)
     results = common.alternate(variants, args.repeats)
     models.clear()  # frees the full-size models before the next size
     gc.collect()
