@@ -58,7 +58,9 @@ class VqaTrainer(Seq2SeqTrainer):
     the loss is still computed from the full batch.
 
     `card_info` (set by the entry script) feeds the model card written by `create_model_card`, which
-    `push_to_hub` also calls.
+    `push_to_hub` also calls. With `image_embedding_cache` (a frozen image encoder), kept image-encoder
+    outputs replace the pixels of images seen before; with ``--torch_compile`` the varying batch sizes are
+    marked dynamic (`mark_batch_dynamic`).
     """
 
     def __init__(
@@ -70,6 +72,11 @@ class VqaTrainer(Seq2SeqTrainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.card_info: dict[str, Any] = card_info or {}
+        if image_embedding_cache is not None and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            raise ValueError(
+                "--cache_image_embeddings runs the image encoder outside the model's forward, which parameter "
+                "sharding (FSDP, DeepSpeed ZeRO-3) does not allow: use DDP or ZeRO-2, or drop the cache."
+            )
         self.image_embedding_cache = image_embedding_cache
 
     def _get_train_sampler(self, train_dataset=None):
