@@ -37,3 +37,12 @@ def test_automatic_workers_with_a_gpu_share_the_cores(monkeypatch, cores, local_
 def test_negative_workers_other_than_auto_are_refused(tmp_path):
     with pytest.raises(ValueError, match="dataloader_num_workers must be -1"):
         VqaTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=-2)
+
+
+def test_cpu_runs_on_a_gpu_machine_get_no_workers_and_a_prefetch_factor_is_dropped(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(arguments.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert auto_num_workers(use_cpu=True) == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = VqaTrainingArguments(output_dir=str(tmp_path), dataloader_prefetch_factor=4)
+    assert args.dataloader_num_workers == 0 and args.dataloader_prefetch_factor is None

@@ -8,6 +8,7 @@ file, which later flags override.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Salesforce/blip-vqa-base"
 
@@ -234,10 +237,10 @@ class DataTrainingArguments:
 MAX_AUTO_WORKERS = 8
 
 
-def auto_num_workers() -> int:
+def auto_num_workers(use_cpu: bool = False) -> int:
     """DataLoader workers for ``--dataloader_num_workers -1``: the CPU cores of this process's share, less one
     for the training loop itself, at most `MAX_AUTO_WORKERS`, where a GPU trains; 0 on CPU-only machines."""
-    if not torch.cuda.is_available():
+    if use_cpu or not torch.cuda.is_available():
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -305,7 +308,14 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
                 f"--dataloader_num_workers must be -1 (automatic) or >= 0, got {self.dataloader_num_workers}."
             )
         if self.dataloader_num_workers == -1:
-            self.dataloader_num_workers = auto_num_workers()
+            self.dataloader_num_workers = auto_num_workers(use_cpu=self.use_cpu)
+            if self.dataloader_num_workers == 0 and self.dataloader_prefetch_factor is not None:
+                logger.warning(
+                    "--dataloader_prefetch_factor %s ignored: no DataLoader workers on this machine by default "
+                    "(set --dataloader_num_workers to use workers).",
+                    self.dataloader_prefetch_factor,
+                )
+                self.dataloader_prefetch_factor = None
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False  # torch's DataLoader refuses it without workers
         super().__post_init__()

@@ -148,7 +148,8 @@ class VqaTrainer(Seq2SeqTrainer):
         summon = contextlib.nullcontext()
         if torch.distributed.is_available() and isinstance(self.model, torch.distributed.fsdp.FullyShardedDataParallel):
             summon = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(self.model)
-        with summon:
+        # Under the training's mixed precision, like the loss (and like image-encoder outputs kept by the cache).
+        with summon, self.accelerator.autocast():
             generated = generate_answers(
                 self.accelerator.unwrap_model(self.model),
                 pixel_values=inputs.get("pixel_values"),
