@@ -9,7 +9,8 @@ multiply-add); element-wise work is not, as usual for MFU.
 
 Part 2, only when CUDA is available: the recipe's training path (``prepare_split`` + ``VqaCollator`` +
 ``VqaTrainer``) at 384 px, bf16, batch ``--batch_size`` (32), ``--steps`` steps (the first ``--warmup_steps``
-untimed), ``group_by_image`` on and off. Reports samples/s and
+untimed): the recipe's defaults (``group_by_image``, fused attention), then ``group_by_image`` off, then
+eager attention. Reports samples/s and
 
 * model TFLOP/s = samples/s x FLOPs per sample of part 1 (the work a one-image-per-question step would do),
 * executed TFLOP/s = samples/s x FLOPs per sample counted on a real batch of that run (image sharing and
@@ -71,14 +72,26 @@ def _module_flops(counter: FlopCounterMode) -> dict[str, int]:
 def count_step_flops(model, batch: dict[str, torch.Tensor], autocast: bool = False) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward + backward pass over ``batch``, and the forward FLOPs per part of the model.
 
-    (Per part only for the forward: FlopCounterMode's module attribution of backward ops overlaps.)
+    (Per part only for the forward: FlopCounterMode's module attribution of backward ops overlaps.) Counted
+    with eager attention: the flop counter knows the fused kernels of CUDA but not torch's CPU one, and the
+    arithmetic is the same.
     """
+    from retina_vqa.attention import attention_implementation, set_attention_implementation
+
     model.train()
     device_type = next(model.parameters()).device.type
-    with FlopCounterMode(display=False) as counter:
-        with FlopCounterMode(display=False) as forward, torch.autocast(device_type, torch.bfloat16, enabled=autocast):
-            loss = model(**batch).loss
-        loss.backward()
+    implementation = attention_implementation(model)
+    set_attention_implementation(model, "eager")
+    try:
+        with FlopCounterMode(display=False) as counter:
+            with (
+                FlopCounterMode(display=False) as forward,
+                torch.autocast(device_type, torch.bfloat16, enabled=autocast),
+            ):
+                loss = model(**batch).loss
+            loss.backward()
+    finally:
+        set_attention_implementation(model, implementation)
     model.zero_grad(set_to_none=True)
     parts = _module_flops(forward)
     parts["total"] = int(forward.get_total_flops())
@@ -130,9 +143,13 @@ def gpu_training(args: argparse.Namespace, processor, flops_per_sample: int, pea
     dargs = common.data_args(dataset_dir)
     prepared = prepare_split(common.load_split(dataset_dir, "train"), processor.tokenizer, dargs, True, "train")
     collator = common.recipe_collator(processor, dargs)
+    from retina_vqa.attention import set_attention_implementation
+
     model = common.recipe_model("full", args.image_size, processor).cuda()
     results = []
-    for group in (True, False):
+    # The recipe (image sharing, fused attention), then without image sharing, then with eager attention.
+    for group, attention in ((True, "sdpa"), (False, "sdpa"), (True, "eager")):
+        set_attention_implementation(model, attention)
         # Executed FLOPs per sample on a real batch of this order (shared images, dynamic padding).
         loader = common.recipe_loader(prepared, collator, args.batch_size, group_by_image=group)
         batch = {k: v.cuda() for k, v in next(iter(loader)).items()}
@@ -173,6 +190,7 @@ def gpu_training(args: argparse.Namespace, processor, flops_per_sample: int, pea
         results.append(
             {
                 "group_by_image": group,
+                "attn_implementation": attention,
                 "samples_per_s": round(samples_per_s, 2),
                 "executed_gflop_per_sample": round(executed_per_sample / 1e9, 1),
                 "model_tflops": round(model_tflops, 1),
@@ -182,7 +200,7 @@ def gpu_training(args: argparse.Namespace, processor, flops_per_sample: int, pea
                 "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             }
         )
-        print(f"  group_by_image={group}: {samples_per_s:.1f} samples/s", file=sys.stderr, flush=True)
+        print(f"  group_by_image={group} {attention}: {samples_per_s:.1f} samples/s", file=sys.stderr, flush=True)
     return results
 
 
@@ -238,10 +256,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         payload.update({"gpu": device, "peak_bf16_tflops": peak, "runs": gpu_training(args, processor, total, peak)})
         common.print_table(
             f"{device}: full BLIP at {args.image_size} px, bf16, batch {args.batch_size}, peak {peak} TFLOP/s",
-            ["group_by_image", "samples/s", "GFLOP/sample run", "model TFLOP/s", "MFU", "executed TFLOP/s", "MFU"],
+            [
+                "group_by_image",
+                "attention",
+                "samples/s",
+                "GFLOP/sample run",
+                "model TFLOP/s",
+                "MFU",
+                "exec TFLOP/s",
+                "MFU",
+            ],
             [
                 [
                     str(r["group_by_image"]),
+                    r["attn_implementation"],
                     r["samples_per_s"],
                     r["executed_gflop_per_sample"],
                     r["model_tflops"],
