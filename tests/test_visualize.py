@@ -186,3 +186,31 @@ def test_plot_run_writes_the_end_of_run_pictures(tiny_run, tiny_dataset_dir, tmp
         written = visualize.plot_run(tmp_path, test_split.select(range(2)))
     assert sorted(p.name for p in written) == ["confusion.png", "curves.png"]
     assert "samples.png" in caplog.text
+
+
+def test_gradcam_works_on_a_fused_attention_model_and_restores_it(tiny_processor, fundus):
+    from retina_vqa.attention import attention_implementation, set_attention_implementation
+
+    eager = make_tiny_model()
+    expected, answer = visualize.gradcam_map(eager, tiny_processor, fundus, "are there haemorrhages?")
+    fused = make_tiny_model()
+    set_attention_implementation(fused, "sdpa")
+    heatmap, fused_answer = visualize.gradcam_map(fused, tiny_processor, fundus, "are there haemorrhages?")
+    assert fused_answer == answer
+    np.testing.assert_allclose(heatmap, expected, atol=1e-5)
+    assert attention_implementation(fused) == "sdpa"
+
+
+def test_cli_errors_are_one_line_naming_the_problem(tiny_run, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    cases = [
+        (["attention", "--model_name_or_path", str(tiny_run), "--image", str(tmp_path / "bad.png")], "bad.png"),
+        (["attention", "--model_name_or_path", str(tmp_path / "missing"), "--image", "x.png"], "no such folder"),
+    ]
+    for argv, expected in cases:
+        with pytest.raises(SystemExit) as excinfo:
+            visualize.main(argv + ["--question", "is there any abnormality?", "--output", str(tmp_path / "a.png")])
+        err = capsys.readouterr().err
+        assert excinfo.value.code == 2 and expected in err and "Traceback" not in err
+        last_line = err.strip().splitlines()[-1]  # after the weight-loading bar
+        assert last_line.startswith("python -m retina_vqa.visualize attention: error:") and expected in last_line

@@ -78,6 +78,10 @@ def load_for_inference(
         ValueError: the checkpoint is not a `BlipForQuestionAnswering`, or its processor does not match it.
     """
     name = os.fspath(model_name_or_path)
+    # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+    if looks_local and not os.path.isdir(name):
+        raise OSError(f"{name!r}: no such folder (train one with run_vqa.py --output_dir).")
     processor = AutoProcessor.from_pretrained(name)
     model = AutoModelForVisualQuestionAnswering.from_pretrained(name)
     if not isinstance(model, BlipForQuestionAnswering):
@@ -332,11 +336,6 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 
 def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[BlipForQuestionAnswering, Any]:
-    name = args.model_name_or_path
-    # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-    if looks_local and not os.path.isdir(name):
-        _fail(parser, f"--model_name_or_path {name!r}: no such folder (train one with run_vqa.py --output_dir).")
     try:
         return load_for_inference(
             args.model_name_or_path, device=args.device, attn_implementation=args.attn_implementation

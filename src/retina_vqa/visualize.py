@@ -47,8 +47,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .attention import attention_implementation, set_attention_implementation
 from .generation import encode_questions, generate_answers
-from .images import load_image
+from .images import ImageLoadError, load_image
 from .metrics import DEFAULT_DIAGNOSIS_LABELS, OTHER_LABEL, confusion_matrix
 from .synthetic import _PRESENCE_TYPES, FOV_RADIUS_FRACTION
 
@@ -118,17 +119,11 @@ def _load_split(dataset_dir: str | Path, split: str):
 
 
 def load_model_and_processor(model_name_or_path: str | Path):
-    """A saved `BlipForQuestionAnswering` (cross-attention mask fix applied, eval mode) and its processor."""
-    from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, BlipForQuestionAnswering
+    """A saved `BlipForQuestionAnswering` ready to answer (`retina_vqa.predict.load_for_inference`) and its
+    processor; `gradcam_map` switches it to eager attention while it reads the attention probabilities."""
+    from .predict import load_for_inference
 
-    from .attention import apply_cross_attention_mask_fix
-
-    model = AutoModelForVisualQuestionAnswering.from_pretrained(str(model_name_or_path))
-    if not isinstance(model, BlipForQuestionAnswering):
-        raise ValueError(f"{model_name_or_path} loads as {type(model).__name__}, not BlipForQuestionAnswering.")
-    apply_cross_attention_mask_fix(model)
-    processor = AutoProcessor.from_pretrained(str(model_name_or_path))
-    return model.eval(), processor
+    return load_for_inference(model_name_or_path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -357,7 +352,8 @@ def gradcam_map(
     """Grad-CAM of one question-encoder cross-attention layer for the model's own answer.
 
     Args:
-        model: a `BlipForQuestionAnswering` (with `apply_cross_attention_mask_fix` applied).
+        model: a `BlipForQuestionAnswering`. It runs with eager attention (and the cross-attention mask fix)
+            during the call, whatever it was given with; its attention implementation is restored after.
         processor: its processor; images are resized by its image processor.
         image: anything :func:`retina_vqa.images.load_image` reads.
         question: the question text.
@@ -390,6 +386,8 @@ def gradcam_map(
         captured.append(output[1])
 
     was_training = model.training
+    implementation = attention_implementation(model)
+    set_attention_implementation(model, "eager")  # the fused kernels return no probabilities
     model.eval()
     try:
         generated = generate_answers(
@@ -428,6 +426,7 @@ def gradcam_map(
             handle.remove()
     finally:
         model.train(was_training)
+        set_attention_implementation(model, implementation)
 
     cam = (probs.detach().float() * grad.float().clamp(min=0)).mean(dim=1)[0]  # (question tokens, image tokens)
     cam = cam[attention_mask[0].bool(), 1:]  # real question tokens; drop the image [CLS]
@@ -654,7 +653,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ImageLoadError, OSError, ValueError, KeyError) as error:
+        # Bad paths, unreadable images, wrong columns: one line naming the problem, no traceback.
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+
+
+def _run(args: argparse.Namespace) -> Any:
     if args.command == "samples":
         dataset = _load_split(args.dataset_dir, args.split)
         records = read_jsonl(args.predictions)
