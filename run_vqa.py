@@ -24,9 +24,9 @@ from retina_vqa.arguments import DataTrainingArguments, VqaTrainingArguments, pa
 from retina_vqa.baselines import QuestionPriorBaseline
 from retina_vqa.checkpoints import last_complete_checkpoint
 from retina_vqa.collator import VqaCollator
-from retina_vqa.data import check_columns, check_split, load_raw_datasets, prepare_split
+from retina_vqa.data import IMAGE_KEY, check_columns, check_split, load_raw_datasets, prepare_split
 from retina_vqa.embedding_cache import ImageEmbeddingCache
-from retina_vqa.generation import configure_answer_generation
+from retina_vqa.generation import answering_order, configure_answer_generation
 from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
 from retina_vqa.modeling import load_model, load_processor
 from retina_vqa.predictions import decode_answers, prediction_records, write_predictions
@@ -164,6 +164,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     with training_args.main_process_first(desc="tokenising questions and answers"):
         for flag, dataset in splits.items():
             prepared[flag] = prepare_split(dataset, tokenizer, data_args, with_answers=True, description=flag[3:])
+    # Evaluation sets in answering order: questions with the same text (answers of similar length) batched
+    # together, chunk of images by chunk. `orders[flag][i]` is the split row of prepared row i.
+    orders: dict[str, list[int]] = {}
+    if training_args.group_eval_by_question:
+        for flag in ("do_eval", "do_predict"):
+            if flag in prepared:
+                columns = prepared[flag].select_columns([IMAGE_KEY, data_args.question_column]).to_dict()
+                orders[flag] = answering_order(columns[IMAGE_KEY], columns[data_args.question_column])
+                prepared[flag] = prepared[flag].select(orders[flag])
 
     # 6. Collator and metrics.
     collator = VqaCollator(
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         image_column=data_args.image_column,
         max_image_side=data_args.max_image_side,
         pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None),
-        return_image_keys=model_args.cache_image_embeddings,
+        return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
     )
     eval_dataset = prepared.get("do_eval")
     compute_metrics = build_compute_metrics(
@@ -241,9 +250,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("predict", metrics)
         results.update(metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
+            answers = decode_answers(tokenizer, output.predictions)
+            if "do_predict" in orders:  # back to the split's row order
+                in_row_order = [""] * len(answers)
+                for position, row in enumerate(orders["do_predict"]):
+                    in_row_order[row] = answers[position]
+                answers = in_row_order
             records = prediction_records(
                 splits["do_predict"],
-                decode_answers(tokenizer, output.predictions),
+                answers,
                 data_args.question_column,
                 data_args.answer_column,
             )

@@ -93,3 +93,14 @@ def test_training_with_kept_outputs_equals_training_without(tiny_dataset_dir, tm
     assert cached["image_encoder_passes"] == 9 and cached["image_embeddings_kept"] == 9
     assert cached["image_encoder_passes_saved"] > 2 * 9
     assert "image_encoder_passes" not in plain
+
+
+def test_evicting_cache_drops_the_oldest_outputs():
+    model = make_tiny_model()
+    pixels = torch.randn(3, 3, 128, 128)
+    with torch.no_grad():
+        expected = encode_images(model, pixels)
+    one_image = expected[0].numel() * expected[0].element_size()
+    cache = ImageEmbeddingCache(max_bytes=2 * one_image, evict=True)
+    assert torch.equal(cache.encode(model, pixels, ["a", "b", "c"]), expected)
+    assert list(cache.stored) == ["b", "c"] and cache.bytes == 2 * one_image and not cache.full

@@ -112,3 +112,16 @@ def test_image_embeds_instead_of_pixels_give_the_same_answers():
     )
     with pytest.raises(ValueError, match="either pixel_values or image_embeds"):
         generate_answers(model, pixels, input_ids, image_embeds=embeds)
+
+
+def test_answering_order_is_the_plan_flattened():
+    from retina_vqa.generation import answering_order, answering_plan
+
+    keys = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    questions = ["what is the diagnosis?", "is it?", "which eye?"] * 3
+    order = answering_order(keys, questions, images_per_chunk=2)
+    plan = answering_plan(keys, questions, batch_size=1, images_per_chunk=2)
+    assert order == [rows[0] for _, batches in plan for rows, _ in batches]
+    assert sorted(order) == list(range(9)) and set(order[:6]) == set(range(6))  # chunk a, b first
+    assert [questions[row] for row in order[:6]] == ["is it?"] * 2 + ["what is the diagnosis?"] * 2 + ["which eye?"] * 2
+    assert answering_order([], []) == []

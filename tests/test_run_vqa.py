@@ -302,3 +302,44 @@ def test_flags_after_a_config_file_override_it(tmp_path):
     model_args, data_args, training_args = run_vqa.parse_args([str(path), "--num_train_epochs", "1"])
     assert training_args.num_train_epochs == 1 and training_args.do_train
     assert model_args.model_name_or_path is None and model_args.cache_dir is None
+
+
+def test_grouped_evaluation_gives_the_same_metrics_and_predictions(tiny_dataset_dir, tmp_path, monkeypatch):
+    # Evaluation and prediction in answering order (questions grouped by text, rows put back afterwards),
+    # each image encoded once per evaluation, against plain dataset order.
+    from retina_vqa import embedding_cache
+
+    encoded = []
+    original = embedding_cache.encode_images
+
+    def counting(model, pixel_values, *args):
+        encoded.append(pixel_values.shape[0])
+        return original(model, pixel_values, *args)
+
+    monkeypatch.setattr(embedding_cache, "encode_images", counting)
+
+    def run(name: str, grouped: bool) -> tuple[dict, list[dict]]:
+        output_dir = tmp_path / name
+        args = common_args(tiny_dataset_dir, output_dir) + ["--do_train", "--do_eval", "--do_predict"]
+        args += ["--max_steps", "12", "--plot", "false", "--group_eval_by_question", str(grouped).lower()]
+        args += ["--per_device_eval_batch_size", "4"]  # several batches per image's questions
+        results = run_vqa.main(args)
+        return results, read_jsonl(output_dir / "predictions.jsonl")
+
+    plain, plain_rows = run("plain", False)
+    plain_encoded = sum(encoded)
+    encoded.clear()
+    grouped, grouped_rows = run("grouped", True)
+    assert len({r["prediction"] for r in plain_rows}) > 1  # answers differ between rows
+    assert grouped_rows == plain_rows
+    for key, value in plain.items():
+        if (
+            key.startswith(("eval_", "predict_"))
+            and "loss" not in key
+            and "per_second" not in key
+            and "runtime" not in key
+        ):
+            assert grouped[key] == pytest.approx(value), key
+    # Each of the 3 validation and 3 test images is encoded once, although its questions span many batches.
+    assert sum(encoded) == 3 + 3
+    assert plain_encoded == 3 + 3  # dataset order with the evaluation cache: once as well

@@ -270,6 +270,15 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "(same gradient, several times less image-encoder work). Applies to the default random sampling."
         },
     )
+    group_eval_by_question: bool = field(
+        default=True,
+        metadata={
+            "help": "Evaluate and predict with the questions sorted by text within chunks of 256 images, so a batch "
+            "decodes answers of similar length (a yes/no batch stops after a few tokens), while each image is "
+            "encoded once per evaluation (kept image-encoder outputs). Metrics and predictions.jsonl do not "
+            "change (rows are put back in order); eval_loss is averaged over different batches."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "BLIP VQA uses every parameter in each step; searching for unused ones costs time."},

@@ -22,12 +22,18 @@ logger = logging.getLogger(__name__)
 
 
 class ImageEmbeddingCache:
-    """Image-encoder outputs by image key, in CPU memory, up to ``max_bytes``."""
+    """Image-encoder outputs by image key, in CPU memory, up to ``max_bytes``.
 
-    def __init__(self, max_bytes: int) -> None:
+    When full, new outputs are not kept (``evict=False``: right for training epochs, which come back to every
+    image in turn) or the oldest are dropped (``evict=True``: right for an evaluation in `answering_order`,
+    which finishes with a chunk of images before it moves on).
+    """
+
+    def __init__(self, max_bytes: int, evict: bool = False) -> None:
         if max_bytes <= 0:
             raise ValueError(f"The image embedding cache needs a positive size, got {max_bytes} bytes.")
         self.max_bytes = max_bytes
+        self.evict = evict
         self.stored: dict[str, torch.Tensor] = {}
         self.bytes = 0
         self.hits = 0
@@ -66,6 +72,10 @@ class ImageEmbeddingCache:
 
     def _keep(self, key: str, states: torch.Tensor) -> None:
         size = states.numel() * states.element_size()
+        while self.evict and self.stored and self.bytes + size > self.max_bytes:
+            oldest = next(iter(self.stored))
+            self.bytes -= self.stored[oldest].numel() * self.stored[oldest].element_size()
+            del self.stored[oldest]
         if self.bytes + size > self.max_bytes:
             if not self.full:
                 logger.warning(

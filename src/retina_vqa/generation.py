@@ -116,6 +116,14 @@ def answering_plan(
     return plan
 
 
+def answering_order(image_keys: Sequence[Hashable], questions: Sequence[str], images_per_chunk: int = 256) -> list[int]:
+    """All rows in `answering_plan` order (chunks of images, questions sorted by text within a chunk): the
+    order in which to present an evaluation set so that consecutive batches decode answers of similar
+    length while each chunk's images stay close together."""
+    plan = answering_plan(image_keys, questions, max(1, len(questions)), images_per_chunk)
+    return [row for _, batches in plan for rows, _ in batches for row in rows]
+
+
 DEFAULT_MAX_ANSWER_LENGTH = 48
 
 

@@ -19,6 +19,10 @@ from .generation import generate_answers
 from .model_card import render_model_card
 from .sampling import ImageGroupedSampler
 
+# CPU memory for the image-encoder outputs kept during one evaluation (blip-vqa-base at 384 px: ~1.8 MB an
+# image in fp32, so ~1,100 images; the oldest are dropped beyond it).
+EVALUATION_CACHE_BYTES = 2 * 10**9
+
 # Sizes that change from batch to batch: distinct images, rows (questions), question and answer lengths.
 DYNAMIC_DIMS = {
     "pixel_values": (0,),
@@ -78,6 +82,7 @@ class VqaTrainer(Seq2SeqTrainer):
                 "sharding (FSDP, DeepSpeed ZeRO-3) does not allow: use DDP or ZeRO-2, or drop the cache."
             )
         self.image_embedding_cache = image_embedding_cache
+        self._evaluation_cache: ImageEmbeddingCache | None = None
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -93,10 +98,11 @@ class VqaTrainer(Seq2SeqTrainer):
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
         keys = inputs.pop("image_keys", None)
-        if self.image_embedding_cache is not None and keys is not None and "pixel_values" in inputs:
-            # Kept outputs of the frozen image encoder replace the pixels (embedding_cache.py).
+        cache = self.image_embedding_cache if self.image_embedding_cache is not None else self._evaluation_cache
+        if cache is not None and keys is not None and "pixel_values" in inputs:
+            # Kept image-encoder outputs replace the pixels (embedding_cache.py).
             with self.accelerator.autocast():
-                inputs["image_embeds"] = self.image_embedding_cache.encode(
+                inputs["image_embeds"] = cache.encode(
                     self.accelerator.unwrap_model(self.model), inputs.pop("pixel_values"), keys
                 )
         if self.args.torch_compile:
@@ -125,7 +131,15 @@ class VqaTrainer(Seq2SeqTrainer):
         self.gather_function = functools.partial(
             self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
         )
-        return super().evaluation_loop(*args, **kwargs)
+        # The weights do not change during an evaluation: each image is encoded once, in whatever batches
+        # its questions come (they are spread over several when grouped by question). Not with sharded
+        # parameters, which the image encoder cannot run outside the model's forward.
+        if not (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            self._evaluation_cache = ImageEmbeddingCache(EVALUATION_CACHE_BYTES, evict=True)
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            self._evaluation_cache = None
 
     def prediction_step(
         self,
