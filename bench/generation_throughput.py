@@ -8,7 +8,7 @@ Variants, run alternately in one process over the same test split and the same w
   ``generation.generate_answers`` (the real question mask), greedy, fused attention;
 * ``batched``: the test split in dataset order, tokenised by ``data.prepare_split`` and batched by
   ``VqaCollator`` (``--batch_size`` questions, each distinct image once), answered by ``generate_answers``
-  as the Trainer's evaluation does, greedy, fused attention;
+  as the Trainer evaluates with ``--group_eval_by_question false``, greedy, fused attention;
 * ``one_by_one``: per question, ``processor(images=image, text=question, return_tensors="pt")`` and
   transformers' own ``model.generate`` (eager attention) with batch 1, greedy, the same answer length.
 
