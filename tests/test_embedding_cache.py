@@ -48,12 +48,17 @@ def test_kept_outputs_equal_fresh_ones_and_only_new_images_are_encoded():
     assert len(cache) == 4 and not out.requires_grad
 
 
-def test_memory_bound_keeps_what_fits_and_stays_correct():
+def _three_images():
+    """A model, three images, their encoder outputs, and the bytes one output takes."""
     model = make_tiny_model()
     pixels = torch.randn(3, 3, 128, 128)
     with torch.no_grad():
         expected = encode_images(model, pixels)
-    one_image = expected[0].numel() * expected[0].element_size()
+    return model, pixels, expected, expected[0].numel() * expected[0].element_size()
+
+
+def test_memory_bound_keeps_what_fits_and_stays_correct():
+    model, pixels, expected, one_image = _three_images()
     cache = ImageEmbeddingCache(max_bytes=one_image)
     assert torch.equal(cache.encode(model, pixels, ["a", "b", "c"]), expected)
     assert len(cache) == 1 and cache.full
@@ -96,11 +101,7 @@ def test_training_with_kept_outputs_equals_training_without(tiny_dataset_dir, tm
 
 
 def test_evicting_cache_drops_the_oldest_outputs():
-    model = make_tiny_model()
-    pixels = torch.randn(3, 3, 128, 128)
-    with torch.no_grad():
-        expected = encode_images(model, pixels)
-    one_image = expected[0].numel() * expected[0].element_size()
+    model, pixels, expected, one_image = _three_images()
     cache = ImageEmbeddingCache(max_bytes=2 * one_image, evict=True)
     assert torch.equal(cache.encode(model, pixels, ["a", "b", "c"]), expected)
     assert list(cache.stored) == ["b", "c"] and cache.bytes == 2 * one_image and not cache.full
