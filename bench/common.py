@@ -258,6 +258,35 @@ def recipe_loader(prepared, collator, batch_size: int, num_workers: int = 0, gro
     return DataLoader(prepared, batch_size=batch_size, sampler=sampler, collate_fn=collator, num_workers=num_workers)
 
 
+def train_recipe(model, prepared, processor, collator, callback, image_embedding_cache=None, **training_args):
+    """Train ``model`` with the recipe's `VqaTrainer` in a temporary folder, nothing saved, logged or evaluated.
+
+    ``training_args`` go to `VqaTrainingArguments` (batch size, steps, learning rate, workers, ...);
+    ``callback`` times the steps. Returns the Trainer's `TrainOutput`.
+    """
+    from transformers.trainer_callback import PrinterCallback
+
+    from retina_vqa.arguments import VqaTrainingArguments
+    from retina_vqa.trainer import VqaTrainer
+
+    defaults = {"save_strategy": "no", "eval_strategy": "no", "logging_strategy": "no", "report_to": "none"}
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = VqaTrainingArguments(output_dir=output_dir, disable_tqdm=True, seed=42, **defaults, **training_args)
+        trainer = VqaTrainer(
+            model=model,
+            args=args,
+            train_dataset=prepared,
+            processing_class=processor,
+            data_collator=collator,
+            callbacks=[callback],
+            image_embedding_cache=image_embedding_cache,
+        )
+        trainer.remove_callback(PrinterCallback)  # the Trainer's own metrics line; the benchmarks print tables
+        result = trainer.train()
+        del trainer
+    return result
+
+
 def recipe_collator(processor, dataset_args=None):
     from retina_vqa.collator import VqaCollator
 

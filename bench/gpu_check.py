@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -35,7 +34,6 @@ import common
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a substring of torch.cuda.get_device_name().
 PEAK_BF16_TFLOPS = {
@@ -134,17 +132,14 @@ class SyncedStepClock(TrainerCallback):
 
 
 def gpu_training(args: argparse.Namespace, processor, flops_per_sample: int, peak: float | None) -> list[dict]:
-    from retina_vqa.arguments import VqaTrainingArguments
+    from retina_vqa.attention import set_attention_implementation
     from retina_vqa.data import prepare_split
-    from retina_vqa.trainer import VqaTrainer
 
     rows = args.batch_size * args.steps
     dataset_dir = common.synthetic_dataset(max(8, -(-rows // 13) + 1), 4, args.image_size)
     dargs = common.data_args(dataset_dir)
     prepared = prepare_split(common.load_split(dataset_dir, "train"), processor.tokenizer, dargs, True, "train")
     collator = common.recipe_collator(processor, dargs)
-    from retina_vqa.attention import set_attention_implementation
-
     model = common.recipe_model("full", args.image_size, processor).cuda()
     results = []
     # The recipe (image sharing, fused attention), then without image sharing, then with eager attention.
@@ -156,33 +151,19 @@ def gpu_training(args: argparse.Namespace, processor, flops_per_sample: int, pea
         executed, _ = count_step_flops(model, batch, autocast=True)
         executed_per_sample = executed / batch["input_ids"].shape[0]
         clock = SyncedStepClock()
-        with tempfile.TemporaryDirectory() as output_dir:
-            training_args = VqaTrainingArguments(
-                output_dir=output_dir,
-                per_device_train_batch_size=args.batch_size,
-                max_steps=args.steps,
-                learning_rate=2e-5,
-                bf16=True,
-                save_strategy="no",
-                eval_strategy="no",
-                logging_strategy="no",
-                report_to="none",
-                disable_tqdm=True,
-                dataloader_num_workers=args.num_workers,
-                group_by_image=group,
-                seed=42,
-            )
-            trainer = VqaTrainer(
-                model=model,
-                args=training_args,
-                train_dataset=prepared,
-                processing_class=processor,
-                data_collator=collator,
-                callbacks=[clock],
-            )
-            trainer.remove_callback(PrinterCallback)
-            trainer.train()
-            del trainer
+        common.train_recipe(
+            model,
+            prepared,
+            processor,
+            collator,
+            clock,
+            per_device_train_batch_size=args.batch_size,
+            max_steps=args.steps,
+            learning_rate=2e-5,
+            bf16=True,
+            dataloader_num_workers=args.num_workers,
+            group_by_image=group,
+        )
         timed = len(clock.times) - 1 - args.warmup_steps
         samples_per_s = timed * args.batch_size / (clock.times[-1] - clock.times[args.warmup_steps])
         model_tflops = samples_per_s * flops_per_sample / 1e12

@@ -37,14 +37,12 @@ import gc
 import itertools
 import math
 import sys
-import tempfile
 import time
 from typing import Any
 
 import common
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import PrinterCallback
 
 
 class StepClock(TrainerCallback):
@@ -81,41 +79,24 @@ def run_recipe(
     compile=False,
     cache=None,
 ):
-    from retina_vqa.arguments import VqaTrainingArguments
-    from retina_vqa.trainer import VqaTrainer
-
     clock = StepClock()
-    with tempfile.TemporaryDirectory() as output_dir:
-        args = VqaTrainingArguments(
-            output_dir=output_dir,
-            overwrite_output_dir=True,
-            per_device_train_batch_size=batch_size,
-            max_steps=steps,
-            learning_rate=1e-4,
-            warmup_steps=0,
-            save_strategy="no",
-            eval_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            dataloader_num_workers=workers,
-            group_by_image=group,
-            torch_compile=compile,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            seed=42,
-        )
-        trainer = VqaTrainer(
-            model=model,
-            args=args,
-            train_dataset=prepared,
-            processing_class=processor,
-            data_collator=collator,
-            callbacks=[clock],
-            image_embedding_cache=cache,
-        )
-        trainer.remove_callback(PrinterCallback)  # the Trainer's own metrics line; the table follows
-        result = trainer.train()
-        del trainer
+    result = common.train_recipe(
+        model,
+        prepared,
+        processor,
+        collator,
+        clock,
+        image_embedding_cache=cache,
+        overwrite_output_dir=True,
+        per_device_train_batch_size=batch_size,
+        max_steps=steps,
+        learning_rate=1e-4,
+        warmup_steps=0,
+        dataloader_num_workers=workers,
+        group_by_image=group,
+        torch_compile=compile,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
     gc.collect()
     if not math.isfinite(result.training_loss):
         raise FloatingPointError("recipe training loss is not finite")

@@ -77,7 +77,8 @@ def test_bad_use_is_refused():
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_with_kept_outputs_equals_training_without(tiny_dataset_dir, tmp_path, precision):
-    # In bf16 the kept outputs come from mixed-precision passes: evaluation must answer in the same precision.
+    # In bf16 the kept outputs come from mixed-precision passes and are read back by a bf16 forward and by
+    # generation: both must run (no dtype clash) and train and evaluate as without the cache.
     def run(name: str, *extra: str) -> dict:
         output_dir = tmp_path / name
         args = common_args(tiny_dataset_dir, output_dir) + ["--do_train", "--do_eval", "--num_train_epochs", "3"]
