@@ -20,19 +20,20 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from retina_vqa.arguments import DataTrainingArguments, VqaTrainingArguments, parse_args
-from retina_vqa.baselines import QuestionPriorBaseline
-from retina_vqa.checkpoints import last_complete_checkpoint
-from retina_vqa.collator import VqaCollator
-from retina_vqa.data import IMAGE_KEY, check_columns, check_split, load_raw_datasets, prepare_split
-from retina_vqa.embedding_cache import ImageEmbeddingCache
-from retina_vqa.generation import answering_order, configure_answer_generation
-from retina_vqa.metrics import build_compute_metrics, compute_vqa_metrics
-from retina_vqa.modeling import load_model, load_processor
-from retina_vqa.predictions import decode_answers, prediction_records, write_predictions
-from retina_vqa.trainer import VqaTrainer
-from retina_vqa.validation import drop_invalid, validate_splits
-from retina_vqa.visualize import plot_run
+from retina_vqa.arguments import VqaTrainingArguments, parse_args
+from retina_vqa.data.collator import VqaCollator
+from retina_vqa.data.loading import load_raw_datasets, rows_to_validate, select_task_splits
+from retina_vqa.data.ordering import answering_order
+from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
+from retina_vqa.data.validation import drop_invalid, validate_on_main_process
+from retina_vqa.metrics import build_compute_metrics, decode_ids
+from retina_vqa.models.generation_config import configure_answer_generation
+from retina_vqa.models.loading import load_model, load_processor
+from retina_vqa.plots import plot_run
+from retina_vqa.training.checkpoints import detect_last_checkpoint
+from retina_vqa.training.embedding_cache import ImageEmbeddingCache
+from retina_vqa.training.outputs import in_row_order, prediction_records, prior_metrics, write_predictions
+from retina_vqa.training.trainer import VqaTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -52,26 +53,6 @@ def setup_logging(training_args: VqaTrainingArguments) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
-def detect_last_checkpoint(training_args: VqaTrainingArguments) -> str | None:
-    """The transformers examples' guard: resume from the last checkpoint, never clobber other files."""
-    output_dir = training_args.output_dir
-    if not (os.path.isdir(output_dir) and training_args.do_train and not training_args.overwrite_output_dir):
-        return None
-    last_checkpoint = last_complete_checkpoint(output_dir)
-    if last_checkpoint is None and os.listdir(output_dir):
-        raise ValueError(
-            f"Output directory ({output_dir}) already exists and is not empty, and holds no complete checkpoint "
-            "to resume from. Use --overwrite_output_dir to train in it anyway, or choose another --output_dir."
-        )
-    if last_checkpoint is not None and training_args.resume_from_checkpoint is None:
-        logger.warning(
-            "Checkpoint detected, resuming training at %s. To train from scratch instead, change "
-            "--output_dir or add --overwrite_output_dir.",
-            last_checkpoint,
-        )
-    return last_checkpoint
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     # 1. Arguments and logging.
     model_args, data_args, training_args = parse_args(argv)
@@ -89,92 +70,71 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         raise ValueError("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
 
     # 2. Last checkpoint, seed.
-    last_checkpoint = detect_last_checkpoint(training_args)
+    last_checkpoint = detect_last_checkpoint(
+        training_args.output_dir,
+        training_args.do_train,
+        training_args.overwrite_output_dir,
+        training_args.resume_from_checkpoint,
+    )
     set_seed(training_args.seed)
 
-    # 3. Data: load, check splits and columns, then validate every row before any model is built.
+    # 3. Data: load, check splits and columns; the processor; the text tokenised once (cached: the main process
+    # goes first so the others read its cache).
     raw_datasets = load_raw_datasets(data_args, model_args)
-    columns = {
-        "image_column": data_args.image_column,
-        "question_column": data_args.question_column,
-        "answer_column": data_args.answer_column,
+    tasks = {
+        "do_train": training_args.do_train,
+        "do_eval": training_args.do_eval,
+        "do_predict": training_args.do_predict,
     }
-    wanted = {
-        "do_train": (
-            training_args.do_train,
-            data_args.train_split,
-            "--train_file",
-            data_args.max_train_samples,
-        ),
-        "do_eval": (
-            training_args.do_eval,
-            data_args.validation_split,
-            "--validation_file",
-            data_args.max_eval_samples,
-        ),
-        "do_predict": (
-            training_args.do_predict,
-            data_args.test_split,
-            "--test_file",
-            data_args.max_predict_samples,
-        ),
-    }
-    splits: dict[str, datasets.Dataset] = {}
-    split_names: dict[str, str] = {}
-    for flag, (enabled, split, file_flag, max_samples) in wanted.items():
-        if not enabled:
-            continue
-        dataset = check_split(raw_datasets, split, f"--{flag}", file_flag)
-        check_columns(dataset, split, columns)
-        if max_samples is not None:
-            dataset = dataset.select(range(min(max_samples, len(dataset))))
-        splits[flag], split_names[flag] = dataset, split
-
+    selected = select_task_splits(raw_datasets, data_args, tasks)
+    splits = {task: dataset for task, (_, dataset) in selected.items()}
     processor = load_processor(model_args)
     tokenizer = processor.tokenizer
-    results: dict[str, float] = {}
-    with training_args.main_process_first(desc="validating the data"):
-        report = validate_splits(
-            {split_names[flag]: dataset for flag, dataset in splits.items()},
-            image_column=data_args.image_column,
-            question_column=data_args.question_column,
-            answer_column=data_args.answer_column,
-            tokenizer=tokenizer,
-            max_answer_length=data_args.max_answer_length,
-            train_split=data_args.train_split,
-        )
+    # Saved with the processor: plain transformers and retina_vqa.predict truncate questions as training did.
+    tokenizer.model_max_length = data_args.max_question_length
+    prepared: dict[str, datasets.Dataset] = {}
+    with training_args.main_process_first(desc="tokenising questions and answers"):
+        for task, dataset in splits.items():
+            prepared[task] = prepare_split(dataset, tokenizer, data_args, with_answers=True, description=task[3:])
+
+    # 4. Every row validated before any model is built: on the main process, which shares its report.
+    report = validate_on_main_process(
+        rows_to_validate({task: (selected[task][0], dataset) for task, dataset in prepared.items()}),
+        image_column=data_args.image_column,
+        question_column=data_args.question_column,
+        answer_column=data_args.answer_column,
+        tokenizer=tokenizer,
+        max_answer_length=data_args.max_answer_length,
+        train_split=data_args.train_split,
+    )
     if report.problems and not data_args.skip_invalid_examples:
         raise ValueError(report.format() + "\nFix these rows, or pass --skip_invalid_examples to train without them.")
     if report.problems:
         logger.warning("Dropping invalid rows: %s", report.counts())
-        splits = {flag: drop_invalid(ds, report.bad_rows(split_names[flag])) for flag, ds in splits.items()}
-    results.update(report.counts())
+        for task, (split, _) in selected.items():
+            splits[task] = drop_invalid(splits[task], report.bad_rows(split))
+            prepared[task] = drop_invalid(prepared[task], report.bad_rows(split))
+    results: dict[str, float] = dict(report.counts())
 
-    # 4. Model.
+    # 5. Model; answer length and beams of evaluation, [DEC] start, [SEP] end, saved as generation_config.json.
     model = load_model(model_args, processor)
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_answer_length
-    # Saved as generation_config.json: answer length and beams of evaluation, [DEC] start, [SEP] end.
     configure_answer_generation(
         model, training_args.generation_max_length, num_beams=training_args.generation_num_beams or 1
     )
 
-    # 5. Tokenise the text once (cached); the main process goes first so the others read its cache.
-    prepared: dict[str, datasets.Dataset] = {}
-    with training_args.main_process_first(desc="tokenising questions and answers"):
-        for flag, dataset in splits.items():
-            prepared[flag] = prepare_split(dataset, tokenizer, data_args, with_answers=True, description=flag[3:])
     # Evaluation sets in answering order: questions with the same text (answers of similar length) batched
-    # together, chunk of images by chunk. `orders[flag][i]` is the split row of prepared row i.
+    # together, chunk of images by chunk. `orders[task][i]` is the split row of prepared row i.
     orders: dict[str, list[int]] = {}
     if training_args.group_eval_by_question:
-        for flag in ("do_eval", "do_predict"):
-            if flag in prepared:
-                columns = prepared[flag].select_columns([IMAGE_KEY, data_args.question_column]).to_dict()
-                orders[flag] = answering_order(columns[IMAGE_KEY], columns[data_args.question_column])
-                prepared[flag] = prepared[flag].select(orders[flag])
+        for task in ("do_eval", "do_predict"):
+            if task in prepared:
+                columns = prepared[task].select_columns([IMAGE_KEY, data_args.question_column]).to_dict()
+                orders[task] = answering_order(columns[IMAGE_KEY], columns[data_args.question_column])
+                prepared[task] = prepared[task].select(orders[task])
 
-    # 6. Collator and metrics.
+    # 6. Collator and metrics (scored against the raw answer strings of the evaluated rows).
     collator = VqaCollator(
         image_processor=processor.image_processor,
         pad_token_id=tokenizer.pad_token_id,
@@ -183,13 +143,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None),
         return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
     )
+    metric_columns = {
+        "answer_column": data_args.answer_column,
+        "question_type_column": data_args.question_type_column,
+        "answer_type_column": data_args.answer_type_column,
+    }
     eval_dataset = prepared.get("do_eval")
-    compute_metrics = build_compute_metrics(
-        tokenizer,
-        eval_dataset,
-        question_type_column=data_args.question_type_column,
-        answer_type_column=data_args.answer_type_column,
-    )
+    compute_metrics = build_compute_metrics(tokenizer, eval_dataset, **metric_columns) if eval_dataset else None
 
     # 7. Trainer.
     trainer = VqaTrainer(
@@ -224,12 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     prior_train = splits.get("do_train")
     if prior_train is None and data_args.train_split in raw_datasets:
         prior_train = raw_datasets[data_args.train_split]
+    prior_columns = {"question_column": data_args.question_column, **metric_columns}
 
     # 9. Evaluate.
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         metrics["eval_samples"] = len(eval_dataset)
-        metrics.update(_prior_metrics(prior_train, splits["do_eval"], data_args, "eval"))
+        metrics.update(prior_metrics(prior_train, splits["do_eval"], "eval", **prior_columns))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
@@ -237,25 +198,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 10. Predict: answers for every test question, written next to their references.
     if training_args.do_predict:
         predict_dataset = prepared["do_predict"]
-        trainer.compute_metrics = build_compute_metrics(
-            tokenizer,
-            predict_dataset,
-            question_type_column=data_args.question_type_column,
-            answer_type_column=data_args.answer_type_column,
-        )
+        trainer.compute_metrics = build_compute_metrics(tokenizer, predict_dataset, **metric_columns)
         output = trainer.predict(predict_dataset, metric_key_prefix="predict")
         metrics = dict(output.metrics, predict_samples=len(predict_dataset))
-        metrics.update(_prior_metrics(prior_train, splits["do_predict"], data_args, "predict"))
+        metrics.update(prior_metrics(prior_train, splits["do_predict"], "predict", **prior_columns))
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         results.update(metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
-            answers = decode_answers(tokenizer, output.predictions)
-            if "do_predict" in orders:  # back to the split's row order
-                in_row_order = [""] * len(answers)
-                for position, row in enumerate(orders["do_predict"]):
-                    in_row_order[row] = answers[position]
-                answers = in_row_order
+            answers = in_row_order(decode_ids(tokenizer, output.predictions), orders.get("do_predict"))
             records = prediction_records(
                 splits["do_predict"],
                 answers,
@@ -287,37 +238,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     else:
         trainer.create_model_card(**card)
     return results
-
-
-def _prior_metrics(train_dataset, eval_dataset, data_args: DataTrainingArguments, prefix: str) -> dict[str, float]:
-    """Score the text-only question-prior baseline with the same metrics as the model."""
-    if train_dataset is None:
-        return {}
-    type_column = data_args.question_type_column
-
-    def text(dataset) -> dict[str, list]:
-        wanted = [
-            data_args.question_column,
-            data_args.answer_column,
-            type_column,
-            data_args.answer_type_column,
-        ]
-        return dataset.select_columns([c for c in wanted if c in dataset.column_names]).to_dict()
-
-    train, evaluation = text(train_dataset), text(eval_dataset)
-    prior = QuestionPriorBaseline().fit(
-        train[data_args.question_column], train[data_args.answer_column], train.get(type_column)
-    )
-    types = evaluation.get(type_column) if type_column in train else None
-    answers = prior.predict(evaluation[data_args.question_column], types)
-    scores = compute_vqa_metrics(
-        answers,
-        evaluation[data_args.answer_column],
-        question_types=evaluation.get(type_column),
-        answer_types=evaluation.get(data_args.answer_type_column),
-    )
-    keep = ("exact_match", "closed_accuracy", "token_f1", "diagnosis_accuracy")
-    return {f"{prefix}_prior_{k}": v for k, v in scores.items() if k in keep or k.startswith("exact_match/")}
 
 
 if __name__ == "__main__":

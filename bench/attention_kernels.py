@@ -32,8 +32,8 @@ def train_step(model, batch) -> float:
 
 
 def bench_case(size: str, image_size: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    from retina_vqa.attention import set_attention_implementation
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
+    from retina_vqa.models.attention import set_attention_implementation
 
     dataset_dir = common.synthetic_dataset(max(8, batch_size // 13 + 2), 4, image_size)
     processor = common.load_processor(image_size)

@@ -118,7 +118,7 @@ def data_args(dataset_dir: Path | str, **overrides: Any):
 def load_processor(image_size: int):
     """The tiny config's processor (the only tokenizer available offline) at the given image size."""
     from retina_vqa.arguments import ModelArguments
-    from retina_vqa.modeling import load_processor as recipe_load_processor
+    from retina_vqa.models.loading import load_processor as recipe_load_processor
 
     return recipe_load_processor(
         ModelArguments(model_name_or_path="", config_name=str(TINY_CONFIG), image_size=image_size)
@@ -172,7 +172,7 @@ def recipe_model(size: str, image_size: int, processor, seed: int = 0):
     """`SharedImageBlipForQuestionAnswering` as run_vqa.py builds it (`modeling.load_model`)."""
     import torch
 
-    from retina_vqa.modeling import load_model
+    from retina_vqa.models.loading import load_model
 
     torch.manual_seed(seed)
     return load_model(model_arguments(size, image_size, processor.tokenizer), processor)
@@ -248,8 +248,8 @@ def recipe_loader(prepared, collator, batch_size: int, num_workers: int = 0, gro
     import torch
     from torch.utils.data import DataLoader, RandomSampler
 
-    from retina_vqa.data import IMAGE_KEY
-    from retina_vqa.sampling import ImageGroupedSampler
+    from retina_vqa.data.preprocessing import IMAGE_KEY
+    from retina_vqa.data.sampling import ImageGroupedSampler
 
     if group_by_image:
         sampler = ImageGroupedSampler(prepared[IMAGE_KEY], seed=seed)
@@ -267,7 +267,7 @@ def train_recipe(model, prepared, processor, collator, callback, image_embedding
     from transformers.trainer_callback import PrinterCallback
 
     from retina_vqa.arguments import VqaTrainingArguments
-    from retina_vqa.trainer import VqaTrainer
+    from retina_vqa.training.trainer import VqaTrainer
 
     defaults = {"save_strategy": "no", "eval_strategy": "no", "logging_strategy": "no", "report_to": "none"}
     with tempfile.TemporaryDirectory() as output_dir:
@@ -288,7 +288,7 @@ def train_recipe(model, prepared, processor, collator, callback, image_embedding
 
 
 def recipe_collator(processor, dataset_args=None):
-    from retina_vqa.collator import VqaCollator
+    from retina_vqa.data.collator import VqaCollator
 
     return VqaCollator(
         image_processor=processor.image_processor,

@@ -47,7 +47,7 @@ def throughput(loader, batches: int) -> tuple[float, float]:
 
 
 def bench_setting(image_size: int, workers: int, args: argparse.Namespace) -> dict[str, Any]:
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
 
     dataset_dir = common.synthetic_dataset(args.num_train_images, 4, image_size)
     raw = common.load_split(dataset_dir, "train")

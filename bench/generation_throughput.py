@@ -41,7 +41,7 @@ def make_model(processor, init_range: float, seed: int):
     """The tiny BLIP with a wide random init (answers vary), mask fix on, answer settings as run_vqa.py saves."""
     from transformers import AutoConfig, BlipForQuestionAnswering
 
-    from retina_vqa.attention import apply_cross_attention_mask_fix
+    from retina_vqa.models.attention import apply_cross_attention_mask_fix
 
     config = AutoConfig.from_pretrained(common.TINY_CONFIG)
     config.text_config.initializer_range = init_range
@@ -54,7 +54,7 @@ def make_model(processor, init_range: float, seed: int):
 
 def train_model(processor, dataset_dir, steps: int, batch_size: int, seed: int):
     """The recipe's tiny model after ``steps`` AdamW steps (lr 1e-3) on the training split."""
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
 
     model = common.recipe_model("tiny", processor.image_processor.size["height"], processor, seed=seed)
     dargs = common.data_args(dataset_dir)
@@ -83,7 +83,7 @@ def trim(ids: list[int], sep_id: int, pad_id: int) -> tuple[int, ...]:
 
 
 def answer_batched(model, prepared, collator, batch_size: int, max_length: int) -> list[tuple[int, ...]]:
-    from retina_vqa.generation import generate_answers
+    from retina_vqa.models.blip import generate_answers
 
     text = model.config.text_config
     answers: list[tuple[int, ...]] = []
@@ -109,7 +109,7 @@ def answer_planned(model, processor, raw, batch_size: int, max_length: int) -> l
     grouped by text): answer strings, as the API returns them."""
     from datasets import Image
 
-    from retina_vqa.predict import answer_questions
+    from retina_vqa.inference import answer_questions
 
     columns = raw.cast_column("image", Image(decode=False)).select_columns(["image", "question"]).to_dict()
     answers = answer_questions(
@@ -157,10 +157,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.quick:
         args.num_test_images, args.repeats, args.num_train_images = 2, 1, 4
     common.quiet()
-    from retina_vqa.attention import set_attention_implementation
-    from retina_vqa.data import prepare_split
-    from retina_vqa.generation import configure_answer_generation
-    from retina_vqa.predictions import decode_answers
+    from retina_vqa.data.preprocessing import prepare_split
+    from retina_vqa.metrics import decode_ids
+    from retina_vqa.models.attention import set_attention_implementation
+    from retina_vqa.models.generation_config import configure_answer_generation
 
     dataset_dir = common.synthetic_dataset(args.num_train_images, args.num_test_images, args.image_size)
     raw = common.load_split(dataset_dir, "test")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=False, description="test")
     collator = common.recipe_collator(processor, dargs)
     if args.model_name_or_path:
-        from retina_vqa.predict import load_for_inference
+        from retina_vqa.inference import load_for_inference
 
         model, processor = load_for_inference(args.model_name_or_path, device="cpu")
         prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=False, description="test")
@@ -202,9 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = common.summarise(results, baseline="one_by_one")
     single = outputs["one_by_one"]
     text = model.config.text_config
-    single_text = decode_answers(
-        processor.tokenizer, [list(a) + [text.pad_token_id] * (length - len(a)) for a in single]
-    )
+    single_text = decode_ids(processor.tokenizer, [list(a) + [text.pad_token_id] * (length - len(a)) for a in single])
     mismatches = {
         "batched": [i for i, (a, b) in enumerate(zip(outputs["batched"], single, strict=True)) if a != b],
         "planned": [i for i, (a, b) in enumerate(zip(outputs["planned"], single_text, strict=True)) if a != b],

@@ -74,7 +74,7 @@ def count_step_flops(model, batch: dict[str, torch.Tensor], autocast: bool = Fal
     with eager attention: the flop counter knows the fused kernels of CUDA but not torch's CPU one, and the
     arithmetic is the same.
     """
-    from retina_vqa.attention import attention_implementation, set_attention_implementation
+    from retina_vqa.models.attention import attention_implementation, set_attention_implementation
 
     model.train()
     device_type = next(model.parameters()).device.type
@@ -132,8 +132,8 @@ class SyncedStepClock(TrainerCallback):
 
 
 def gpu_training(args: argparse.Namespace, processor, flops_per_sample: int, peak: float | None) -> list[dict]:
-    from retina_vqa.attention import set_attention_implementation
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
+    from retina_vqa.models.attention import set_attention_implementation
 
     rows = args.batch_size * args.steps
     dataset_dir = common.synthetic_dataset(max(8, -(-rows // 13) + 1), 4, args.image_size)

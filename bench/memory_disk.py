@@ -34,13 +34,13 @@ def child(variant: str, size: str, steps: int, batch_size: int, image_size: int,
     """One short training run; prints its own peak RSS for cross-checking."""
     import train_throughput
 
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
 
     common.quiet()
     raw = common.load_split(Path(dataset_dir), "train")
     processor = common.load_processor(image_size)
     if variant in ("recipe", "recipe_eager"):
-        from retina_vqa.attention import set_attention_implementation
+        from retina_vqa.models.attention import set_attention_implementation
 
         dargs = common.data_args(dataset_dir)
         prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=True, description="train")
@@ -81,7 +81,7 @@ def measure_memory(variant: str, size: str, steps: int, batch_size: int, image_s
 def measure_disk(dataset_dir: Path, image_size: int) -> dict[str, Any]:
     from datasets import Image, load_from_disk
 
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
 
     processor = common.load_processor(image_size)
     with tempfile.TemporaryDirectory() as tmp:

@@ -129,7 +129,7 @@ def run_notebook(model, raw_split, processor, batch_size: int, steps: int, warmu
 
 
 def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int) -> dict[str, Any]:
-    from retina_vqa.data import prepare_split
+    from retina_vqa.data.preprocessing import prepare_split
 
     image_size = args.image_size
     rows_needed = batch_size * steps
@@ -178,7 +178,7 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
     if not args.no_random_order:
         variants["recipe_random"] = recipe("recipe", group=False)
     if args.eager_attention:
-        from retina_vqa.attention import set_attention_implementation
+        from retina_vqa.models.attention import set_attention_implementation
 
         models["eager"] = common.recipe_model(size, image_size, processor)
         set_attention_implementation(models["eager"], "eager")
@@ -186,8 +186,8 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
     if args.frozen_vision:
         import dataclasses
 
-        from retina_vqa.embedding_cache import ImageEmbeddingCache
-        from retina_vqa.modeling import freeze
+        from retina_vqa.models.blip import freeze
+        from retina_vqa.training.embedding_cache import ImageEmbeddingCache
 
         for name in ("frozen", "frozen_cached"):
             models[name] = common.recipe_model(size, image_size, processor)

@@ -29,7 +29,7 @@ def make_tiny_model(init_range: float = 0.5, seed: int = 0):
     """A random tiny BLIP whose answers depend on its inputs (a wide init makes untrained outputs vary)."""
     from transformers import AutoConfig, BlipForQuestionAnswering
 
-    from retina_vqa.attention import apply_cross_attention_mask_fix
+    from retina_vqa.models.attention import apply_cross_attention_mask_fix
 
     config = AutoConfig.from_pretrained(TINY_CONFIG)
     config.text_config.initializer_range = init_range

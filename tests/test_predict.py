@@ -11,13 +11,14 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retina_vqa.generation import (
+from retina_vqa.inference import answer_questions, load_for_inference
+from retina_vqa.metrics import normalize_answer
+from retina_vqa.models.generation_config import (
     answer_generation_defaults,
     apply_saved_answer_generation,
     configure_answer_generation,
 )
-from retina_vqa.metrics import normalize_answer
-from retina_vqa.predict import answer_questions, load_for_inference, main
+from retina_vqa.predict import main
 
 from .conftest import TINY_CONFIG, make_tiny_model
 
@@ -340,7 +341,7 @@ def test_each_image_is_encoded_once_and_answers_keep_row_order(loaded, tmp_path)
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_cli_attention_choice_reaches_the_model(model_dir, tmp_path, capsys, monkeypatch, implementation):
     from retina_vqa import predict
-    from retina_vqa.attention import attention_implementation
+    from retina_vqa.models.attention import attention_implementation
 
     used = []
     original = predict.load_for_inference

@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, BlipForQuestionAnswering
 
-from retina_vqa.attention import apply_cross_attention_mask_fix
-from retina_vqa.generation import generate_answers
-from retina_vqa.images import load_image
+from retina_vqa.data.images import load_image
+from retina_vqa.models.attention import apply_cross_attention_mask_fix
+from retina_vqa.models.blip import generate_answers
 
 from .conftest import ROOT, TINY_CONFIG
 from .wandb_records import history_rows
@@ -307,7 +307,7 @@ def test_flags_after_a_config_file_override_it(tmp_path):
 def test_grouped_evaluation_gives_the_same_metrics_and_predictions(tiny_dataset_dir, tmp_path, monkeypatch):
     # Evaluation and prediction in answering order (questions grouped by text, rows put back afterwards),
     # each image encoded once per evaluation, against plain dataset order.
-    from retina_vqa import embedding_cache
+    from retina_vqa.training import embedding_cache
 
     encoded = []
     original = embedding_cache.encode_images

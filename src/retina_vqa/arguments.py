@@ -67,7 +67,7 @@ class ModelArguments:
         default=False,
         metadata={
             "help": "With --freeze_vision_encoder: encode each image once per run and keep its image-encoder "
-            "output in CPU memory for later epochs and evaluations (see retina_vqa.embedding_cache)."
+            "output in CPU memory for later epochs and evaluations (see retina_vqa.training.embedding_cache)."
         },
     )
     image_embedding_cache_gb: float = field(
@@ -235,6 +235,8 @@ class DataTrainingArguments:
 
 
 MAX_AUTO_WORKERS = 8
+# Measured on the demo (bench/README.md, "Image grouping and accuracy"): see the field's help.
+MAX_QUESTIONS_PER_IMAGE = 4
 
 
 def auto_num_workers(use_cpu: bool = False) -> int:
@@ -266,8 +268,18 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
     group_by_image: bool = field(
         default=True,
         metadata={
-            "help": "Train with the questions of an image next to each other, so each batch encodes an image once "
-            "(same gradient, several times less image-encoder work). Applies to the default random sampling."
+            "help": "Train with questions of one image next to each other (at most --max_questions_per_image), so a "
+            "batch encodes the image once for them: several times less image-encoder work. The epoch covers the "
+            "same questions as random order, but a step covers fewer images. Applies to the default random "
+            "sampling."
+        },
+    )
+    max_questions_per_image: int = field(
+        default=MAX_QUESTIONS_PER_IMAGE,
+        metadata={
+            "help": "With --group_by_image: at most this many questions of one image in a run; the runs are "
+            "shuffled, so a batch of B questions covers at least B / this images. 0: all questions of an image "
+            "together (fewest image-encoder passes, least image variety per step)."
         },
     )
     group_eval_by_question: bool = field(
@@ -311,6 +323,18 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(
                 "--remove_unused_columns True would drop the image column before the collator sees it; "
                 "leave it at False (the collator picks the model inputs itself)."
+            )
+        if self.max_questions_per_image < 0:
+            raise ValueError(
+                f"--max_questions_per_image must be 0 (no bound) or positive, got {self.max_questions_per_image}."
+            )
+        if self.label_smoothing_factor:
+            # The Trainer's own smoothing reads outputs.logits, which the shared-image forward does not return
+            # (it keeps the decoder's loss, which smooths itself): it would crash at the first step.
+            raise ValueError(
+                f"--label_smoothing_factor {self.label_smoothing_factor} is the Trainer's label smoothing, which "
+                "BLIP VQA does not use: pass --label_smoothing "
+                f"{self.label_smoothing_factor} instead (the answer decoder's own smoothing; default 0.1)."
             )
         if self.dataloader_num_workers < -1:
             raise ValueError(

@@ -20,218 +20,30 @@ the data has answers)::
     python -m retina_vqa.predict --model_name_or_path outputs/demo --data_file my_images/  # imagefolder
     python -m retina_vqa.predict --model_name_or_path outputs/demo --data_file questions.jsonl
 
-Images are read with `retina_vqa.images.load_image` (JPEG, PNG, TIFF, grayscale, alpha, palette, CMYK,
-16-bit, EXIF-rotated, very large photographs), and answers are generated with the real question padding
-mask (`retina_vqa.generation.generate_answers`), so batched answers equal one-at-a-time answers.
-
-Python API: `load_for_inference` and `answer_questions`.
+This module is the command line only; the Python API (`load_for_inference`, `answer_questions`) lives in
+`retina_vqa.inference`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
 from datasets import Dataset, Image
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
-from transformers import AutoModelForVisualQuestionAnswering, AutoProcessor, BlipForQuestionAnswering
+from transformers import BlipForQuestionAnswering
 
 from .arguments import DataTrainingArguments
-from .attention import set_attention_implementation
-from .data import check_columns, load_raw_datasets
-from .generation import (
-    answer_generation_defaults,
-    answering_plan,
-    apply_saved_answer_generation,
-    encode_images,
-    generate_answers,
-)
-from .images import ImageLoadError, ImageSource, load_image
-from .modeling import check_tokenizer_matches
-from .predictions import decode_answers, prediction_records, write_predictions
+from .data.images import ImageLoadError, image_key, load_image
+from .data.loading import check_columns, load_raw_datasets
+from .inference import DEFAULT_MAX_IMAGE_SIDE, answer_planned, answer_questions, generation_kwargs, load_for_inference
+from .training.outputs import prediction_records, write_predictions
 
-__all__ = ["answer_questions", "load_for_inference", "main"]
-
-DEFAULT_MAX_IMAGE_SIDE = 2048
-
-
-def load_for_inference(
-    model_name_or_path: str | os.PathLike,
-    device: str | torch.device | None = None,
-    attn_implementation: str = "sdpa",
-) -> tuple[BlipForQuestionAnswering, Any]:
-    """Load a saved BLIP VQA model and its processor, ready to answer.
-
-    The model is in eval mode on `device` (default: ``cuda`` if available, else ``cpu``), with fused
-    (``"sdpa"``) or transformers' ``"eager"`` attention, the cross-attention mask fix applied in both
-    (`retina_vqa.attention`), and the answer length and beams saved with the
-    model (``generation_config.json``) given to its text decoder, so ``model.generate`` uses them too.
-
-    Raises:
-        OSError: no model or processor at `model_name_or_path`.
-        ValueError: the checkpoint is not a `BlipForQuestionAnswering`, or its processor does not match it.
-    """
-    name = os.fspath(model_name_or_path)
-    # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
-    if looks_local and not os.path.isdir(name):
-        raise OSError(f"{name!r}: no such folder (train one with run_vqa.py --output_dir).")
-    processor = AutoProcessor.from_pretrained(name)
-    model = AutoModelForVisualQuestionAnswering.from_pretrained(name)
-    if not isinstance(model, BlipForQuestionAnswering):
-        raise ValueError(
-            f"{name} loads as {type(model).__name__}; retina_vqa.predict answers with "
-            "BlipForQuestionAnswering models such as the ones run_vqa.py saves."
-        )
-    check_tokenizer_matches(model.config, processor)
-    set_attention_implementation(model, attn_implementation)
-    apply_saved_answer_generation(model)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(torch.device(device)).eval()
-    return model, processor
-
-
-def _generation_kwargs(
-    model: BlipForQuestionAnswering, max_new_tokens: int | None, num_beams: int | None
-) -> dict[str, Any]:
-    defaults = answer_generation_defaults(model)
-    max_new_tokens = defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
-    num_beams = defaults["num_beams"] if num_beams is None else num_beams
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be at least 1, got {num_beams}.")
-    positions = model.config.text_config.max_position_embeddings
-    if max_new_tokens + 1 > positions:
-        raise ValueError(
-            f"max_new_tokens {max_new_tokens} does not fit the decoder's {positions} positions "
-            f"(one is the [DEC] start): use at most {positions - 1}."
-        )
-    # max_length=None: the explicit max_new_tokens decides, without transformers' "both set" warning.
-    return {"max_new_tokens": max_new_tokens, "max_length": None, "num_beams": num_beams}
-
-
-def _image_identity(source: Any) -> Hashable:
-    """Which rows show the same image: the file (path), the encoded bytes (hash), else the object itself."""
-    if isinstance(source, (str, os.PathLike)):
-        return ("path", os.path.abspath(os.fspath(source)))
-    if isinstance(source, Mapping):
-        if source.get("bytes"):
-            return ("bytes", hashlib.sha1(source["bytes"]).hexdigest())
-        if source.get("path"):
-            return ("path", os.path.abspath(source["path"]))
-    if isinstance(source, (bytes, bytearray)):
-        return ("bytes", hashlib.sha1(source).hexdigest())
-    return ("object", id(source))
-
-
-@torch.no_grad()
-def _answer_planned(
-    model: BlipForQuestionAnswering,
-    processor: Any,
-    image_keys: Sequence[Hashable],
-    questions: Sequence[str],
-    load: Callable[[list[int]], list[PILImage.Image]],
-    batch_size: int,
-    generation_kwargs: dict[str, Any],
-    images_per_chunk: int = 256,
-    progress: tqdm | None = None,
-) -> list[str]:
-    """Answers in row order, computed in `generation.answering_plan` order: every distinct image encoded once
-    per chunk, questions batched with others of the same text (answers of similar length)."""
-    tokenizer = processor.tokenizer
-    parameter = next(model.parameters())
-    answers: list[str | None] = [None] * len(questions)
-    for image_rows, batches in answering_plan(image_keys, questions, batch_size, images_per_chunk):
-        encoded = []
-        for start in range(0, len(image_rows), batch_size):
-            images = load(image_rows[start : start + batch_size])
-            pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            encoded.append(encode_images(model, pixel_values.to(device=parameter.device, dtype=parameter.dtype)))
-        image_embeds = torch.cat(encoded)
-        for rows, positions in batches:
-            text = tokenizer(
-                [questions[row].strip() for row in rows],
-                padding=True,
-                truncation=True,
-                max_length=model.config.text_config.max_position_embeddings,
-                return_token_type_ids=False,
-                return_tensors="pt",
-            )
-            generated = generate_answers(
-                model,
-                pixel_values=None,
-                image_embeds=image_embeds,
-                image_index=torch.tensor(positions, device=parameter.device),
-                input_ids=text["input_ids"].to(parameter.device),
-                attention_mask=text["attention_mask"].to(parameter.device),
-                **generation_kwargs,
-            )
-            for row, answer in zip(rows, decode_answers(tokenizer, generated.cpu()), strict=True):
-                answers[row] = answer
-            if progress is not None:
-                progress.update(len(rows))
-    return answers
-
-
-def answer_questions(
-    model: BlipForQuestionAnswering,
-    processor: Any,
-    images: ImageSource | Sequence[ImageSource],
-    questions: str | Sequence[str],
-    max_new_tokens: int | None = None,
-    num_beams: int | None = None,
-    batch_size: int = 32,
-    max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE,
-    images_per_chunk: int = 256,
-) -> list[str]:
-    """Answer ``questions[i]`` about ``images[i]``, in batches; one answer string per question.
-
-    Args:
-        model, processor: as returned by `load_for_inference` (or any BlipForQuestionAnswering with the mask
-            fix applied).
-        images: one image source per question (a path, bytes, PIL image, numpy array, datasets image
-            dict, ...: see `retina_vqa.images.load_image`), or a single image for all questions.
-        questions: the questions (a single string is one question).
-        max_new_tokens: longest answer in tokens; default: the length saved with the model, else 48.
-        num_beams: beam search width; default: the value saved with the model, else 1 (greedy).
-        batch_size: questions per forward pass. Answers do not depend on it.
-        images_per_chunk: distinct images encoded and held at a time. Each image is encoded once per chunk,
-            and the questions about a chunk's images are answered grouped by question text (answers of
-            similar length together); memory grows with it.
-        max_image_side: very large photographs are downsized on load to this longer side (None: never).
-
-    Raises:
-        ImageLoadError: an image cannot be read; the message names it (``image 3 (file 'x.jpg')``).
-    """
-    if isinstance(questions, str):
-        questions = [questions]
-    questions = list(questions)
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, PILImage.Image, Mapping)) or not isinstance(
-        images, Sequence
-    ):
-        images = [images] * len(questions)
-    images = list(images)
-    if len(images) != len(questions):
-        raise ValueError(
-            f"{len(images)} images for {len(questions)} questions: give one image per question, or one image."
-        )
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    generation_kwargs = _generation_kwargs(model, max_new_tokens, num_beams)
-
-    def load(rows: list[int]) -> list[PILImage.Image]:
-        return [load_image(images[row], where=f"image {row}", max_side=max_image_side) for row in rows]
-
-    keys = [_image_identity(image) for image in images]
-    return _answer_planned(model, processor, keys, questions, load, batch_size, generation_kwargs, images_per_chunk)
+__all__ = ["main"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -414,14 +226,14 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     dataset, name = _load_dataset(parser, args)
     output_file = args.output_file or _default_output_file(args.model_name_or_path, name)
     model, processor = _load(parser, args)
-    generation_kwargs = _generation_kwargs(model, args.max_new_tokens, args.num_beams)
+    settings = generation_kwargs(model, args.max_new_tokens, args.num_beams)
 
     rows = dataset.select_columns([args.image_column, args.question_column])
     if isinstance(rows.features[args.image_column], Image):
         # Undecoded {"bytes", "path"} dicts: load_image reports bad files with their row and path.
         rows = rows.cast_column(args.image_column, Image(decode=False))
     images = rows.select_columns([args.image_column])
-    keys = [_image_identity(image) for batch in images.iter(batch_size=256) for image in batch[args.image_column]]
+    keys = [image_key(image) for batch in images.iter(batch_size=256) for image in batch[args.image_column]]
 
     def load(indices: list[int]) -> list[PILImage.Image]:
         sources = images.select(indices)[args.image_column]
@@ -434,8 +246,8 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     questions = rows.select_columns([args.question_column]).to_dict()[args.question_column]
     with tqdm(total=len(rows), desc=f"Answering {name}", unit="question") as progress:
         try:
-            predictions = _answer_planned(
-                model, processor, keys, questions, load, args.batch_size, generation_kwargs, progress=progress
+            predictions = answer_planned(
+                model, processor, keys, questions, load, args.batch_size, settings, progress=progress
             )
         except ImageLoadError as error:
             progress.close()

@@ -1,0 +1,122 @@
+"""Batching for BLIP VQA: images to pixels per batch, dynamic padding, and the decoder targets.
+
+The targets follow BLIP's own pre-training and VQA fine-tuning (salesforce/BLIP, LAVIS), which the
+popular notebooks get wrong:
+
+* the decoder input is the answer with its first token replaced by the tokenizer's bos token ``[DEC]``
+  (this happens once, in the tokenisation map: see `data.tokenize_questions_and_answers`);
+* the labels are the same ids with padding (and the never-predicted ``[DEC]``) set to -100; the decoder
+  shifts them itself;
+* ``decoder_input_ids`` and ``decoder_attention_mask`` are passed explicitly. Without them,
+  `BlipForQuestionAnswering` feeds ``labels`` to the decoder as its input: -100 labels then crash the
+  embedding lookup, and pad-id labels train on padding while `generate` starts from ``[DEC]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .images import load_image
+from .preprocessing import IMAGE_KEY
+
+
+def _pad(sequences: list[list[int]], pad_value: int, multiple_of: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in sequences)
+    if multiple_of:
+        length = -(-length // multiple_of) * multiple_of
+    ids = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, : len(sequence)] = 1
+    return ids, mask
+
+
+@dataclass
+class VqaCollator:
+    """Turn tokenised rows into a BLIP VQA batch.
+
+    Each feature needs ``input_ids`` (question, ``[CLS] ... [SEP]``) and the image column; rows with
+    ``decoder_input_ids`` (answer, ``[DEC] ... [SEP]``) also get ``decoder_attention_mask`` and ``labels``.
+    Other keys (question text, question type, ...) are ignored.
+
+    Example, with pad id 0, ``[DEC]`` = 5, ``[SEP]`` = 3::
+
+        features = [{"input_ids": [2, 10, 11, 3], "decoder_input_ids": [5, 20, 3], "image": img1},
+                    {"input_ids": [2, 12, 3], "decoder_input_ids": [5, 21, 22, 3], "image": img2}]
+        batch = collator(features)
+        batch["input_ids"]              # [[2, 10, 11, 3], [2, 12, 3, 0]]
+        batch["attention_mask"]         # [[1, 1, 1, 1], [1, 1, 1, 0]]
+        batch["decoder_input_ids"]      # [[5, 20, 3, 0], [5, 21, 22, 3]]
+        batch["decoder_attention_mask"] # [[1, 1, 1, 0], [1, 1, 1, 1]]
+        batch["labels"]                 # [[-100, 20, 3, -100], [-100, 21, 22, 3]]
+        batch["pixel_values"]           # float tensor (2, 3, H, W) from the image processor
+
+    Rows that carry an ``image_key`` (see `data.image_keys`) and share it share one image: with
+    ``share_images`` the batch then holds each distinct image once in ``pixel_values`` and
+    ``image_index`` (one entry per row) points to it; the model encodes each image once. With
+    ``return_image_keys`` the batch also lists the key of each of those images (``image_keys``), for the
+    Trainer's cache of image-encoder outputs (`embedding_cache`).
+    """
+
+    image_processor: Any
+    pad_token_id: int
+    image_column: str = "image"
+    max_image_side: int | None = 2048
+    pad_to_multiple_of: int | None = None
+    label_pad_token_id: int = -100
+    share_images: bool = True
+    return_image_keys: bool = False
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        required = ("input_ids", self.image_column)
+        missing = [key for key in required if key not in features[0]]
+        if missing:
+            raise KeyError(
+                f"VqaCollator needs the keys {list(required)} in every row, missing {missing}; the rows have "
+                f"{sorted(features[0])}. Tokenise with data.tokenize_questions_and_answers and keep the "
+                "image "
+                "column (TrainingArguments.remove_unused_columns=False)."
+            )
+        batch: dict[str, Any] = {}
+        if self.return_image_keys and not (self.share_images and IMAGE_KEY in features[0]):
+            raise KeyError(
+                f"return_image_keys needs share_images and an {IMAGE_KEY!r} in every row (data.prepare_split adds it)."
+            )
+        if self.share_images and IMAGE_KEY in features[0]:
+            # Each distinct image once; image_index[i] says which one question i is about.
+            position: dict[str, int] = {}
+            rows = []
+            for i, feature in enumerate(features):
+                if feature[IMAGE_KEY] not in position:
+                    position[feature[IMAGE_KEY]] = len(rows)
+                    rows.append(i)
+            batch["image_index"] = torch.tensor([position[f[IMAGE_KEY]] for f in features], dtype=torch.long)
+            if self.return_image_keys:
+                batch["image_keys"] = [features[i][IMAGE_KEY] for i in rows]
+        else:
+            rows = list(range(len(features)))
+        images = [
+            load_image(features[i][self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
+            for i in rows
+        ]
+        batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        batch["input_ids"], batch["attention_mask"] = _pad(
+            [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
+        )
+        if "decoder_input_ids" in features[0]:
+            decoder_ids, decoder_mask = _pad(
+                [f["decoder_input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
+            )
+            batch["decoder_input_ids"] = decoder_ids
+            batch["decoder_attention_mask"] = decoder_mask
+            # Masking by the attention mask, not by comparing with the pad id, keeps a real token
+            # that happens to share the pad id (some vocabularies) in the loss.
+            batch["labels"] = decoder_ids.masked_fill(decoder_mask == 0, self.label_pad_token_id)
+            # The decoder predicts token t+1 from token t: [DEC] itself is never a target. Marking it -100
+            # keeps the Trainer's count of answer tokens (which normalises the loss) exact.
+            batch["labels"][:, 0] = self.label_pad_token_id
+        return batch

@@ -1,0 +1,52 @@
+"""Metrics of retinal VQA: answer normalisation, per-answer scores, the aggregate the Trainer logs, and the
+question-prior baseline scored the same way.
+
+``normalize.py`` (when two answers are the same), ``scores.py`` (one prediction against one reference, BLEU,
+diagnosis confusion), ``vqa.py`` (all metrics of a set, ``compute_metrics`` for the Trainer), ``prior.py``
+(the image-blind baseline), ``evaluate_metric.py`` (``RetinaVQAMetric``, the ``evaluate.Metric``; imported on
+first use, since ``evaluate`` pulls in torch).
+"""
+
+from .normalize import normalize_answer
+from .prior import QuestionPriorBaseline, score_prior
+from .scores import (
+    DEFAULT_DIAGNOSIS_LABELS,
+    OTHER_LABEL,
+    confusion_matrix,
+    corpus_bleu,
+    exact_match,
+    macro_f1,
+    rouge_l,
+    rouge_tokenize,
+    token_f1,
+    token_recall,
+)
+from .vqa import build_compute_metrics, compute_vqa_metrics, decode_ids
+
+__all__ = [
+    "DEFAULT_DIAGNOSIS_LABELS",
+    "OTHER_LABEL",
+    "QuestionPriorBaseline",
+    "RetinaVQAMetric",
+    "build_compute_metrics",
+    "compute_vqa_metrics",
+    "confusion_matrix",
+    "corpus_bleu",
+    "decode_ids",
+    "exact_match",
+    "macro_f1",
+    "normalize_answer",
+    "rouge_l",
+    "rouge_tokenize",
+    "score_prior",
+    "token_f1",
+    "token_recall",
+]
+
+
+def __getattr__(name: str):
+    if name == "RetinaVQAMetric":
+        from .evaluate_metric import RetinaVQAMetric
+
+        return RetinaVQAMetric
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,238 @@
+"""All VQA metrics of a set of answers, as the Trainer logs them, and the Trainer's ``compute_metrics``.
+
+* :func:`compute_vqa_metrics` aggregates the scores of `scores.py` into the flat ``dict`` of numbers that the
+  Hugging Face ``Trainer`` logs (with an ``eval_`` prefix), by closed/open answer, question type and
+  diagnosis;
+* ``evaluate_metric.RetinaVQAMetric`` is an ``evaluate.Metric`` wrapper around it;
+* :func:`build_compute_metrics` is the ``compute_metrics`` callback of a ``Seq2SeqTrainer`` run with
+  ``predict_with_generate=True``. It scores the generated answers against the dataset's **raw** answer
+  strings, the same references that ``predictions.jsonl`` and the question-prior baseline use: answers
+  decoded back from the label ids would have gone through the tokenizer (accents stripped, unknown
+  characters dropped, punctuation re-spaced, truncated to ``--max_answer_length``).
+
+The official VQA accuracy ``min(#matching annotators / 3, 1)`` is deliberately not reported: the retinal
+datasets have a single reference answer per question, so it could only ever be 0 or 1/3.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .normalize import normalize_answer
+from .scores import (
+    DEFAULT_DIAGNOSIS_LABELS,
+    OTHER_LABEL,
+    confusion_matrix,
+    corpus_bleu,
+    exact_match,
+    macro_f1,
+    rouge_l,
+    token_f1,
+    token_recall,
+)
+
+if TYPE_CHECKING:
+    import datasets
+    from transformers import EvalPrediction, PreTrainedTokenizerBase, ProcessorMixin
+
+logger = logging.getLogger(__name__)
+
+_CLOSED_MAX_TOKENS = 3
+
+
+def _answer_kind(answer_type: str) -> str:
+    kind = str(answer_type).strip().lower()
+    if kind not in ("closed", "open"):
+        raise ValueError(f"Unknown answer type {answer_type!r}; expected 'closed' or 'open'.")
+    return kind
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0
+
+
+def _check_length(name: str, values: Sequence[Any] | None, expected: int) -> None:
+    if values is not None and len(values) != expected:
+        raise ValueError(f"Got {expected} predictions but {len(values)} {name}.")
+
+
+def compute_vqa_metrics(
+    predictions: Sequence[str],
+    references: Sequence[str],
+    question_types: Sequence[str] | None = None,
+    answer_types: Sequence[str] | None = None,
+    diagnosis_labels: Sequence[str] | None = None,
+    diagnosis_type: str = "diagnosis",
+) -> dict[str, float | int]:
+    """Compute all VQA metrics as one flat ``dict`` of numbers.
+
+    Args:
+        predictions: Generated answers.
+        references: Reference answers, one per prediction.
+        question_types: Optional question type per example (e.g. "diagnosis", "presence").
+        answer_types: Optional "closed" / "open" per example (case-insensitive). When omitted, an example is
+            taken as closed if its normalised reference has at most 3 tokens ("yes", "mild dr",
+            "healthy retina") and as open otherwise.
+        diagnosis_labels: Label set of the diagnosis questions, defaults to :data:`DEFAULT_DIAGNOSIS_LABELS`.
+        diagnosis_type: The question type whose rows are the diagnosis questions.
+
+    Returns:
+        ``num_examples`` (int); ``exact_match``, ``token_f1``, ``rouge_l`` (means over examples) and ``bleu``
+        (corpus BLEU-4) over all examples; ``closed_accuracy`` (exact match over closed rows) when there are
+        closed rows; ``open_token_recall``, ``open_rouge_l`` and ``open_bleu`` when there are open rows;
+        ``exact_match/<question_type>`` per question type; and, when ``diagnosis_type`` occurs among the
+        question types, ``diagnosis_accuracy``, ``diagnosis_macro_f1`` (see `scores.macro_f1`) and the ints
+        ``diagnosis_confusion/<reference>-><prediction>`` for every label pair plus ``-><other>`` (see
+        :func:`confusion_matrix`). Keys of empty groups are left out rather than reported as 0.
+    """
+    n = len(predictions)
+    _check_length("references", references, n)
+    _check_length("question types", question_types, n)
+    _check_length("answer types", answer_types, n)
+    predictions = ["" if p is None else str(p) for p in predictions]
+    references = ["" if r is None else str(r) for r in references]
+
+    em = [exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
+    metrics: dict[str, float | int] = {
+        "num_examples": n,
+        "exact_match": _mean(em),
+        "token_f1": _mean([token_f1(p, r) for p, r in zip(predictions, references, strict=True)]),
+        "rouge_l": _mean([rouge_l(p, r) for p, r in zip(predictions, references, strict=True)]),
+        "bleu": corpus_bleu(predictions, references),
+    }
+
+    if answer_types is not None:
+        kinds = [_answer_kind(t) for t in answer_types]
+    else:
+        kinds = ["closed" if len(normalize_answer(r).split()) <= _CLOSED_MAX_TOKENS else "open" for r in references]
+    closed = [i for i, kind in enumerate(kinds) if kind == "closed"]
+    opened = [i for i, kind in enumerate(kinds) if kind == "open"]
+    if closed:
+        metrics["closed_accuracy"] = _mean([em[i] for i in closed])
+    if opened:
+        open_preds = [predictions[i] for i in opened]
+        open_refs = [references[i] for i in opened]
+        metrics["open_token_recall"] = _mean([token_recall(p, r) for p, r in zip(open_preds, open_refs, strict=True)])
+        metrics["open_rouge_l"] = _mean([rouge_l(p, r) for p, r in zip(open_preds, open_refs, strict=True)])
+        metrics["open_bleu"] = corpus_bleu(open_preds, open_refs)
+
+    if question_types is not None:
+        by_type: dict[str, list[int]] = {}
+        for i, question_type in enumerate(question_types):
+            by_type.setdefault(str(question_type), []).append(i)
+        for question_type, rows in by_type.items():
+            metrics[f"exact_match/{question_type}"] = _mean([em[i] for i in rows])
+
+        diagnosis_rows = by_type.get(diagnosis_type, [])
+        if diagnosis_rows:
+            labels = tuple(DEFAULT_DIAGNOSIS_LABELS if diagnosis_labels is None else diagnosis_labels)
+            refs = [references[i] for i in diagnosis_rows]
+            preds = [predictions[i] for i in diagnosis_rows]
+            matrix = confusion_matrix(refs, preds, labels)
+            unlabelled = len(refs) - sum(map(sum, matrix))
+            if unlabelled:
+                logger.warning(
+                    "%d %s references are not among the diagnosis labels %s and are left out of the "
+                    "confusion counts and macro F1.",
+                    unlabelled,
+                    diagnosis_type,
+                    labels,
+                )
+            metrics["diagnosis_accuracy"] = _mean([em[i] for i in diagnosis_rows])
+            metrics["diagnosis_macro_f1"] = macro_f1(matrix)
+            for ref_label, row in zip(labels, matrix, strict=True):
+                for pred_label, count in zip((*labels, OTHER_LABEL), row, strict=True):
+                    metrics[f"diagnosis_confusion/{ref_label}->{pred_label}"] = int(count)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Trainer callback
+# ---------------------------------------------------------------------------------------------------------
+
+
+def decode_ids(tokenizer: Any, ids: Any, pad_token_id: int | None = None) -> list[str]:
+    """Generated ids -> stripped answer strings; the Trainer's -100 padding becomes the pad id (default: the
+    tokenizer's) first."""
+    if pad_token_id is None:
+        pad_token_id = tokenizer.pad_token_id
+    if isinstance(ids, tuple):
+        # Some models return (sequences, extra outputs...); the generated ids are the first element.
+        ids = ids[0]
+    array = np.asarray(ids)
+    if array.ndim != 2:
+        raise ValueError(
+            f"Expected generated token ids of shape (batch, length), got shape {array.shape}; "
+            "is the trainer running with predict_with_generate=True?"
+        )
+    # The Trainer pads ragged batches with -100 when it concatenates them; -100 is not a valid token id.
+    array = np.where(array == -100, pad_token_id, array).astype(np.int64)
+    texts = tokenizer.batch_decode(array.tolist(), skip_special_tokens=True)
+    return [text.strip() for text in texts]
+
+
+def _dataset_column(eval_dataset: Any, column: str, expected: int) -> list[str] | None:
+    column_names = getattr(eval_dataset, "column_names", None)
+    if eval_dataset is None or column_names is None or column not in column_names:
+        return None
+    values = [str(v) for v in eval_dataset.select_columns([column])[column]]
+    if len(values) != expected:
+        raise ValueError(
+            f"eval_dataset has {len(values)} rows but the trainer returned {expected} predictions; pass the "
+            "dataset that was evaluated."
+        )
+    return values
+
+
+def build_compute_metrics(
+    tokenizer: PreTrainedTokenizerBase | ProcessorMixin,
+    eval_dataset: datasets.Dataset,
+    answer_column: str = "answer",
+    question_type_column: str = "question_type",
+    answer_type_column: str = "answer_type",
+    diagnosis_labels: Sequence[str] | None = None,
+    diagnosis_type: str = "diagnosis",
+) -> Callable[[EvalPrediction], dict[str, float | int]]:
+    """Build the ``compute_metrics`` callback of a ``Seq2SeqTrainer`` with ``predict_with_generate=True``.
+
+    The callback decodes the generated ids (``eval_pred.predictions``, or its first element when it is a
+    tuple), replacing -100 by the pad token id first, and scores them with :func:`compute_vqa_metrics`
+    against the raw strings of ``eval_dataset[answer_column]`` (never the label ids: see the module
+    docstring). Question and answer types are read from ``eval_dataset`` columns when present. The Trainer
+    keeps dataset order (``gather_for_metrics`` in a distributed run), so row i of the dataset is prediction i.
+
+    Args:
+        tokenizer: The tokenizer, or a processor (such as ``BlipProcessor``) that wraps one.
+        eval_dataset: The evaluated dataset, in the order the Trainer evaluates it.
+        answer_column: Column holding the reference answers.
+        question_type_column: Column holding the question type.
+        answer_type_column: Column holding "closed" / "open".
+        diagnosis_labels: Forwarded to :func:`compute_vqa_metrics`.
+        diagnosis_type: Forwarded to :func:`compute_vqa_metrics`.
+    """
+    inner_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    pad_token_id = getattr(inner_tokenizer, "pad_token_id", None)
+    if pad_token_id is None:
+        raise ValueError("The tokenizer has no pad token id; it is needed to replace the -100 label padding.")
+    if answer_column not in getattr(eval_dataset, "column_names", ()):
+        raise ValueError(
+            f"The evaluated dataset has no reference answer column {answer_column!r} (columns: "
+            f"{getattr(eval_dataset, 'column_names', None)}); metrics are scored against it (--answer_column)."
+        )
+
+    def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float | int]:
+        predictions = decode_ids(inner_tokenizer, eval_pred.predictions, pad_token_id)
+        return compute_vqa_metrics(
+            predictions,
+            _dataset_column(eval_dataset, answer_column, len(predictions)),
+            question_types=_dataset_column(eval_dataset, question_type_column, len(predictions)),
+            answer_types=_dataset_column(eval_dataset, answer_type_column, len(predictions)),
+            diagnosis_labels=diagnosis_labels,
+            diagnosis_type=diagnosis_type,
+        )
+
+    return compute_metrics

@@ -1,0 +1,263 @@
+"""BLIP VQA as the recipe runs it: the encoder and decoder steps, batched answering, and the model options.
+
+BLIP answers in three steps: the image encoder (ViT) turns pixels into patch states, the question encoder
+(BERT with cross-attention) reads the question against them, and the answer decoder generates the answer
+from ``[DEC]`` while cross-attending to the encoded question. `encode_images`, `encode_questions`,
+`decode_answers` and `generate_answers` are those steps, written once and used by training
+(`SharedImageBlipForQuestionAnswering`), evaluation, answering (`retina_vqa.inference`) and Grad-CAM
+(`retina_vqa.explain`).
+
+Generation here passes the real question mask to the decoder: `BlipForQuestionAnswering.generate` in
+transformers builds an all-ones mask over the encoded question, so in a padded batch the decoder attends to
+the padding of shorter questions and batched answers differ from one-at-a-time answers.
+
+Also owns the model-level options of the recipe: label smoothing, freezing encoders, and changing the image
+size of a pretrained checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from transformers import BlipConfig, BlipForQuestionAnswering, BlipProcessor
+
+from .compat import BlipTextVisionModelOutput
+
+logger = logging.getLogger(__name__)
+
+
+def encode_images(
+    model: BlipForQuestionAnswering, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+) -> torch.Tensor:
+    """The image encoder's patch states (batch x patches + 1 x hidden) that the question encoder reads."""
+    return model.vision_model(
+        pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+    ).last_hidden_state
+
+
+def encode_questions(
+    model: BlipForQuestionAnswering, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The question encoder reading the image patches: the token states the answer decoder attends to."""
+    image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+    return model.text_encoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        encoder_hidden_states=image_embeds,
+        encoder_attention_mask=image_mask,
+    ).last_hidden_state
+
+
+def decode_answers(
+    model: BlipForQuestionAnswering,
+    question_embeds: torch.Tensor,
+    question_mask: torch.Tensor,
+    answer_ids: torch.Tensor,
+    answer_mask: torch.Tensor | None = None,
+    **kwargs,
+):
+    """The answer decoder run on given answers (teacher forcing), cross-attending to the encoded question
+    under its real mask. ``kwargs`` go to the decoder (``labels``, ``reduction`` -- a BLIP-specific argument
+    that `compat` vouches for --, ``use_cache``)."""
+    return model.text_decoder(
+        input_ids=answer_ids,
+        attention_mask=torch.ones_like(answer_ids) if answer_mask is None else answer_mask,
+        encoder_hidden_states=question_embeds,
+        encoder_attention_mask=question_mask,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def generate_answers(
+    model: BlipForQuestionAnswering,
+    pixel_values: torch.Tensor | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    interpolate_pos_encoding: bool = False,
+    image_index: torch.Tensor | None = None,
+    image_embeds: torch.Tensor | None = None,
+    **generate_kwargs,
+) -> torch.LongTensor:
+    """Generated answer ids, starting with ``[DEC]`` and ending at ``[SEP]`` (then padding).
+
+    With ``image_index``, ``pixel_values`` holds each distinct image once and question i is about image
+    ``image_index[i]``. Instead of pixels, ``image_embeds`` from `encode_images` may be given (encoded once,
+    answered in several batches); ``image_index`` then indexes them. `generate_kwargs` go to the decoder's
+    `generate` (``max_length``, ``max_new_tokens``, ``num_beams``, ...).
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if (pixel_values is None) == (image_embeds is None):
+        raise ValueError("Pass either pixel_values or image_embeds.")
+    if image_embeds is None:
+        image_embeds = encode_images(model, pixel_values, interpolate_pos_encoding)
+    else:  # kept outputs may come from a mixed-precision pass
+        image_embeds = image_embeds.to(next(model.text_encoder.parameters()).dtype)
+    if image_index is not None:  # each distinct image encoded once (see data.collator.VqaCollator)
+        image_embeds = image_embeds.index_select(0, image_index)
+    question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask)
+    text_config = model.config.text_config
+    start = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
+    generate_kwargs.setdefault("eos_token_id", text_config.sep_token_id)
+    generate_kwargs.setdefault("pad_token_id", text_config.pad_token_id)
+    return model.text_decoder.generate(
+        input_ids=start,
+        encoder_hidden_states=question_embeds,
+        encoder_attention_mask=attention_mask,
+        **generate_kwargs,
+    )
+
+
+class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
+    """`BlipForQuestionAnswering` whose forward can encode each distinct image of a batch once, and whose loss
+    is normalised by the answer tokens of the whole step (all processes), as the Trainer expects.
+
+    With ``image_index`` (one entry per question), ``pixel_values`` holds each distinct image once and
+    question i is answered about image ``image_index[i]``: the image encoder runs once per image instead
+    of once per question, with the same gradient. ``image_embeds`` (the image encoder's outputs, one per
+    distinct image) may replace ``pixel_values`` when they are already known (`embedding_cache`). Without
+    any of these, the forward is transformers' own. The weights and the saved files are those of
+    `BlipForQuestionAnswering`.
+    """
+
+    # The Trainer passes `num_items_in_batch` (answer tokens in the whole step: all processes, all accumulated
+    # micro-batches) and then expects a sum over this batch divided by it. transformers' BLIP ignores it and
+    # returns a per-batch mean, which the Trainer multiplies by the number of processes: a DDP run then
+    # trains on N times the loss, and each process weighs its own tokens. Here the loss is what it expects.
+    accepts_loss_kwargs = True
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        decoder_input_ids: torch.LongTensor | None = None,
+        decoder_attention_mask: torch.LongTensor | None = None,
+        attention_mask: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        image_index: torch.LongTensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        image_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BlipTextVisionModelOutput:
+        if image_index is None and num_items_in_batch is None and image_embeds is None:
+            return super().forward(
+                input_ids=input_ids,
+                pixel_values=pixel_values,
+                decoder_input_ids=decoder_input_ids,
+                decoder_attention_mask=decoder_attention_mask,
+                attention_mask=attention_mask,
+                labels=labels,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                **kwargs,
+            )
+        if decoder_input_ids is None:
+            raise ValueError("Pass decoder_input_ids ([DEC] + answer) and labels to train; use generate to answer.")
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass either pixel_values or image_embeds (image-encoder outputs, e.g. kept ones).")
+        if image_embeds is None:
+            image_embeds = encode_images(self, pixel_values, interpolate_pos_encoding)
+        per_image = image_embeds
+        if image_index is not None:
+            image_embeds = image_embeds.index_select(0, image_index)
+        question_embeds = encode_questions(self, image_embeds, input_ids, attention_mask)
+        answer = decode_answers(
+            self,
+            question_embeds,
+            attention_mask,
+            decoder_input_ids,
+            decoder_attention_mask,
+            labels=labels,
+            reduction="mean" if num_items_in_batch is None else "none",
+        )
+        loss = None
+        if labels is not None:
+            # reduction "none" gives each answer's summed token loss.
+            loss = answer.loss.mean() if num_items_in_batch is None else answer.loss.sum() / num_items_in_batch
+        return BlipTextVisionModelOutput(
+            loss=loss,
+            image_embeds=image_embeds,
+            last_hidden_state=per_image,
+        )
+
+    def save_pretrained(self, *args, **kwargs):
+        # Saved as the plain transformers class (config.architectures): sharing is a batching detail.
+        self.__class__ = BlipForQuestionAnswering
+        try:
+            return self.save_pretrained(*args, **kwargs)
+        finally:
+            self.__class__ = SharedImageBlipForQuestionAnswering
+
+
+def check_tokenizer_matches(config: BlipConfig, processor: BlipProcessor) -> None:
+    """Fail early when the tokenizer and the model disagree on the special tokens generation relies on."""
+    tokenizer = processor.tokenizer
+    text_config = config.text_config
+    expected = {
+        "bos_token_id ([DEC], the decoder start)": (text_config.bos_token_id, tokenizer.bos_token_id),
+        "pad_token_id": (text_config.pad_token_id, tokenizer.pad_token_id),
+        "sep_token_id (the answer end)": (text_config.sep_token_id, tokenizer.sep_token_id),
+    }
+    mismatches = [f"{name}: model {m}, tokenizer {t}" for name, (m, t) in expected.items() if m != t]
+    if len(tokenizer) > text_config.vocab_size:
+        mismatches.append(f"vocabulary: tokenizer has {len(tokenizer)} tokens, model {text_config.vocab_size}")
+    if mismatches:
+        raise ValueError(
+            "The processor does not match the model: " + "; ".join(mismatches) + ". Use the processor saved "
+            "with the model (--processor_name) or the same config folder."
+        )
+
+
+def set_label_smoothing(model: BlipForQuestionAnswering, label_smoothing: float) -> None:
+    # The decoder copies the value at construction time; set both so the saved config says what was used.
+    model.config.text_config.label_smoothing = label_smoothing
+    model.text_decoder.label_smoothing = label_smoothing
+
+
+@torch.no_grad()
+def resize_image_size(model: BlipForQuestionAnswering, image_size: int) -> None:
+    """Interpolate the ViT position embeddings once to a new square image size.
+
+    This is exactly what `interpolate_pos_encoding=True` computes on every forward pass, done once, so the
+    saved model runs at the new size with plain transformers and no extra flag.
+    """
+    embeddings = model.vision_model.embeddings
+    patch = embeddings.patch_size
+    if image_size % patch:
+        raise ValueError(f"--image_size {image_size} must be a multiple of the patch size {patch}.")
+    old_size = model.config.vision_config.image_size
+    grid = image_size // patch
+    dummy = torch.zeros(1, grid * grid + 1, embeddings.embed_dim, dtype=embeddings.position_embedding.dtype)
+    new_positions = embeddings.interpolate_pos_encoding(dummy, image_size, image_size).detach().clone()
+    embeddings.position_embedding = nn.Parameter(new_positions)
+    embeddings.image_size = image_size
+    embeddings.num_patches = grid * grid
+    embeddings.num_positions = grid * grid + 1
+    model.config.vision_config.image_size = image_size
+    logger.info(
+        "Interpolated position embeddings from %d px to %d px (%dx%d patches)",
+        old_size,
+        image_size,
+        grid,
+        grid,
+    )
+
+
+def freeze(model: BlipForQuestionAnswering, vision: bool, text: bool) -> None:
+    """Stop gradients into the image encoder and/or the question encoder."""
+    parts = {"vision_model": vision, "text_encoder": text}
+    for name, frozen in parts.items():
+        if frozen:
+            getattr(model, name).requires_grad_(False)
+    if vision or text:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        logger.info(
+            "Frozen: %s; trainable parameters %.2fM of %.2fM",
+            ", ".join(n for n, f in parts.items() if f),
+            trainable / 1e6,
+            total / 1e6,
+        )

@@ -1,0 +1,97 @@
+"""Command line of the synthetic RetinaVQA generator.
+
+This module owns the CLI (``build_parser`` and ``main``)::
+
+    python -m retina_vqa.synthetic --output_dir data/retinavqa-synthetic
+    python -m retina_vqa.synthetic --preview preview.png --image_size 384
+
+Errors in the arguments (bad numbers, an occupied ``--output_dir``) exit with status 2 and a message
+naming the flag, before any image is drawn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from ..questions import QUESTION_TYPES
+from .build import generate_dataset, validate_grade_weights
+from .export import FORMATS, check_output_dir, render_preview, save_dataset
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m retina_vqa.synthetic``."""
+    p = argparse.ArgumentParser(
+        prog="python -m retina_vqa.synthetic",
+        description="Generate a synthetic retinal fundus VQA dataset, or a preview grid of its images.",
+    )
+    p.add_argument("--output_dir", help="where to write the dataset (required unless --preview)")
+    p.add_argument("--preview", metavar="PNG", help="write a 4x4 grid of samples to this PNG and exit")
+    p.add_argument("--num_train_images", type=int, default=600)
+    p.add_argument("--num_validation_images", type=int, default=100)
+    p.add_argument("--num_test_images", type=int, default=100)
+    p.add_argument("--image_size", type=int, default=384, help="side of the square images in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", default="save_to_disk", help="save_to_disk (default) or imagefolder")
+    p.add_argument("--grade_weights", default="1,1,1,1,1", help="relative frequency of ICDR grades 0-4")
+    p.add_argument("--paraphrase", action="store_true", help="vary the question wording per row")
+    p.add_argument(
+        "--quality_defect_rate",
+        type=float,
+        default=0.1,
+        help="fraction of images blurred, under- or overexposed",
+    )
+    p.add_argument(
+        "--question_types",
+        default=None,
+        help=f"comma-separated subset of question types (default all: {','.join(QUESTION_TYPES)})",
+    )
+    p.add_argument("--num_workers", type=int, default=None, help="rendering processes (default up to 2)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    argv_used = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if args.preview:
+            grid = render_preview(args.image_size, args.seed, args.quality_defect_rate)
+            Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
+            grid.save(args.preview)
+            print(f"wrote preview {args.preview} ({grid.width}x{grid.height})")
+            return
+        if not args.output_dir:
+            parser.error("--output_dir is required (or use --preview FILE.png)")
+        if args.format not in FORMATS:
+            parser.error(f"--format must be one of {', '.join(FORMATS)}, got {args.format!r}")
+        question_types = args.question_types.split(",") if args.question_types else None
+        check_output_dir(Path(args.output_dir), args.overwrite)
+        dd = generate_dataset(
+            args.num_train_images,
+            args.num_validation_images,
+            args.num_test_images,
+            image_size=args.image_size,
+            seed=args.seed,
+            grade_weights=validate_grade_weights(args.grade_weights),
+            paraphrase=args.paraphrase,
+            quality_defect_rate=args.quality_defect_rate,
+            question_types=question_types,
+            num_workers=args.num_workers,
+        )
+        command = "python -m retina_vqa.synthetic " + shlex.join(argv_used)
+        save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command)
+    except ValueError as err:
+        parser.error(str(err))
+    summary = ", ".join(f"{s}: {dd[s].num_rows} rows" for s in dd)
+    print(f"wrote {args.output_dir} ({summary})")
+
+
+if __name__ == "__main__":
+    main()

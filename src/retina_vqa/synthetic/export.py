@@ -1,0 +1,260 @@
+"""Writing the synthetic dataset to disk, its dataset card and the preview grid.
+
+This module owns what leaves memory: ``save_dataset`` (``save_to_disk`` or ``imagefolder``), the
+output-directory checks that keep ``--overwrite`` from deleting the wrong folder, the README.md dataset
+card with per-split counts, and ``render_preview`` (a captioned grid of images for eyeballing the
+drawing).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from ..questions import DIAGNOSIS_ANSWERS, QUESTION_TYPES
+from .build import render_example
+from .render import MIN_IMAGE_SIZE, QUALITIES
+
+if TYPE_CHECKING:
+    import datasets
+
+__all__ = [
+    "FORMATS",
+    "check_output_dir",
+    "preview_label_height",
+    "render_preview",
+    "save_dataset",
+    "write_dataset_card",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("save_to_disk", "imagefolder")
+PREVIEW_GRID = 4
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving and dataset card
+# --------------------------------------------------------------------------------------------------
+
+
+def check_output_dir(output_dir: Path, overwrite: bool) -> None:
+    """Raise ``ValueError`` unless ``output_dir`` may be written: absent, empty, or replaceable with ``overwrite``.
+
+    Called before rendering as well as in ``save_dataset``, so that a bad path fails in seconds, not after
+    the images are drawn.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file; pass a directory path")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"--output_dir {output_dir} exists and is not empty; pass --overwrite to replace it "
+                "or choose another directory"
+            )
+        resolved = output_dir.resolve()
+        protected = {
+            Path("/").resolve(),
+            Path.home().resolve(),
+            Path.cwd().resolve(),
+            *Path.cwd().resolve().parents,
+        }
+        if resolved in protected:
+            raise ValueError(f"--output_dir {output_dir} is the working, home or root directory; refusing to delete it")
+
+
+def save_dataset(
+    dataset_dict: datasets.DatasetDict,
+    output_dir: str | os.PathLike,
+    format: str = "save_to_disk",
+    overwrite: bool = False,
+    command: str | None = None,
+) -> Path:
+    """Write ``dataset_dict`` to ``output_dir`` as ``save_to_disk`` or ``imagefolder``, plus README.md."""
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    out = Path(output_dir)
+    check_output_dir(out, overwrite)
+    if out.is_dir():
+        shutil.rmtree(out)
+    if format == "save_to_disk":
+        # An empty split would otherwise be written with zero shards, which load_from_disk cannot read.
+        empty = {split: 1 for split, ds in dataset_dict.items() if ds.num_rows == 0}
+        dataset_dict.save_to_disk(str(out), num_shards=empty or None)
+    else:
+        _save_imagefolder(dataset_dict, out)
+    write_dataset_card(dataset_dict, out, format, command)
+    logger.info("Wrote %s dataset to %s", format, out)
+    return out
+
+
+def _save_imagefolder(dataset_dict: datasets.DatasetDict, out: Path) -> None:
+    import datasets
+
+    for split, ds in dataset_dict.items():
+        if ds.num_rows == 0:
+            # An empty split folder would make the imagefolder loader fail; leave it out.
+            logger.warning("Split %s is empty; not writing it in imagefolder format", split)
+            continue
+        split_dir = out / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        raw = ds.cast_column("image", datasets.Image(decode=False))
+        meta_columns = [c for c in ds.column_names if c != "image"]
+        written: set[str] = set()
+        with open(split_dir / "metadata.jsonl", "w", encoding="utf-8") as f:
+            for row in raw:
+                file_name = f"{row['image_id']}.png"
+                if row["image_id"] not in written:
+                    # One file per image, shared by all of its question rows.
+                    (split_dir / file_name).write_bytes(row["image"]["bytes"])
+                    written.add(row["image_id"])
+                record = {"file_name": file_name, **{c: row[c] for c in meta_columns}}
+                f.write(json.dumps(record) + "\n")
+
+
+def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def write_dataset_card(
+    dataset_dict: datasets.DatasetDict,
+    output_dir: str | os.PathLike,
+    format: str = "save_to_disk",
+    command: str | None = None,
+) -> Path:
+    """Write README.md with per-split counts of images, rows, question types, answers and grades."""
+    splits = list(dataset_dict)
+    meta = {
+        s: dataset_dict[s].select_columns(["image_id", "question_type", "answer", "grade", "quality"]).to_dict()
+        for s in splits
+    }
+
+    def per_split(key: str, by_image: bool = False) -> dict[str, collections.Counter]:
+        result = {}
+        for s in splits:
+            if by_image:
+                seen = dict(zip(meta[s]["image_id"], meta[s][key], strict=True))
+                result[s] = collections.Counter(seen.values())
+            else:
+                result[s] = collections.Counter(meta[s][key])
+        return result
+
+    def table(counters: dict[str, collections.Counter], keys: Iterable, label: str, fmt=str) -> str:
+        return _markdown_table([label, *splits], [[fmt(k), *(counters[s].get(k, 0) for s in splits)] for k in keys])
+
+    images = {s: len(set(meta[s]["image_id"])) for s in splits}
+    qt_counts = per_split("question_type")
+    grade_counts = per_split("grade", by_image=True)
+    quality_counts = per_split("quality", by_image=True)
+    answer_counts: dict[str, collections.Counter] = {}
+    pairs: list[tuple[str, str]] = []
+    for s in splits:
+        answer_counts[s] = collections.Counter(zip(meta[s]["question_type"], meta[s]["answer"], strict=True))
+        pairs.extend(answer_counts[s])
+    pairs = sorted(
+        dict.fromkeys(pairs),
+        key=lambda p: (list(QUESTION_TYPES).index(p[0]) if p[0] in QUESTION_TYPES else 99, p[1]),
+    )
+    answer_table = _markdown_table(
+        ["question type", "answer", *splits],
+        [[qt, _short(a), *(answer_counts[s].get((qt, a), 0) for s in splits)] for qt, a in pairs],
+    )
+    load = (
+        f'datasets.load_from_disk("{output_dir}")'
+        if format == "save_to_disk"
+        else f'datasets.load_dataset("imagefolder", data_dir="{output_dir}")'
+    )
+    card = f"""# retinavqa-synthetic
+
+Synthetic colour fundus photographs with diabetic retinopathy lesions (ICDR grades 0-4) and
+question/answer pairs, in the same format as the private retinal VQA dataset. No patient data: every
+image is drawn procedurally.
+
+Produced by:
+
+```
+{command or "retina_vqa.synthetic.generate_dataset(...) from Python"}
+```
+
+Load with `{load}`.
+
+Each image gives one row per question type. Columns: `image`, `question`, `answer`, `image_id`,
+`question_type`, `answer_type` (closed/open), `grade` (0-4), `laterality`, `quality`, `lesions`
+(boxes with `type`, `x0`, `y0`, `x1`, `y1` in pixels). Haemorrhage quadrants are split by the
+vertical and horizontal lines through the image centre.
+
+## Size
+
+{_markdown_table(["split", "images", "rows"], [[s, images[s], dataset_dict[s].num_rows] for s in splits])}
+
+## Images per grade
+
+{table(grade_counts, range(5), "grade", lambda g: f"{g} ({DIAGNOSIS_ANSWERS[g]})")}
+
+## Images per quality
+
+{table(quality_counts, QUALITIES, "quality")}
+
+## Rows per question type
+
+{table(qt_counts, [q for q in QUESTION_TYPES if any(qt_counts[s].get(q) for s in splits)], "question type")}
+
+## Rows per answer
+
+{answer_table}
+"""
+    path = Path(output_dir) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(card, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Preview
+# --------------------------------------------------------------------------------------------------
+
+
+def preview_label_height(image_size: int) -> int:
+    """Height of the caption strip under each preview tile."""
+    return max(14, image_size // 14)
+
+
+def render_preview(image_size: int = 384, seed: int = 0, quality_defect_rate: float = 0.1) -> Image.Image:
+    """A 4x4 grid of samples cycling through the grades, each captioned with grade, eye and quality."""
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(f"--image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
+    label_h = preview_label_height(image_size)
+    n = PREVIEW_GRID
+    grid = Image.new("RGB", (n * image_size, n * (image_size + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=max(9, label_h - 4))
+    for i in range(n * n):
+        grade = i % 5
+        ex = render_example((seed, "preview", i, grade, image_size, quality_defect_rate))
+        tile = Image.open(io.BytesIO(ex["png"]))
+        x, y = (i % n) * image_size, (i // n) * (image_size + label_h)
+        grid.paste(tile, (x, y))
+        eye = "OD" if ex["laterality"] == "right" else "OS"
+        text = f"{grade} {DIAGNOSIS_ANSWERS[grade]} {eye}"
+        if ex["quality"] != "good":
+            text += f" {ex['quality']}"
+        if draw.textlength(text, font=font) > image_size - 4:
+            # Small tiles: drop the diagnosis words, keep grade, eye and the defect.
+            text = f"g{grade} {eye} {ex['quality'] if ex['quality'] != 'good' else ''}".strip()
+        draw.text((x + 3, y + image_size + 1), text, fill=(0, 0, 0), font=font)
+    return grid

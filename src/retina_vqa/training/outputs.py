@@ -1,0 +1,69 @@
+"""What a run writes next to its numbers: answers in the split's row order, one JSON line per question next to
+its reference (``predictions.jsonl``), and the question-prior baseline's scores under the model's keys."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..metrics import normalize_answer, score_prior
+
+
+def in_row_order(answers: Sequence[str], order: Sequence[int] | None) -> list[str]:
+    """Answers computed in `order` (``order[i]`` is the split row of answer i) put back in row order."""
+    if order is None:
+        return list(answers)
+    if len(order) != len(answers) or sorted(order) != list(range(len(answers))):
+        raise ValueError(f"The answering order must name each of the {len(answers)} rows once.")
+    rows = [""] * len(answers)
+    for position, row in enumerate(order):
+        rows[row] = answers[position]
+    return rows
+
+
+# The prior's scores reported next to the model's: the headline numbers and exact match per question type.
+PRIOR_KEYS = ("exact_match", "closed_accuracy", "token_f1", "diagnosis_accuracy")
+
+
+def prior_metrics(train_dataset: Any, eval_dataset: Any, prefix: str, **columns: str) -> dict[str, float]:
+    """The question-prior baseline fit on `train_dataset`, scored on `eval_dataset` with the model's metrics, as
+    ``{prefix}_prior_<metric>``; empty without training data. `columns` go to `metrics.score_prior`."""
+    if train_dataset is None:
+        return {}
+    scores = score_prior(train_dataset, eval_dataset, **columns)
+    return {f"{prefix}_prior_{k}": v for k, v in scores.items() if k in PRIOR_KEYS or k.startswith("exact_match/")}
+
+
+def prediction_records(
+    dataset: Any,
+    predictions: Sequence[str],
+    question_column: str,
+    answer_column: str | None,
+    extra_columns: Sequence[str] = ("image_id", "question_type", "answer_type"),
+) -> list[dict[str, Any]]:
+    """One dict per row: id, question, reference, prediction, correct (normalised exact match), extras."""
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} rows: every row must be answered once.")
+    columns = [question_column] + [c for c in (answer_column, *extra_columns) if c and c in dataset.column_names]
+    text = dataset.select_columns(columns).to_dict()
+    records = []
+    for row, prediction in enumerate(predictions):
+        record: dict[str, Any] = {"id": row, "question": text[question_column][row]}
+        for column in extra_columns:
+            if column in text:
+                record[column] = text[column][row]
+        record["prediction"] = prediction
+        if answer_column in text:
+            reference = text[answer_column][row]
+            record["reference"] = reference
+            record["correct"] = normalize_answer(prediction) == normalize_answer(reference)
+        records.append(record)
+    return records
+
+
+def write_predictions(path: str | Path, records: Sequence[dict[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -1,0 +1,200 @@
+"""The Seq2Seq-style Trainer of the recipe: masked batched generation for evaluation and our model card."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from typing import Any
+
+import torch
+from transformers import Seq2SeqTrainer
+
+from ..data.preprocessing import IMAGE_KEY
+from ..data.sampling import ImageGroupedSampler
+from ..models.blip import generate_answers
+from ..models.compat import check_trainer_hooks, is_deepspeed_zero3_enabled, is_fsdp_managed_module
+from .checkpoints import last_complete_checkpoint
+from .embedding_cache import ImageEmbeddingCache
+from .model_card import render_model_card
+
+# CPU memory for the image-encoder outputs kept during one evaluation (blip-vqa-base at 384 px: ~1.8 MB an
+# image in fp32, so ~1,100 images; the oldest are dropped beyond it).
+EVALUATION_CACHE_BYTES = 2 * 10**9
+
+# Sizes that change from batch to batch: distinct images, rows (questions), question and answer lengths.
+DYNAMIC_DIMS = {
+    "pixel_values": (0,),
+    "image_embeds": (0,),
+    "image_index": (0,),
+    "input_ids": (0, 1),
+    "attention_mask": (0, 1),
+    "decoder_input_ids": (0, 1),
+    "decoder_attention_mask": (0, 1),
+    "labels": (0, 1),
+}
+
+
+def mark_batch_dynamic(inputs: dict[str, Any]) -> None:
+    """Tell torch.compile up front which sizes vary, so that it compiles one graph for every batch.
+
+    Dynamic padding and image sharing give every batch its own question length, answer length and number
+    of distinct images. Left alone, dynamo compiles for the first batch's exact sizes and recompiles when they
+    change (twice, before it turns them dynamic). Dynamo still specialises sizes of 1, so a batch holding
+    the questions of a single image, or a last batch of one question, gets one more graph of its own: two
+    or three graphs in all, however many shapes the batches have. (Marking the image count "unbacked" to
+    avoid that breaks inductor's convolution in torch 2.13.)
+    """
+    for name, dims in DYNAMIC_DIMS.items():
+        tensor = inputs.get(name)
+        if isinstance(tensor, torch.Tensor):
+            for dim in dims:
+                if dim < tensor.dim():
+                    torch._dynamo.maybe_mark_dynamic(tensor, dim)
+
+
+class VqaTrainer(Seq2SeqTrainer):
+    """`Seq2SeqTrainer` whose `predict_with_generate` answers with the real question mask.
+
+    The stock `prediction_step` calls `model.generate(**inputs)`, which hands the labels to BLIP's
+    decoder `generate` and ignores question padding. Here generation sees only pixels and the question;
+    the loss is still computed from the full batch.
+
+    `card_info` (set by the entry script) feeds the model card written by `create_model_card`, which
+    `push_to_hub` also calls. With `image_embedding_cache` (a frozen image encoder), kept image-encoder
+    outputs replace the pixels of images seen before; with ``--torch_compile`` the varying batch sizes are
+    marked dynamic (`mark_batch_dynamic`).
+    """
+
+    def __init__(
+        self,
+        *args,
+        card_info: dict[str, Any] | None = None,
+        image_embedding_cache: ImageEmbeddingCache | None = None,
+        **kwargs,
+    ) -> None:
+        check_trainer_hooks()  # the hooks overridden here must still exist upstream (models/compat.py)
+        super().__init__(*args, **kwargs)
+        self.card_info: dict[str, Any] = card_info or {}
+        if image_embedding_cache is not None and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            raise ValueError(
+                "--cache_image_embeddings runs the image encoder outside the model's forward, which parameter "
+                "sharding (FSDP, DeepSpeed ZeRO-3) does not allow: use DDP or ZeRO-2, or drop the cache."
+            )
+        self.image_embedding_cache = image_embedding_cache
+        self._evaluation_cache: ImageEmbeddingCache | None = None
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if (
+            getattr(self.args, "group_by_image", False)
+            and self.args.train_sampling_strategy == "random"
+            and dataset is not None
+            and IMAGE_KEY in getattr(dataset, "column_names", ())
+        ):
+            return ImageGroupedSampler(
+                dataset[IMAGE_KEY],
+                seed=self.args.seed,
+                max_questions_per_image=self.args.max_questions_per_image or None,
+            )
+        return super()._get_train_sampler(train_dataset)
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        keys = inputs.pop("image_keys", None)
+        cache = self.image_embedding_cache if self.image_embedding_cache is not None else self._evaluation_cache
+        if cache is not None and keys is not None and "pixel_values" in inputs:
+            # Kept image-encoder outputs replace the pixels (embedding_cache.py).
+            with self.accelerator.autocast():
+                inputs["image_embeds"] = cache.encode(
+                    self.accelerator.unwrap_model(self.model), inputs.pop("pixel_values"), keys
+                )
+        if self.args.torch_compile:
+            mark_batch_dynamic(inputs)
+        return inputs
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Every rank learns whether any rank saw a non-finite loss, so all stop together (no hang in DDP).
+        finite = torch.isfinite(loss.detach()).float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            finite = self.accelerator.reduce(finite, reduction="mean")
+        if finite.item() < 1.0:
+            last = last_complete_checkpoint(self.args.output_dir)
+            raise FloatingPointError(
+                f"The training loss became {loss.item()} at step {self.state.global_step + 1}; stopping before "
+                f"the weights are saved. Last good checkpoint: {last or 'none'}. Lower --learning_rate, raise "
+                "--warmup_steps, set --max_grad_norm, or train in fp32/bf16 instead of fp16, then resume."
+            )
+        return loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        # Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples that
+        # the distributed sampler repeats to even out the last batch: with N processes and a set size
+        # not divisible by the batch, examples are counted twice. `gather_for_metrics` drops them.
+        self.gather_function = functools.partial(
+            self.accelerator.gather_for_metrics, use_gather_object=self.args.eval_use_gather_object
+        )
+        # The weights do not change during an evaluation: each image is encoded once, in whatever batches
+        # its questions come (they are spread over several when grouped by question). Not with sharded
+        # parameters, which the image encoder cannot run outside the model's forward.
+        if not (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            self._evaluation_cache = ImageEmbeddingCache(EVALUATION_CACHE_BYTES, evict=True)
+        try:
+            return super().evaluation_loop(*args, **kwargs)
+        finally:
+            self._evaluation_cache = None
+
+    def prediction_step(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        if not self.args.predict_with_generate or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+
+        inputs = self._prepare_inputs(inputs)
+        if not gen_kwargs and hasattr(self, "_gen_kwargs"):
+            gen_kwargs = self._gen_kwargs.copy()
+        gen_kwargs = {k: v for k, v in gen_kwargs.items() if v is not None}
+        # Sharded parameters must be gathered on every rank for every decoding step.
+        gen_kwargs.setdefault("synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
+
+        summon = contextlib.nullcontext()
+        if torch.distributed.is_available() and isinstance(self.model, torch.distributed.fsdp.FullyShardedDataParallel):
+            summon = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(self.model)
+        # Under the training's mixed precision, like the loss (and like image-encoder outputs kept by the cache).
+        with summon, self.accelerator.autocast():
+            generated = generate_answers(
+                self.accelerator.unwrap_model(self.model),
+                pixel_values=inputs.get("pixel_values"),
+                image_embeds=inputs.get("image_embeds"),
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs.get("attention_mask"),
+                image_index=inputs.get("image_index"),
+                **gen_kwargs,
+            )
+
+        loss = None
+        labels = inputs.get("labels")
+        if labels is not None:
+            with torch.no_grad(), self.compute_loss_context_manager():
+                loss = model(**inputs).loss.detach().mean()
+        return loss, generated, labels
+
+    def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
+        if not self.is_world_process_zero():
+            return
+        info = {**self.card_info, **{k: v for k, v in kwargs.items() if v is not None}}
+        text = render_model_card(
+            model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
+            output_dir=self.args.output_dir,
+            log_history=self.state.log_history,
+            training_args=self.args,
+            **info,
+        )
+        with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
+            f.write(text)

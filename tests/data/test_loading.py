@@ -1,0 +1,108 @@
+import json
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import AutoProcessor
+
+from retina_vqa.arguments import DataTrainingArguments
+from retina_vqa.data.loading import check_columns, check_split, load_raw_datasets
+from retina_vqa.data.preprocessing import prepare_split, tokenize_questions_and_answers
+
+from ..conftest import TINY_CONFIG
+
+
+def test_loads_the_save_to_disk_format(tiny_dataset_dir):
+    raw = load_raw_datasets(DataTrainingArguments(dataset_dir=str(tiny_dataset_dir)))
+    assert list(raw) == ["train", "validation", "test"]
+    assert isinstance(raw["train"].features["image"], datasets.Image)
+    assert raw["train"].features["question"].dtype == "string"
+
+
+def test_missing_and_wrong_dataset_dirs_say_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist.*retina_vqa.synthetic"):
+        load_raw_datasets(DataTrainingArguments(dataset_dir=str(tmp_path / "nope")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a dataset saved with DatasetDict.save_to_disk"):
+        load_raw_datasets(DataTrainingArguments(dataset_dir=str(tmp_path / "empty")))
+    single = datasets.Dataset.from_dict({"question": ["q"], "answer": ["a"]})
+    single.save_to_disk(str(tmp_path / "single"))
+    with pytest.raises(ValueError, match="single Dataset, not a DatasetDict"):
+        load_raw_datasets(DataTrainingArguments(dataset_dir=str(tmp_path / "single")))
+
+
+def test_json_lines_with_relative_image_paths(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = []
+    for i in range(3):
+        Image.fromarray(np.full((20, 20, 3), i * 50, np.uint8)).save(images / f"{i}.png")
+        rows.append({"image": f"images/{i}.png", "question": "which eye is this?", "answer": "left eye"})
+    jsonl = tmp_path / "train.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    raw = load_raw_datasets(DataTrainingArguments(train_file=str(jsonl)))
+    assert isinstance(raw["train"].features["image"], datasets.Image)
+    assert np.asarray(raw["train"][2]["image"])[0, 0, 0] == 100
+
+
+def test_imagefolder_folder_per_split(tmp_path):
+    from retina_vqa.synthetic import generate_dataset, save_dataset
+
+    save_dataset(generate_dataset(2, 1, 1, image_size=64, num_workers=1), tmp_path / "f", format="imagefolder")
+    args = DataTrainingArguments(train_file=str(tmp_path / "f" / "train"), test_file=str(tmp_path / "f" / "test"))
+    raw = load_raw_datasets(args)
+    assert set(raw) == {"train", "test"}
+    assert {"image", "question", "answer"} <= set(raw["train"].column_names)
+
+
+def test_check_columns_suggests_the_closest_column(tiny_dataset_dir):
+    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    check_columns(train, "train", {"image_column": "image", "question_column": "question"})
+    with pytest.raises(ValueError, match=r"--answer_column 'answers'.*Did you mean --answer_column answer\?"):
+        check_columns(train, "train", {"answer_column": "answers"})
+
+
+def test_check_split_lists_existing_splits(tiny_dataset_dir):
+    raw = datasets.load_from_disk(str(tiny_dataset_dir))
+    with pytest.raises(
+        ValueError, match=r"--do_eval needs a 'dev' split.*\['train', 'validation', 'test'\].*--validation_split"
+    ):
+        check_split(raw, "dev", "--do_eval", "--validation_file")
+
+
+def test_decoder_inputs_start_with_dec_and_end_with_sep():
+    processor = AutoProcessor.from_pretrained(TINY_CONFIG)
+    tokenizer = processor.tokenizer
+    out = tokenize_questions_and_answers(
+        {"question": ["Is there any abnormality? "], "answer": [" moderate dr"]},
+        tokenizer,
+        "question",
+        "answer",
+        max_question_length=32,
+        max_answer_length=8,
+    )
+    question, answer = out["input_ids"][0], out["decoder_input_ids"][0]
+    assert question[0] == tokenizer.cls_token_id and question[-1] == tokenizer.sep_token_id
+    assert answer[0] == tokenizer.bos_token_id != tokenizer.cls_token_id
+    assert answer[-1] == tokenizer.sep_token_id
+    assert tokenizer.decode(answer, skip_special_tokens=True) == "moderate dr"
+    long = tokenize_questions_and_answers(
+        {"question": ["q"], "answer": ["one two three four five six seven"]},
+        tokenizer,
+        "question",
+        "answer",
+        32,
+        5,
+    )
+    assert len(long["decoder_input_ids"][0]) == 5 and long["decoder_input_ids"][0][-1] == tokenizer.sep_token_id
+
+
+def test_prepare_split_keeps_images_encoded(tiny_dataset_dir):
+    processor = AutoProcessor.from_pretrained(TINY_CONFIG)
+    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    prepared = prepare_split(train, processor.tokenizer, DataTrainingArguments(dataset_dir="x"), True, "train")
+    row = prepared[0]
+    assert isinstance(row["image"], dict) and row["image"]["bytes"][:4] == b"\x89PNG"
+    assert "decoder_input_ids" in row and "question_type" in row
+    assert "pixel_values" not in prepared.column_names

@@ -1,0 +1,140 @@
+import io
+import json
+import sys
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from retina_vqa.data.validation import drop_invalid, validate_splits
+
+from ..conftest import ROOT
+from ..test_run_vqa import common_args
+
+sys.path.insert(0, str(ROOT))
+import run_vqa  # noqa: E402
+
+
+def png(value: int = 100, size=(40, 40), mode="RGB") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size[1], size[0], 3), value, np.uint8)).convert(mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def split(rows: list[dict]) -> datasets.Dataset:
+    features = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
+    )
+    data = {k: [r[k] for r in rows] for k in ("image", "question", "answer")}
+    data["image"] = [{"bytes": b, "path": None} if b is not None else None for b in data["image"]]
+    return datasets.Dataset.from_dict(data, features=features)
+
+
+def bad_rows() -> list[dict]:
+    good = png()
+    return [
+        {"image": good, "question": "is there any abnormality?", "answer": "yes"},  # 0 fine
+        {"image": good, "question": "   ", "answer": "yes"},  # 1 empty question
+        {"image": good, "question": "which eye?", "answer": ""},  # 2 empty answer
+        {"image": b"definitely not an image", "question": "q?", "answer": "a"},  # 3 undecodable
+        {"image": png()[: len(png()) // 2], "question": "q?", "answer": "a"},  # 4 truncated
+        {"image": png(size=(8, 8)), "question": "q?", "answer": "a"},  # 5 smaller than a patch
+        {"image": None, "question": "q?", "answer": "a"},  # 6 missing
+        {"image": png(mode="L"), "question": "q?", "answer": "a"},  # 7 grayscale: converted, fine
+        {"image": png(mode="P"), "question": "q?", "answer": "a"},  # 8 palette: converted, fine
+    ]
+
+
+def test_every_problem_is_reported_with_split_row_and_column():
+    report = validate_splits(
+        {"train": split(bad_rows())}, image_column="image", question_column="question", answer_column="answer"
+    )
+    found = {(p.row, p.column, p.reason) for p in report.problems}
+    assert found == {
+        (1, "question", "empty question"),
+        (2, "answer", "empty answer"),
+        (3, "image", "unreadable image"),
+        (4, "image", "unreadable image"),
+        (5, "image", "image smaller than one patch"),
+        (6, "image", "missing image"),
+    }
+    assert report.bad_rows("train") == {1, 2, 3, 4, 5, 6}
+    assert any("converted non-RGB" in w and "L: 1" in w and "P: 1" in w for w in report.warnings)
+    text = report.format()
+    assert "6 problem(s)" in text and "train row 3, column 'image': unreadable image" in text
+    assert report.counts() == {
+        "invalid_examples/train/empty answer": 1,
+        "invalid_examples/train/empty question": 1,
+        "invalid_examples/train/image smaller than one patch": 1,
+        "invalid_examples/train/missing image": 1,
+        "invalid_examples/train/unreadable image": 2,
+    }
+    assert len(drop_invalid(split(bad_rows()), report.bad_rows("train"))) == 3
+
+
+def test_leakage_and_long_answers_are_warned(tiny_processor):
+    shared = png(7)
+    train = split([{"image": shared, "question": "q?", "answer": "one two three four five six seven"}])
+    test = split(
+        [
+            {"image": shared, "question": "q?", "answer": "a"},
+            {"image": png(9), "question": "q", "answer": "b"},
+        ]
+    )
+    report = validate_splits(
+        {"train": train, "test": test},
+        image_column="image",
+        question_column="question",
+        answer_column="answer",
+        tokenizer=tiny_processor.tokenizer,
+        max_answer_length=5,
+    )
+    assert not report.problems
+    assert any("1 image(s) of the 'test' split are also in 'train'" in w for w in report.warnings)
+    assert any("1 answer(s) longer than --max_answer_length 5" in w for w in report.warnings)
+
+
+@pytest.fixture
+def broken_dataset_dir(tmp_path):
+    rows = bad_rows()
+    good = [r for i, r in enumerate(rows) if i in (0, 7, 8)] * 4
+    path = tmp_path / "broken"
+    datasets.DatasetDict({"train": split(rows + good), "validation": split(good), "test": split(good)}).save_to_disk(
+        str(path)
+    )
+    return path
+
+
+def run_args(data_dir, output_dir) -> list[str]:
+    overrides = [
+        "--do_train",
+        "--do_eval",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--generation_max_length",
+        "4",
+    ]
+    return common_args(data_dir, output_dir) + overrides
+
+
+def test_run_stops_before_training_with_the_full_report(broken_dataset_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    with pytest.raises(ValueError) as error:
+        run_vqa.main(run_args(broken_dataset_dir, output_dir))
+    message = str(error.value)
+    assert "6 problem(s)" in message and "--skip_invalid_examples" in message
+    assert "train row 4, column 'image'" in message
+    assert not output_dir.exists() or not any(output_dir.glob("checkpoint-*"))
+
+
+def test_skip_invalid_examples_trains_and_counts_what_it_dropped(broken_dataset_dir, tmp_path):
+    output_dir = tmp_path / "out"
+    results = run_vqa.main(run_args(broken_dataset_dir, output_dir) + ["--skip_invalid_examples"])
+    assert results["train_samples"] == 15  # 21 rows less the 6 bad ones
+    saved = json.loads((output_dir / "all_results.json").read_text())
+    assert saved["invalid_examples/train/unreadable image"] == 2
+    assert saved["invalid_examples/train/missing image"] == 1
+    assert "eval_exact_match" in saved

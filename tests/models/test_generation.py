@@ -1,0 +1,127 @@
+import pytest
+import torch
+
+from retina_vqa.models.blip import generate_answers
+
+from ..conftest import make_tiny_model
+
+QUESTIONS = [
+    "is there any abnormality?",
+    "what might be the cause of this condition in the left eye of this patient?",
+    "which eye is this?",
+]
+
+
+def _one_by_one(model, processor, pixels, **kwargs):
+    answers = []
+    for i, question in enumerate(QUESTIONS):
+        encoded = processor.tokenizer([question], return_tensors="pt")
+        answers.append(
+            generate_answers(model, pixels[i : i + 1], encoded.input_ids, encoded.attention_mask, **kwargs)[0].tolist()
+        )
+    return answers
+
+
+def _strip(ids, pad_id):
+    return [[t for t in row if t != pad_id] for row in ids]
+
+
+def test_batched_answers_equal_one_by_one_answers_on_a_padded_batch(tiny_processor):
+    model = make_tiny_model()
+    torch.manual_seed(1)
+    pixels = torch.randn(len(QUESTIONS), 3, 128, 128)
+    batch = tiny_processor.tokenizer(QUESTIONS, padding=True, return_tensors="pt")
+    assert (batch.attention_mask == 0).any(), "the batch must contain padding for this test to mean anything"
+    pad = model.config.text_config.pad_token_id
+    for num_beams in (1, 3):
+        batched = generate_answers(
+            model, pixels, batch.input_ids, batch.attention_mask, max_length=8, num_beams=num_beams
+        )
+        single = _one_by_one(model, tiny_processor, pixels, max_length=8, num_beams=num_beams)
+        assert _strip(batched.tolist(), pad) == _strip(single, pad)
+        # transformers' own generate ignores the question mask: its padded rows answer differently.
+        stock = model.generate(
+            input_ids=batch.input_ids,
+            pixel_values=pixels,
+            attention_mask=batch.attention_mask,
+            max_length=8,
+            num_beams=num_beams,
+        )
+        assert _strip(stock.tolist(), pad) != _strip(single, pad)
+
+
+def test_answers_start_with_dec_and_stop_at_sep(tiny_processor):
+    model = make_tiny_model()
+    batch = tiny_processor.tokenizer(QUESTIONS, padding=True, return_tensors="pt")
+    out = generate_answers(model, torch.randn(3, 3, 128, 128), batch.input_ids, batch.attention_mask, max_length=6)
+    assert (out[:, 0] == tiny_processor.tokenizer.bos_token_id).all()
+    assert out.shape[1] <= 6
+
+
+# ------------------------------------------------------------------------------------------ answering order
+
+
+def test_answering_plan_covers_every_row_once_and_groups_questions():
+    from retina_vqa.data.ordering import answering_plan
+
+    questions = ["what is the diagnosis?", "is there any abnormality?", "Is there  any abnormality?", "which eye?"]
+    keys, texts = [], []
+    for image in ["a", "b", "c", "a", "d"]:  # image "a" comes back later: still one image
+        keys += [image] * len(questions)
+        texts += questions
+    plan = answering_plan(keys, texts, batch_size=3, images_per_chunk=2)
+    assert len(plan) == 2  # 4 distinct images, 2 per chunk
+    seen = []
+    for image_rows, batches in plan:
+        assert len(image_rows) <= 2 and len({keys[row] for row in image_rows}) == len(image_rows)
+        chunk_rows = [row for rows, _ in batches for row in rows]
+        assert all(len(rows) <= 3 for rows, _ in batches)
+        for rows, positions in batches:
+            assert [keys[image_rows[p]] for p in positions] == [keys[row] for row in rows]
+        # Sorted by normalised question text inside a chunk: equal questions are neighbours.
+        normalised = [" ".join(texts[row].lower().split()) for row in chunk_rows]
+        assert normalised == sorted(normalised)
+        seen += chunk_rows
+    assert sorted(seen) == list(range(len(keys)))
+    assert [keys[row] for row in plan[0][0]] == ["a", "b"] and [keys[row] for row in plan[1][0]] == ["c", "d"]
+
+
+def test_answering_plan_rejects_bad_sizes():
+    from retina_vqa.data.ordering import answering_plan
+
+    with pytest.raises(ValueError, match="2 image keys for 1 questions"):
+        answering_plan(["a", "b"], ["q"], 4)
+    with pytest.raises(ValueError, match="at least 1"):
+        answering_plan(["a"], ["q"], 0)
+
+
+def test_image_embeds_instead_of_pixels_give_the_same_answers():
+    from retina_vqa.models.blip import encode_images
+
+    model = make_tiny_model()
+    torch.manual_seed(1)
+    pixels = torch.randn(2, 3, 128, 128)
+    input_ids = torch.randint(5, 100, (3, 6))
+    index = torch.tensor([1, 0, 1])
+    kwargs = {"max_length": 12, "num_beams": 1, "do_sample": False}
+    expected = generate_answers(model, pixels, input_ids, image_index=index, **kwargs)
+    with torch.no_grad():
+        embeds = encode_images(model, pixels)
+    assert torch.equal(
+        generate_answers(model, None, input_ids, image_index=index, image_embeds=embeds, **kwargs), expected
+    )
+    with pytest.raises(ValueError, match="either pixel_values or image_embeds"):
+        generate_answers(model, pixels, input_ids, image_embeds=embeds)
+
+
+def test_answering_order_is_the_plan_flattened():
+    from retina_vqa.data.ordering import answering_order, answering_plan
+
+    keys = ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    questions = ["what is the diagnosis?", "is it?", "which eye?"] * 3
+    order = answering_order(keys, questions, images_per_chunk=2)
+    plan = answering_plan(keys, questions, batch_size=1, images_per_chunk=2)
+    assert order == [rows[0] for _, batches in plan for rows, _ in batches]
+    assert sorted(order) == list(range(9)) and set(order[:6]) == set(range(6))  # chunk a, b first
+    assert [questions[row] for row in order[:6]] == ["is it?"] * 2 + ["what is the diagnosis?"] * 2 + ["which eye?"] * 2
+    assert answering_order([], []) == []

@@ -1,0 +1,47 @@
+"""Tests for writing the synthetic dataset (retina_vqa.synthetic.export): save_to_disk, imagefolder, card."""
+
+from __future__ import annotations
+
+import datasets
+from PIL import Image
+
+from retina_vqa.questions import QUESTION_TYPES
+from retina_vqa.synthetic.build import dataset_features, generate_dataset
+from retina_vqa.synthetic.export import save_dataset
+
+from .conftest import SIZE
+
+
+def test_features_roundtrip_save_to_disk(small_dd, tmp_path):
+    out = save_dataset(small_dd, tmp_path / "ds", "save_to_disk", command="python -m retina_vqa.synthetic x")
+    loaded = datasets.load_from_disk(str(out))
+    assert set(loaded) == {"train", "validation", "test"}
+    assert loaded["train"].features == dataset_features()
+    assert loaded["train"].num_rows == 10 * len(QUESTION_TYPES)
+    row = loaded["test"][0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (SIZE, SIZE)
+    assert row["image"].format == "PNG"
+    assert isinstance(row["lesions"], list)
+    card = (out / "README.md").read_text()
+    assert "python -m retina_vqa.synthetic x" in card
+    assert "| train | 10 | 130 |" in card
+    for qt in QUESTION_TYPES:
+        assert qt in card
+
+
+def test_imagefolder_loads(tmp_path):
+    dd = generate_dataset(5, 5, 5, image_size=64, seed=1, num_workers=1)
+    save_dataset(dd, tmp_path / "if", "imagefolder")
+    files = sorted(p.name for p in (tmp_path / "if" / "train").iterdir())
+    assert files.count("metadata.jsonl") == 1
+    assert len([f for f in files if f.endswith(".png")]) == 5  # one file per image, not per row
+    loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "if"))
+    assert set(loaded) == {"train", "validation", "test"}
+    assert loaded["validation"].num_rows == 5 * len(QUESTION_TYPES)
+    row = loaded["train"][0]
+    assert row["image"].size == (64, 64)
+    for col in ("question", "answer", "image_id", "question_type", "answer_type", "grade", "lesions"):
+        assert col in row
+    original = dd["train"].select_columns(["question", "answer", "image_id"]).to_dict()
+    reloaded = loaded["train"].select_columns(["question", "answer", "image_id"]).to_dict()
+    assert sorted(zip(*original.values(), strict=True)) == sorted(zip(*reloaded.values(), strict=True))

@@ -1,0 +1,73 @@
+"""Resuming: complete checkpoints only, and a run killed with SIGKILL resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from retina_vqa.training.checkpoints import is_complete, last_complete_checkpoint
+
+from ..conftest import ROOT
+from ..test_run_vqa import common_args
+
+
+def fake_checkpoint(output_dir, step: int, state: str | None = '{"global_step": STEP}', weights: bool = True):
+    path = output_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if weights:
+        (path / "model.safetensors").write_bytes(b"x")
+    if state is not None:
+        (path / "trainer_state.json").write_text(state.replace("STEP", str(step)))
+    return path
+
+
+def test_half_written_checkpoints_are_never_picked(tmp_path):
+    good = fake_checkpoint(tmp_path, 2)
+    fake_checkpoint(tmp_path, 4, state=None)  # killed before the trainer state was written
+    fake_checkpoint(tmp_path, 6, state='{"global_st')  # killed while writing it
+    fake_checkpoint(tmp_path, 8, weights=False)
+    fake_checkpoint(tmp_path, 10, state='{"global_step": 9}')  # state of another step
+    assert is_complete(str(good))
+    assert last_complete_checkpoint(str(tmp_path)) == str(good)
+    assert last_complete_checkpoint(str(tmp_path / "nothing")) is None
+
+
+def command(data_dir, output_dir) -> list[str]:
+    steps = ["--do_train", "--max_steps", "8", "--save_steps", "2", "--seed", "3"]
+    return [sys.executable, str(ROOT / "run_vqa.py"), *common_args(data_dir, output_dir), *steps]
+
+
+def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weights(tiny_dataset_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    straight = tmp_path / "straight"
+    subprocess.run(command(tiny_dataset_dir, straight), env=env, check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        command(tiny_dataset_dir, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-2" / "trainer_state.json").exists():
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model.safetensors").exists(), "killed too late: the run had finished"
+
+    resumed = subprocess.run(command(tiny_dataset_dir, killed), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming training at" in resumed.stdout + resumed.stderr
+    state = json.loads((killed / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    expected = load_file(straight / "model.safetensors")
+    got = load_file(killed / "model.safetensors")
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name  # bitwise on CPU
