@@ -1,7 +1,7 @@
 """Image grouping and accuracy: the demo trained with questions of an image grouped in runs of k, same seed.
 
 `--group_by_image` saves image-encoder work by putting questions of one image in the same batch; the bound
-`--max_questions_per_image k` keeps a batch of B questions spread over at least B / k images. This runs the
+`--max_questions_per_image k` spreads a batch of B questions over about B / k images. This runs the
 embedded demo (configs/demo.yaml: tiny BLIP from scratch, synthetic RetinaVQA at 128 px, 10 epochs) once per
 variant, one after the other with the same seed and data, and tabulates test-split accuracy next to training
 speed, so the default can be chosen from numbers:

@@ -278,7 +278,7 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
         default=MAX_QUESTIONS_PER_IMAGE,
         metadata={
             "help": "With --group_by_image: at most this many questions of one image in a run; the runs are "
-            "shuffled, so a batch of B questions covers at least B / this images. 0: all questions of an image "
+            "shuffled, so a batch of B questions covers about B / this images. 0: all questions of an image "
             "together (fewest image-encoder passes, least image variety per step)."
         },
     )

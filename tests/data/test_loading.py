@@ -4,13 +4,9 @@ import datasets
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import AutoProcessor
 
 from retina_vqa.arguments import DataTrainingArguments
-from retina_vqa.data.loading import check_columns, check_split, load_raw_datasets
-from retina_vqa.data.preprocessing import prepare_split, tokenize_questions_and_answers
-
-from ..conftest import TINY_CONFIG
+from retina_vqa.data.loading import check_columns, check_split, load_raw_datasets, rows_to_validate
 
 
 def test_loads_the_save_to_disk_format(tiny_dataset_dir):
@@ -71,38 +67,9 @@ def test_check_split_lists_existing_splits(tiny_dataset_dir):
         check_split(raw, "dev", "--do_eval", "--validation_file")
 
 
-def test_decoder_inputs_start_with_dec_and_end_with_sep():
-    processor = AutoProcessor.from_pretrained(TINY_CONFIG)
-    tokenizer = processor.tokenizer
-    out = tokenize_questions_and_answers(
-        {"question": ["Is there any abnormality? "], "answer": [" moderate dr"]},
-        tokenizer,
-        "question",
-        "answer",
-        max_question_length=32,
-        max_answer_length=8,
-    )
-    question, answer = out["input_ids"][0], out["decoder_input_ids"][0]
-    assert question[0] == tokenizer.cls_token_id and question[-1] == tokenizer.sep_token_id
-    assert answer[0] == tokenizer.bos_token_id != tokenizer.cls_token_id
-    assert answer[-1] == tokenizer.sep_token_id
-    assert tokenizer.decode(answer, skip_special_tokens=True) == "moderate dr"
-    long = tokenize_questions_and_answers(
-        {"question": ["q"], "answer": ["one two three four five six seven"]},
-        tokenizer,
-        "question",
-        "answer",
-        32,
-        5,
-    )
-    assert len(long["decoder_input_ids"][0]) == 5 and long["decoder_input_ids"][0][-1] == tokenizer.sep_token_id
-
-
-def test_prepare_split_keeps_images_encoded(tiny_dataset_dir):
-    processor = AutoProcessor.from_pretrained(TINY_CONFIG)
-    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
-    prepared = prepare_split(train, processor.tokenizer, DataTrainingArguments(dataset_dir="x"), True, "train")
-    row = prepared[0]
-    assert isinstance(row["image"], dict) and row["image"]["bytes"][:4] == b"\x89PNG"
-    assert "decoder_input_ids" in row and "question_type" in row
-    assert "pixel_values" not in prepared.column_names
+def test_rows_to_validate_keeps_the_longest_selection_of_a_split(tiny_dataset_dir):
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    selected = {"do_eval": ("test", test.select(range(20))), "do_predict": ("test", test.select(range(5)))}
+    assert {split: len(ds) for split, ds in rows_to_validate(selected).items()} == {"test": 20}
+    selected["do_predict"] = ("test", test.select(range(30)))
+    assert {split: len(ds) for split, ds in rows_to_validate(selected).items()} == {"test": 30}

@@ -1,5 +1,7 @@
 import io
 import json
+import os
+import subprocess
 import sys
 
 import datasets
@@ -138,3 +140,63 @@ def test_skip_invalid_examples_trains_and_counts_what_it_dropped(broken_dataset_
     assert saved["invalid_examples/train/unreadable image"] == 2
     assert saved["invalid_examples/train/missing image"] == 1
     assert "eval_exact_match" in saved
+
+
+VALIDATE_ON_TWO_RANKS = """
+import json, os, sys
+import datasets, torch.distributed as dist
+from retina_vqa.data import validation
+
+dist.init_process_group("gloo")
+decoded = []
+inspect = validation._inspect
+validation._inspect = lambda *args, **kwargs: decoded.append(args[1]) or inspect(*args, **kwargs)
+train = datasets.load_from_disk(sys.argv[1])["train"]
+report = validation.validate_on_main_process(
+    {"train": train}, image_column="image", question_column="question", answer_column="answer"
+)
+with open(os.path.join(sys.argv[2], f"rank{dist.get_rank()}.json"), "w") as f:
+    json.dump({"decoded": len(decoded), "counts": report.counts(), "bad": sorted(report.bad_rows("train"))}, f)
+dist.destroy_process_group()
+"""
+
+
+def test_only_the_main_process_decodes_and_every_rank_gets_its_report(broken_dataset_dir, tmp_path):
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE_ON_TWO_RANKS)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [*command, str(script), str(broken_dataset_dir), str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    main, other = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert main["decoded"] > 0 and other["decoded"] == 0
+    assert main["counts"] == other["counts"] and main["bad"] == other["bad"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_images_are_decoded_no_larger_than_needed(monkeypatch):
+    from retina_vqa.data import validation
+
+    sides = []
+    load = validation.load_image
+    monkeypatch.setattr(validation, "load_image", lambda *a, **k: sides.append(k.get("max_side")) or load(*a, **k))
+    big = io.BytesIO()
+    Image.fromarray(np.full((1200, 1600, 3), 90, np.uint8)).save(big, format="JPEG")
+    cut = big.getvalue()[: len(big.getvalue()) // 2]
+    report = validate_splits(
+        {
+            "train": split(
+                [
+                    {"image": big.getvalue(), "question": "q?", "answer": "a"},
+                    {"image": cut, "question": "q?", "answer": "a"},
+                ]
+            )
+        },
+        image_column="image",
+        question_column="question",
+        answer_column="answer",
+    )
+    assert sides == [validation.DECODE_SIDE] * 2
+    # A reduced-scale decode still reads every byte: the truncated photograph is caught.
+    assert [(p.row, p.reason) for p in report.problems] == [(1, "unreadable image")]

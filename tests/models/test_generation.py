@@ -39,23 +39,21 @@ def test_batched_answers_equal_one_by_one_answers_on_a_padded_batch(tiny_process
         )
         single = _one_by_one(model, tiny_processor, pixels, max_length=8, num_beams=num_beams)
         assert _strip(batched.tolist(), pad) == _strip(single, pad)
-        # transformers' own generate ignores the question mask: its padded rows answer differently.
-        stock = model.generate(
-            input_ids=batch.input_ids,
-            pixel_values=pixels,
-            attention_mask=batch.attention_mask,
-            max_length=8,
-            num_beams=num_beams,
-        )
-        assert _strip(stock.tolist(), pad) != _strip(single, pad)
 
 
 def test_answers_start_with_dec_and_stop_at_sep(tiny_processor):
     model = make_tiny_model()
-    batch = tiny_processor.tokenizer(QUESTIONS, padding=True, return_tensors="pt")
-    out = generate_answers(model, torch.randn(3, 3, 128, 128), batch.input_ids, batch.attention_mask, max_length=6)
-    assert (out[:, 0] == tiny_processor.tokenizer.bos_token_id).all()
+    tokenizer = tiny_processor.tokenizer
+    batch = tokenizer(QUESTIONS, padding=True, return_tensors="pt")
+    pixels = torch.randn(3, 3, 128, 128)
+    out = generate_answers(model, pixels, batch.input_ids, batch.attention_mask, max_length=6)
+    assert (out[:, 0] == tokenizer.bos_token_id).all()
     assert out.shape[1] <= 6
+    # Make [SEP] the decoder's first choice: generation must stop right there, [DEC] [SEP], not run on to 6.
+    with torch.no_grad():
+        model.text_decoder.cls.predictions.decoder.bias[tokenizer.sep_token_id] += 1e4
+    out = generate_answers(model, pixels, batch.input_ids, batch.attention_mask, max_length=6)
+    assert out.tolist() == [[tokenizer.bos_token_id, tokenizer.sep_token_id]] * 3
 
 
 # ------------------------------------------------------------------------------------------ answering order

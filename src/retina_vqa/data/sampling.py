@@ -9,7 +9,7 @@ batch once and `image_index` maps the questions to it.
 Over an epoch the gradient sums over the same questions as random order; per step it does not: a batch of
 64 that holds all 13 questions of each image covers ~5 images instead of ~64, so each step sees less
 image variety. ``max_questions_per_image`` bounds that: an image's rows are cut into runs of at most that
-many, and the runs (not the images) are shuffled, so a batch of B questions covers at least B / k images.
+many, and the runs (not the images) are shuffled, so a batch of B questions covers about B / k images.
 bench/README.md ("Image grouping and accuracy") has the measured trade-off behind the default.
 """
 

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import BertTokenizer, BlipConfig, BlipProcessor
-from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+from .compat import BlipImageProcessorPil
 
 logger = logging.getLogger(__name__)
 
