@@ -46,3 +46,12 @@ def test_cpu_runs_on_a_gpu_machine_get_no_workers_and_a_prefetch_factor_is_dropp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = VqaTrainingArguments(output_dir=str(tmp_path), dataloader_prefetch_factor=4)
     assert args.dataloader_num_workers == 0 and args.dataloader_prefetch_factor is None
+
+
+def test_the_trainers_label_smoothing_is_refused_with_the_recipes_flag(tmp_path):
+    # The Trainer's smoothing reads outputs.logits, which the shared-image forward does not return: it would
+    # crash at the first step (KeyError: 'logits') instead of here.
+    with pytest.raises(ValueError, match=r"--label_smoothing_factor 0.1 .*pass --label_smoothing 0.1"):
+        VqaTrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1)
+    with pytest.raises(ValueError, match="--max_questions_per_image"):
+        VqaTrainingArguments(output_dir=str(tmp_path), max_questions_per_image=-1)

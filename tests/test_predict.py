@@ -362,3 +362,28 @@ def test_cli_attention_choice_reaches_the_model(model_dir, tmp_path, capsys, mon
     expected = answer_questions(model, processor, tmp_path / "eye.png", QUESTIONS[0])[0]
     assert used == [implementation]
     assert out == f"Question: {QUESTIONS[0]}\nAnswer: {expected}\n"
+
+
+def test_questions_are_truncated_as_in_training(model_dir, tmp_path):
+    """run_vqa.py saves --max_question_length as the tokenizer's model_max_length; answering truncates there too,
+    so a question longer than training's limit gets the answer of its training-length prefix."""
+    import shutil
+
+    from transformers import AutoProcessor
+
+    folder = tmp_path / "short-questions"
+    shutil.copytree(model_dir, folder)
+    processor = AutoProcessor.from_pretrained(folder)
+    processor.tokenizer.model_max_length = 8  # what run_vqa.py --max_question_length 8 saves
+    processor.save_pretrained(folder)
+    model, processor = load_for_inference(folder, device="cpu")
+    question = "what might be the cause of this condition in the left eye of this patient?"
+    ids = processor.tokenizer(question, truncation=True)["input_ids"]
+    assert len(ids) == 8  # truncated by the saved limit alone
+    prefix = processor.tokenizer.decode(ids[1:-1])
+    image = fundus()
+    long, short, full = answer_questions(model, processor, image, [question, prefix, question + " " + question])
+    assert long == short == full
+    reference, _ = load_for_inference(model_dir, device="cpu")
+    untruncated = answer_questions(reference, AutoProcessor.from_pretrained(model_dir), image, [question, prefix])
+    assert untruncated[0] != untruncated[1]  # without the limit the two are different questions

@@ -20,7 +20,7 @@ from retina_vqa.data.images import load_image
 from retina_vqa.models.attention import apply_cross_attention_mask_fix
 from retina_vqa.models.blip import generate_answers
 
-from .conftest import ROOT, TINY_CONFIG
+from .conftest import ROOT, TINY_CONFIG, make_tiny_model
 from .wandb_records import history_rows
 
 sys.path.insert(0, str(ROOT))
@@ -122,6 +122,14 @@ def test_saved_model_is_safetensors_with_processor_and_card(full_run):
     assert "| diagnosis |" in card  # per-question-type table next to the baseline
     saved = load_file(output_dir / "model.safetensors")
     assert any(k.startswith("text_decoder.") for k in saved)
+
+
+def test_saved_tokenizer_truncates_questions_as_training_did(full_run):
+
+    output_dir, _ = full_run
+    tokenizer = AutoProcessor.from_pretrained(output_dir).tokenizer
+    assert tokenizer.model_max_length == 32  # --max_question_length (default)
+    assert len(tokenizer("which eye " * 40, truncation=True)["input_ids"]) == 32
 
 
 def test_predictions_file_has_every_test_row_once(full_run, tiny_dataset_dir):
@@ -247,7 +255,17 @@ def test_wandb_offline_run_logs_eval_metrics(tiny_dataset_dir, tmp_path, monkeyp
 
 
 def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
+    # A wide random init answers each question differently, so a prediction written to the wrong row shows.
+
+    from retina_vqa.inference import answer_questions, load_for_inference
+
+    start = tmp_path / "start"
+    make_tiny_model(init_range=0.5).save_pretrained(start)
+    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(start)
     output_dir = tmp_path / "ddp"
+    args = common_args(tiny_dataset_dir, output_dir)
+    args[args.index("--model_name_or_path") + 1] = str(start)
+    del args[args.index("--config_name") : args.index("--config_name") + 2]
     command = [
         sys.executable,
         "-m",
@@ -257,27 +275,38 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
         "--main_process_port",
         "29531",
         str(ROOT / "run_vqa.py"),
-        *common_args(tiny_dataset_dir, output_dir),
+        *args,
         "--do_train",
         "--do_eval",
         "--do_predict",
         "--max_steps",
         "2",
+        "--learning_rate",
+        "1e-6",
         "--per_device_train_batch_size",
         "4",
         "--max_eval_samples",
         "13",
         "--max_predict_samples",
-        "13",
+        "27",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     results = json.loads((output_dir / "all_results.json").read_text())
-    # 13 rows over 2 processes: the padding duplicate must not be counted.
-    assert results["eval_num_examples"] == 13 and results["predict_num_examples"] == 13
+    # 13 and 27 rows over 2 processes: the padding duplicate must not be counted.
+    assert results["eval_num_examples"] == 13 and results["predict_num_examples"] == 27
     rows = read_jsonl(output_dir / "predictions.jsonl")
-    assert [r["id"] for r in rows] == list(range(13))
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(27))
+    assert [r["question"] for r in rows] == test["question"]
+    # Each row's prediction is the saved model's answer to that row, asked alone.
+    model, processor = load_for_inference(output_dir, device="cpu")
+    alone = [
+        answer_questions(model, processor, image, question, max_new_tokens=11)[0]
+        for image, question in zip(test["image"], test["question"], strict=True)
+    ]
+    assert len(set(alone)) >= 5, alone
+    assert [r["prediction"] for r in rows] == alone
     log = completed.stdout + completed.stderr
     assert "Process rank 0" in log and "Process rank 1" in log
 

@@ -10,7 +10,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "retina_vqa"
 
 def test_no_torch_load_without_weights_only():
     offenders = []
-    for path in [*SRC.glob("*.py"), SRC.parents[1] / "run_vqa.py"]:
+    paths = [*SRC.rglob("*.py"), SRC.parents[1] / "run_vqa.py"]
+    assert len(paths) > 20  # every module of every subpackage
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "load":
                 owner = getattr(node.func.value, "id", None)
@@ -22,5 +24,30 @@ def test_no_torch_load_without_weights_only():
     assert not offenders
 
 
-def test_remote_code_is_off_unless_asked():
+def test_remote_code_is_off_unless_asked(tmp_path):
+    """A checkpoint folder that ships its own modelling code does not get to run it: the default is off, and the
+    loader passes the setting on rather than letting transformers decide."""
+    import json
+
+    from transformers import AutoProcessor
+
+    from retina_vqa.models.loading import load_model
+
+    from .conftest import TINY_CONFIG, make_tiny_model
+
     assert ModelArguments(model_name_or_path="x").trust_remote_code is False
+    folder = tmp_path / "checkpoint"
+    make_tiny_model().save_pretrained(folder)
+    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(folder)
+    sentinel = tmp_path / "remote-code-ran"
+    (folder / "evil_modeling.py").write_text(
+        f"open({str(sentinel)!r}, 'w').write('ran')\n"
+        "from transformers import BlipForQuestionAnswering\n"
+        "class Evil(BlipForQuestionAnswering):\n    pass\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForVisualQuestionAnswering": "evil_modeling.Evil"}
+    (folder / "config.json").write_text(json.dumps(config))
+    model = load_model(ModelArguments(model_name_or_path=str(folder)), AutoProcessor.from_pretrained(folder))
+    assert type(model).__name__ == "SharedImageBlipForQuestionAnswering"
+    assert not sentinel.exists()

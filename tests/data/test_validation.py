@@ -200,3 +200,18 @@ def test_images_are_decoded_no_larger_than_needed(monkeypatch):
     assert sides == [validation.DECODE_SIDE] * 2
     # A reduced-scale decode still reads every byte: the truncated photograph is caught.
     assert [(p.row, p.reason) for p in report.problems] == [(1, "unreadable image")]
+
+
+def test_eval_and_predict_on_one_split_validate_the_rows_of_both(tmp_path):
+    """--do_eval and --do_predict on the same split with different --max_*_samples: the longer selection is
+    validated, so a bad row only evaluation reads is still reported before any model is built."""
+    good = {"image": png(), "question": "is there any abnormality?", "answer": "yes"}
+    rows = [good] * 30
+    rows[20] = {"image": b"not an image", "question": "q?", "answer": "a"}
+    path = tmp_path / "data"
+    datasets.DatasetDict({"train": split([good] * 4), "test": split(rows)}).save_to_disk(str(path))
+    args = common_args(path, tmp_path / "out") + ["--do_eval", "--do_predict", "--validation_split", "test"]
+    with pytest.raises(ValueError, match=r"1 problem\(s\) in the data:\n  - test row 20, column 'image'"):
+        run_vqa.main(args + ["--max_eval_samples", "25", "--max_predict_samples", "5"])
+    with pytest.raises(ValueError, match=r"test row 20"):
+        run_vqa.main(args + ["--max_eval_samples", "5", "--max_predict_samples", "25"])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -71,3 +72,18 @@ def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weigh
     got = load_file(killed / "model.safetensors")
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name  # bitwise on CPU
+
+
+def test_explicit_resume_from_a_checkpoint_elsewhere_is_allowed_in_a_non_empty_folder(tmp_path):
+    from retina_vqa.training.checkpoints import detect_last_checkpoint
+
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    (output_dir / "notes.txt").write_text("results of another run")
+    elsewhere = str(fake_checkpoint(tmp_path / "old", 4))
+    with pytest.raises(ValueError, match="--resume_from_checkpoint"):
+        detect_last_checkpoint(str(output_dir), True, False, None)
+    assert detect_last_checkpoint(str(output_dir), True, False, elsewhere) is None
+    mine = fake_checkpoint(output_dir, 6)
+    assert detect_last_checkpoint(str(output_dir), True, False, None) == str(mine)
+    assert detect_last_checkpoint(str(output_dir), True, True, None) is None  # --overwrite_output_dir

@@ -115,3 +115,51 @@ def test_torch_compile_traces_one_graph_for_batches_of_every_shape(tiny_dataset_
 
     AutoModelForVisualQuestionAnswering.from_pretrained(compiled)
     assert "_orig_mod" not in (compiled / "model.safetensors").read_bytes()[:100_000].decode("latin-1")
+
+
+def _trainer(tiny_dataset_dir, tmp_path, **overrides):
+    """A VqaTrainer over the prepared tiny training split, as run_vqa.py builds it (no training run)."""
+    import datasets
+
+    from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
+    from retina_vqa.data.collator import VqaCollator
+    from retina_vqa.data.preprocessing import prepare_split
+    from retina_vqa.models.loading import load_model, load_processor
+    from retina_vqa.training.trainer import VqaTrainer
+
+    from ..conftest import TINY_CONFIG
+
+    model_args = ModelArguments(model_name_or_path="", config_name=str(TINY_CONFIG))
+    data_args = DataTrainingArguments(dataset_dir=str(tiny_dataset_dir))
+    settings = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "report_to": "none"}
+    args = VqaTrainingArguments(**{**settings, **overrides})
+    processor = load_processor(model_args)
+    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    prepared = prepare_split(train, processor.tokenizer, data_args, with_answers=True, description="train")
+    collator = VqaCollator(processor.image_processor, processor.tokenizer.pad_token_id, return_image_keys=True)
+    model = load_model(model_args, processor)
+    return VqaTrainer(model=model, args=args, train_dataset=prepared, eval_dataset=prepared, data_collator=collator)
+
+
+def _images_per_batch(trainer) -> list[int]:
+    return [len(batch["image_keys"]) for batch in trainer.get_train_dataloader()]
+
+
+def test_the_trainers_train_dataloader_groups_questions_by_image(tiny_dataset_dir, tmp_path):
+    """Through the Trainer's own dataloader (the sampler hook, not the sampler alone): 6 images x 13 questions in
+    batches of 8. All of an image's questions together: a batch spans at most 2 images; runs of at most 4: about
+    2-3 images; random order: most of 8."""
+    grouped = _images_per_batch(_trainer(tiny_dataset_dir, tmp_path, max_questions_per_image=0))
+    bounded = _images_per_batch(_trainer(tiny_dataset_dir, tmp_path, max_questions_per_image=4))
+    shuffled = _images_per_batch(_trainer(tiny_dataset_dir, tmp_path, group_by_image=False))
+    assert len(grouped) == len(bounded) == len(shuffled) == 10  # 78 rows / 8
+    assert max(grouped) <= 2
+    assert 2 <= sum(bounded) / len(bounded) <= 4
+    assert sum(shuffled) / len(shuffled) > 4
+
+
+def test_evaluation_without_generation_keeps_no_per_question_outputs(tiny_dataset_dir, tmp_path):
+    trainer = _trainer(tiny_dataset_dir, tmp_path, predict_with_generate=False, per_device_eval_batch_size=16)
+    output = trainer.predict(trainer.eval_dataset.select(range(40)))
+    assert output.predictions is None and output.label_ids is None
+    assert output.metrics["test_loss"] > 0

@@ -154,7 +154,10 @@ class VqaTrainer(Seq2SeqTrainer):
         **gen_kwargs,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         if not self.args.predict_with_generate or prediction_loss_only:
-            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+            # The loss only: the forward's other outputs are image-encoder states, one per question, which the
+            # Trainer would otherwise gather for every row of the set as "predictions".
+            loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
+            return loss, None, None
 
         inputs = self._prepare_inputs(inputs)
         if not gen_kwargs and hasattr(self, "_gen_kwargs"):
