@@ -1,6 +1,6 @@
 """Fused attention (SDPA) against transformers' eager BLIP attention: training-step time, same weights, same batch.
 
-For each model size and image size, two copies of the recipe's model (`modeling.load_model`, shared images,
+For each model size and image size, two copies of the recipe's model (`models.loading.load_model`, shared images,
 token-normalised loss) with identical weights, one with ``--attn_implementation sdpa`` and one with
 ``eager``, take alternately a forward + backward pass on the same collated batch of synthetic RetinaVQA
 (questions and answers padded as in training). Reports the median time per step, samples/s, the ratio, and

@@ -169,7 +169,7 @@ def model_arguments(size: str, image_size: int, tokenizer):
 
 
 def recipe_model(size: str, image_size: int, processor, seed: int = 0):
-    """`SharedImageBlipForQuestionAnswering` as run_vqa.py builds it (`modeling.load_model`)."""
+    """`SharedImageBlipForQuestionAnswering` as run_vqa.py builds it (`models.loading.load_model`)."""
     import torch
 
     from retina_vqa.models.loading import load_model

@@ -5,7 +5,7 @@ Variants, run alternately in one process for each image size and DataLoader work
 * ``notebook``: the usual notebook Dataset (``common.NotebookVqaDataset``): per item, the decoded PIL image
   and the question go through ``processor(..., padding="max_length", max_length=32)``, the answer through
   the tokenizer; a shuffled DataLoader stacks the items;
-* ``recipe``: the split tokenised once by ``data.prepare_split`` (datasets.map, not timed: it is cached on
+* ``recipe``: the split tokenised once by ``data.preprocessing.prepare_split`` (datasets.map, not timed: it is cached on
   disk and done once per run), ``ImageGroupedSampler`` and ``VqaCollator``: images decoded and processed
   per batch in one image-processor call, dynamic padding, each distinct image of a batch once;
 * ``recipe_random``: the same collator in random order (batches rarely share an image), separating the

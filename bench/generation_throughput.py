@@ -5,8 +5,8 @@ Variants, run alternately in one process over the same test split and the same w
 * ``planned``: `retina_vqa.predict.answer_questions` (what ``python -m retina_vqa.predict --dataset_dir``
   runs) on the split's encoded images and questions: each distinct image decoded and encoded once, then the
   questions sorted by text (answers of similar length together) in batches of ``--batch_size``, answered by
-  ``generation.generate_answers`` (the real question mask), greedy, fused attention;
-* ``batched``: the test split in dataset order, tokenised by ``data.prepare_split`` and batched by
+  ``models.blip.generate_answers`` (the real question mask), greedy, fused attention;
+* ``batched``: the test split in dataset order, tokenised by ``data.preprocessing.prepare_split`` and batched by
   ``VqaCollator`` (``--batch_size`` questions, each distinct image once), answered by ``generate_answers``
   as the Trainer evaluates with ``--group_eval_by_question false``, greedy, fused attention;
 * ``one_by_one``: per question, ``processor(images=image, text=question, return_tensors="pt")`` and

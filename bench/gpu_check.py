@@ -1,7 +1,7 @@
 """FLOPs per training sample of the full blip-vqa-base architecture, and (with CUDA) samples/s and MFU.
 
 Part 1, on any device: ``torch.utils.flop_counter.FlopCounterMode`` counts one training step (forward +
-backward, the recipe's model from ``modeling.load_model``) of the full ``BlipConfig()`` architecture at
+backward, the recipe's model from ``models.loading.load_model``) of the full ``BlipConfig()`` architecture at
 ``--image_size`` (384) with a ``--question_tokens`` (32) question and an ``--answer_tokens`` (8) answer,
 batch ``--flop_batch_size`` (1), every question with its own image: FLOPs per training sample as usually
 quoted (the issue quotes 411 GFLOP). Matrix multiplications and attention are counted (2 FLOPs per

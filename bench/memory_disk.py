@@ -6,7 +6,7 @@ train_throughput.py) happens in a fresh child process, started by a small wrappe
 that reads ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` once the child has exited: the peak resident
 memory of exactly that run (imports, data, model, optimizer state, activations), nothing else.
 
-Disk: the saved training split is copied to a temporary folder, ``data.prepare_split`` runs on it as in
+Disk: the saved training split is copied to a temporary folder, ``data.preprocessing.prepare_split`` runs on it as in
 run_vqa.py, and the ``cache-*.arrow`` files its ``datasets.map`` calls write next to the split are
 measured, per example, against the encoded image bytes per example. The images stay encoded (PNG bytes),
 so the cache must be about the size of the raw data, far from the float pixels (3 x H x W x 4 bytes) a

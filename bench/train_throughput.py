@@ -2,10 +2,10 @@
 
 Variants, run alternately in one process (A B C, C B A, ...):
 
-* ``recipe`` (A): the split tokenised once with ``data.prepare_split`` (datasets.map), ``VqaCollator``
+* ``recipe`` (A): the split tokenised once with ``data.preprocessing.prepare_split`` (datasets.map), ``VqaCollator``
   (images decoded per batch, dynamic padding, one ``pixel_values`` entry per distinct image), the real
   ``VqaTrainer`` with ``VqaTrainingArguments`` (``group_by_image`` on, as by default) and the model of
-  ``modeling.load_model`` (``SharedImageBlipForQuestionAnswering``);
+  ``models.loading.load_model`` (``SharedImageBlipForQuestionAnswering``);
 * ``notebook`` (B): a torch Dataset calling the processor per item (``padding="max_length"``, 32 tokens),
   padded answer ids as labels, a shuffled DataLoader, a plain AdamW loop on a plain
   ``BlipForQuestionAnswering`` (``model(input_ids=..., pixel_values=..., labels=...)``);

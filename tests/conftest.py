@@ -48,3 +48,13 @@ def tiny_dataset_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "retinavqa"
     generate_dataset(6, 3, 3, image_size=64, seed=0, num_workers=1).save_to_disk(str(path))
     return path
+
+
+def accelerate_launch(config_file: str, port: int, *script_args: str) -> list[str]:
+    """The command `accelerate launch --config_file accelerate_configs/<config_file> run_vqa.py ARGS`, as a user
+    types it (the real launcher, real processes), on its own port so tests never collide."""
+    import sys
+
+    config = ROOT / "accelerate_configs" / config_file
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
+            str(port), str(ROOT / "run_vqa.py"), *script_args]  # fmt: skip

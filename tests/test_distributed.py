@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from .conftest import ROOT
+from .conftest import ROOT, accelerate_launch
 from .test_run_vqa import common_args
 
 
@@ -28,20 +28,9 @@ def test_two_processes_follow_the_single_process_loss_curve(tiny_dataset_dir, tm
         timeout=600,
     )
     ddp = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-        "--main_process_port",
-        "29533",
-        str(ROOT / "run_vqa.py"),
-        *common_args(tiny_dataset_dir, ddp),
-        *steps,
-        "--per_device_train_batch_size",
-        "4",  # 2 x 4 = 8
-    ]
+    command = accelerate_launch(
+        "cpu_ddp.yaml", 29533, *common_args(tiny_dataset_dir, ddp), *steps, "--per_device_train_batch_size", "4"
+    )  # 2 processes x 4 = the single process's 8
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]
     one, two = losses(single), losses(ddp)

@@ -20,7 +20,7 @@ from retina_vqa.data.images import load_image
 from retina_vqa.models.attention import apply_cross_attention_mask_fix
 from retina_vqa.models.blip import generate_answers
 
-from .conftest import ROOT, TINY_CONFIG, make_tiny_model
+from .conftest import ROOT, TINY_CONFIG, accelerate_launch, make_tiny_model
 from .wandb_records import history_rows
 
 sys.path.insert(0, str(ROOT))
@@ -266,15 +266,9 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     args = common_args(tiny_dataset_dir, output_dir)
     args[args.index("--model_name_or_path") + 1] = str(start)
     del args[args.index("--config_name") : args.index("--config_name") + 2]
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "accelerate_configs" / "cpu_ddp.yaml"),
-        "--main_process_port",
-        "29531",
-        str(ROOT / "run_vqa.py"),
+    command = accelerate_launch(
+        "cpu_ddp.yaml",
+        29531,
         *args,
         "--do_train",
         "--do_eval",
@@ -289,7 +283,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
         "13",
         "--max_predict_samples",
         "27",
-    ]
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
