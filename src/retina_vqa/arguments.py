@@ -351,17 +351,31 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
                 self.dataloader_prefetch_factor = None
         if self.dataloader_num_workers == 0:
             self.dataloader_persistent_workers = False  # torch's DataLoader refuses it without workers
+        if self.ddp_backend is None and deepspeed_on_cpus():
+            # DeepSpeed runs on the CPU (its CPU accelerator, gloo), but accelerate finds no backend without
+            # GPUs and then counts one process: DeepSpeed's batch-size check fails (4 != 4 * 1 * 2).
+            self.ddp_backend = "gloo"
         super().__post_init__()
+
+
+def deepspeed_on_cpus() -> bool:
+    """Several processes launched with a DeepSpeed accelerate config on a machine without GPUs."""
+    return (
+        os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        and not torch.cuda.is_available()
+    )
 
 
 def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
     argv = sys.argv[1:] if argv is None else argv
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available() and not deepspeed_on_cpus():
         # Several processes started by accelerate/torchrun on a machine without GPUs: DDP over gloo on
         # the CPU. (accelerate's own MULTI_CPU mode needs mpirun; accelerate_configs/cpu_ddp.yaml uses
         # the torchrun launcher instead.) Must be set before the TrainingArguments pick a device.
+        # Not for DeepSpeed: accelerate's CPU mode drops it and runs DDP.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):

@@ -40,6 +40,17 @@ def test_half_written_checkpoints_are_never_picked(tmp_path):
     assert last_complete_checkpoint(str(tmp_path / "nothing")) is None
 
 
+def test_a_sharded_fsdp_checkpoint_counts_once_its_shards_are_all_written(tmp_path):
+    # fsdp_state_dict_type: SHARDED_STATE_DICT writes no safetensors, one torch.distributed.checkpoint folder.
+    checkpoint = fake_checkpoint(tmp_path, 2, weights=False)
+    shards = checkpoint / "pytorch_model_fsdp_0"
+    shards.mkdir()
+    (shards / "__0_0.distcp").write_bytes(b"x")
+    assert not is_complete(str(checkpoint))  # .metadata comes after every rank's shard
+    (shards / ".metadata").write_bytes(b"x")
+    assert is_complete(str(checkpoint))
+
+
 def command(data_dir, output_dir) -> list[str]:
     steps = ["--do_train", "--max_steps", "8", "--save_steps", "2", "--seed", "3"]
     return [sys.executable, str(ROOT / "run_vqa.py"), *common_args(data_dir, output_dir), *steps]

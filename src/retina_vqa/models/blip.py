@@ -185,11 +185,13 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
 
     def save_pretrained(self, *args, **kwargs):
         # Saved as the plain transformers class (config.architectures): sharing is a batching detail.
+        # Restored to the class it had, which FSDP2 (fully_shard) replaces with a subclass of its own.
+        own_class = self.__class__
         self.__class__ = BlipForQuestionAnswering
         try:
             return self.save_pretrained(*args, **kwargs)
         finally:
-            self.__class__ = SharedImageBlipForQuestionAnswering
+            self.__class__ = own_class
 
 
 def check_tokenizer_matches(config: BlipConfig, processor: BlipProcessor) -> None:

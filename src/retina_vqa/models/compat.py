@@ -21,6 +21,8 @@ import logging
 import warnings
 
 import transformers
+from accelerate import PartialState
+from accelerate.utils import DistributedType
 from packaging.version import Version
 from transformers import Seq2SeqTrainer
 from transformers.cache_utils import EncoderDecoderCache
@@ -40,6 +42,7 @@ __all__ = [
     "BlipTextSelfAttention",
     "BlipTextVisionModelOutput",
     "EncoderDecoderCache",
+    "allow_fsdp_on_cpu_processes",
     "check_trainer_hooks",
     "check_transformers_version",
     "is_deepspeed_zero3_enabled",
@@ -56,7 +59,9 @@ TRAINER_HOOKS = {
     "_prepare_inputs": "kept image-encoder outputs and torch.compile's dynamic sizes",
     "prediction_step": "generation with the real question mask, no labels handed to generate",
     "evaluation_loop": "gather_for_metrics instead of gather, and one image-encoder pass per evaluation",
-    "training_step": "stopping on a non-finite loss on every rank",
+    "training_step": "stopping on a non-finite loss on every rank; naming the distributed wrapper",
+    "create_accelerator_and_postprocess": "FSDP on CPU processes (allow_fsdp_on_cpu_processes)",
+    "save_model": "a full model.safetensors at the end of an FSDP run whose checkpoints are sharded",
 }
 # Attributes that Seq2SeqTrainer.evaluate/predict set and VqaTrainer reads or replaces.
 TRAINER_ATTRIBUTES = ("gather_function", "_gen_kwargs")
@@ -99,6 +104,22 @@ def check_trainer_hooks(trainer_class: type = Seq2SeqTrainer) -> None:
             f"{'; '.join(missing)}. Without them training and evaluation would run without the recipe's fixes. "
             f"Install a tested version: pip install 'transformers>={TESTED_TRANSFORMERS[0]},<{TESTED_TRANSFORMERS[1]}'."
         )
+
+
+def allow_fsdp_on_cpu_processes(fsdp_requested: bool) -> bool:
+    """Let accelerate shard with FSDP on CPU processes (gloo); returns whether it had to step in.
+
+    accelerate (tested: 1.15) turns a run into FSDP only from a GPU-type distributed state: on CPU processes it
+    keeps ``MULTI_CPU`` and drops the FSDP plugin, so an FSDP config silently runs as DDP. FSDP2 itself runs on
+    the CPU. Marking the shared state multi-device (accelerate's private ``PartialState._shared_state``) before
+    the Trainer builds its Accelerator makes accelerate apply ``fully_shard``; the process group and the CPU
+    device stay as they are. tests/training/test_sharded.py checks that the run really shards.
+    """
+    state = PartialState()
+    if not (fsdp_requested and state.distributed_type == DistributedType.MULTI_CPU):
+        return False
+    PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    return True
 
 
 def mark_generation_config_deliberate(config: transformers.GenerationConfig) -> None:

@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 TRAINER_STATE = "trainer_state.json"
+_FSDP_SHARDS = re.compile(r"^pytorch_model_fsdp_\d+$")  # accelerate's FSDP_MODEL_NAME + model index
 
 
 def is_complete(checkpoint_dir: str) -> bool:
@@ -31,8 +32,21 @@ def is_complete(checkpoint_dir: str) -> bool:
             state = json.load(f)
     except (OSError, ValueError):
         return False
-    has_weights = any(name.endswith(".safetensors") for name in os.listdir(checkpoint_dir))
-    return has_weights and state.get("global_step") == int(match.group(1))
+    return has_weights(checkpoint_dir) and state.get("global_step") == int(match.group(1))
+
+
+def has_weights(checkpoint_dir: str) -> bool:
+    """Model weights the Trainer can resume from: safetensors, or FSDP's sharded `pytorch_model_fsdp_N/`.
+
+    With `fsdp_state_dict_type: SHARDED_STATE_DICT` a checkpoint holds no safetensors, only one
+    torch.distributed.checkpoint folder per model, whose `.metadata` is written after every rank's shard.
+    """
+    for name in os.listdir(checkpoint_dir):
+        if name.endswith(".safetensors"):
+            return True
+        if _FSDP_SHARDS.match(name) and os.path.isfile(os.path.join(checkpoint_dir, name, ".metadata")):
+            return True
+    return False
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
+import types
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, StateDictType, register_fsdp_forward_method
 from transformers import Seq2SeqTrainer
 
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
 from ..models.blip import generate_answers
-from ..models.compat import check_trainer_hooks, is_deepspeed_zero3_enabled, is_fsdp_managed_module
+from ..models.compat import (
+    allow_fsdp_on_cpu_processes,
+    check_trainer_hooks,
+    is_deepspeed_zero3_enabled,
+    is_fsdp_managed_module,
+)
 from .checkpoints import last_complete_checkpoint
 from .embedding_cache import ImageEmbeddingCache
 from .model_card import render_model_card
+
+logger = logging.getLogger(__name__)
 
 # CPU memory for the image-encoder outputs kept during one evaluation (blip-vqa-base at 384 px: ~1.8 MB an
 # image in fp32, so ~1,100 images; the oldest are dropped beyond it).
@@ -84,6 +94,12 @@ class VqaTrainer(Seq2SeqTrainer):
         self.image_embedding_cache = image_embedding_cache
         self._evaluation_cache: ImageEmbeddingCache | None = None
 
+    def create_accelerator_and_postprocess(self) -> None:
+        # An FSDP config on CPU processes would otherwise run as DDP (models/compat.py).
+        requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(self.args.fsdp_plugin_args)
+        allow_fsdp_on_cpu_processes(requested)
+        super().create_accelerator_and_postprocess()
+
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if (
@@ -114,6 +130,16 @@ class VqaTrainer(Seq2SeqTrainer):
         return inputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if not getattr(self, "_logged_wrapper", False):
+            # What the run really is: accelerate falls back to DDP silently when it cannot shard (e.g.
+            # `distributed_type: FSDP` with `use_cpu: true` before allow_fsdp_on_cpu_processes), so the log names it.
+            self._logged_wrapper = True
+            logger.warning(
+                "Distributed setup: %s, FSDP enabled %s, model wrapped as %s",
+                self.accelerator.distributed_type,
+                self.is_fsdp_enabled,
+                ", ".join(cls.__name__ for cls in type(model).__mro__[:3]),
+            )
         loss = super().training_step(model, inputs, num_items_in_batch)
         # Every rank learns whether any rank saw a non-finite loss, so all stop together (no hang in DDP).
         finite = torch.isfinite(loss.detach()).float().reshape(1)
@@ -163,16 +189,29 @@ class VqaTrainer(Seq2SeqTrainer):
         if not gen_kwargs and hasattr(self, "_gen_kwargs"):
             gen_kwargs = self._gen_kwargs.copy()
         gen_kwargs = {k: v for k, v in gen_kwargs.items() if v is not None}
-        # Sharded parameters must be gathered on every rank for every decoding step.
-        gen_kwargs.setdefault("synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model))
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        fsdp2 = isinstance(unwrapped, FSDPModule)
+        # Sharded parameters must be gathered on every rank for every decoding step. (transformers'
+        # is_fsdp_managed_module only knows the FSDP2 models that transformers itself shards, not accelerate's.)
+        gen_kwargs.setdefault(
+            "synced_gpus", is_deepspeed_zero3_enabled() or is_fsdp_managed_module(self.model) or fsdp2
+        )
 
+        answer = functools.partial(generate_answers, unwrapped)
         summon = contextlib.nullcontext()
-        if torch.distributed.is_available() and isinstance(self.model, torch.distributed.fsdp.FullyShardedDataParallel):
-            summon = torch.distributed.fsdp.FullyShardedDataParallel.summon_full_params(self.model)
+        if isinstance(self.model, FullyShardedDataParallel):
+            summon = FullyShardedDataParallel.summon_full_params(self.model)
+        elif fsdp2:
+            # generate_answers calls the vision model, text encoder and decoder directly, outside the root
+            # forward that gathers the root's own parameters (embeddings, norms, heads): run it as a root
+            # forward. The layers wrapped on their own gather theirs in their hooks.
+            if not hasattr(unwrapped, "vqa_generate_answers"):
+                unwrapped.vqa_generate_answers = types.MethodType(generate_answers, unwrapped)
+                register_fsdp_forward_method(unwrapped, "vqa_generate_answers")
+            answer = unwrapped.vqa_generate_answers
         # Under the training's mixed precision, like the loss (and like image-encoder outputs kept by the cache).
         with summon, self.accelerator.autocast():
-            generated = generate_answers(
-                self.accelerator.unwrap_model(self.model),
+            generated = answer(
                 pixel_values=inputs.get("pixel_values"),
                 image_embeds=inputs.get("image_embeds"),
                 input_ids=inputs["input_ids"],
@@ -187,6 +226,23 @@ class VqaTrainer(Seq2SeqTrainer):
             with torch.no_grad(), self.compute_loss_context_manager():
                 loss = model(**inputs).loss.detach().mean()
         return loss, generated, labels
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
+        checkpoint = _internal_call and output_dir is not None  # _save_checkpoint; push_to_hub passes no folder
+        if plugin is None or checkpoint or "FULL_STATE_DICT" in str(plugin.state_dict_type):
+            super().save_model(output_dir, _internal_call)
+            return
+        # Checkpoints stay sharded (pytorch_model_fsdp_0/, what a restart resumes from), but under
+        # SHARDED_STATE_DICT the Trainer would save no model at all here. The model a run hands over (and pushes)
+        # is a full model.safetensors that from_pretrained loads: gathered from every process (each one calls
+        # save_model), written by the main one.
+        sharded = plugin.state_dict_type
+        plugin.state_dict_type = StateDictType.FULL_STATE_DICT
+        try:
+            super().save_model(output_dir, _internal_call)
+        finally:
+            plugin.state_dict_type = sharded
 
     def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
         if not self.is_world_process_zero():
