@@ -38,6 +38,8 @@ DEFAULT_MAX_IMAGE_SIDE = 2048
 def generation_kwargs(
     model: BlipForQuestionAnswering, max_new_tokens: int | None, num_beams: int | None
 ) -> dict[str, Any]:
+    """The decoder's ``generate`` settings: the given length and beams, else those saved with the model, checked
+    against the decoder's positions."""
     defaults = answer_generation_defaults(model)
     max_new_tokens = defaults["max_new_tokens"] if max_new_tokens is None else max_new_tokens
     num_beams = defaults["num_beams"] if num_beams is None else num_beams
@@ -67,7 +69,7 @@ def answer_planned(
     images_per_chunk: int = 256,
     progress: tqdm | None = None,
 ) -> list[str]:
-    """Answers in row order, computed in `generation.answering_plan` order: every distinct image encoded once
+    """Answers in row order, computed in `data.ordering.answering_plan` order: every distinct image encoded once
     per chunk, questions batched with others of the same text (answers of similar length)."""
     tokenizer = processor.tokenizer
     parameter = next(model.parameters())
@@ -121,7 +123,7 @@ def answer_questions(
         model, processor: as returned by `load_for_inference` (or any BlipForQuestionAnswering with the mask
             fix applied).
         images: one image source per question (a path, bytes, PIL image, numpy array, datasets image
-            dict, ...: see `retina_vqa.images.load_image`), or a single image for all questions.
+            dict, ...: see `retina_vqa.data.images.load_image`), or a single image for all questions.
         questions: the questions (a single string is one question).
         max_new_tokens: longest answer in tokens; default: the length saved with the model, else 48.
         num_beams: beam search width; default: the value saved with the model, else 1 (greedy).

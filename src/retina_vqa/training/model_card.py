@@ -25,7 +25,7 @@ with torch.no_grad():
 print(processor.decode(answer_ids[0], skip_special_tokens=True))
 ```
 
-For batches of questions of different lengths use `retina_vqa.generation.generate_answers`, which
+For batches of questions of different lengths use `retina_vqa.models.blip.generate_answers`, which
 passes the question padding mask to the answer decoder (the stock `generate` does not, so padded
 questions can get different answers than the same questions one at a time), or
 `python -m retina_vqa.predict --model_name_or_path {repo} --image fundus.jpg --question "..."`.
