@@ -21,7 +21,7 @@ from retina_vqa.models.tiny_blip2 import (
 )
 from retina_vqa.synthetic import all_texts
 
-from ..conftest import ROOT
+from ..conftest import ROOT, TINY_CONFIG
 
 CONFIGS = ROOT / "configs"
 FOLDERS = (OPT_DIR, T5_DIR, INSTRUCTBLIP_DIR)
@@ -64,7 +64,9 @@ def _images(count):
 
 
 def _labels(processor, config, inputs, answer="yes"):
-    """Answer labels: the answer ids for T5; for OPT, ids as long as input_ids with everything but the answer -100."""
+    """Answer labels: the answer ids for T5; for OPT, the answer and eos appended to the inputs, labels as long as
+    input_ids with everything else -100 (InstructBLIP needs that length; BLIP-2 slices its logits to the labels'
+    length, which in fp32 fails on a batch with `view size is not compatible` and never trains the first label)."""
     tokenizer = processor.tokenizer
     if not config.use_decoder_only_language_model:
         return tokenizer([answer], return_tensors="pt")["input_ids"]
@@ -107,6 +109,16 @@ def test_special_tokens_agree_with_the_config(tiny):
         qformer_tokenizer = processor.qformer_tokenizer
         assert config.qformer_config.vocab_size == len(qformer_tokenizer)
         assert config.qformer_config.pad_token_id == qformer_tokenizer.pad_token_id
+
+
+def test_vocabulary_is_blip_tiny_s(tiny):
+    processor, _, _ = tiny
+    blip_tiny = (TINY_CONFIG / "vocab.txt").read_text(encoding="utf-8").split()
+    vocab = processor.tokenizer.get_vocab()
+    assert sorted(vocab, key=vocab.get) == blip_tiny + ["<image>"]
+    if hasattr(processor, "qformer_tokenizer"):
+        vocab = processor.qformer_tokenizer.get_vocab()
+        assert sorted(vocab, key=vocab.get) == blip_tiny
 
 
 def test_vocabulary_covers_every_synthetic_text_without_unknown_tokens(tiny):
@@ -156,7 +168,7 @@ def test_generate_returns_the_prompt_then_the_answer_for_opt_and_the_answer_alon
 
 def test_random_query_tokens_keep_the_first_gradients_sane():
     # transformers starts the learned queries at zero; the Q-Former's first LayerNorm of a zero vector
-    # (eps 1e-12) then gives them gradients ~1e10, which gradient clipping turns into a frozen model.
+    # (eps 1e-12) then gives them gradients ~1e10, and clipping the total norm shrinks every other gradient.
     processor = AutoProcessor.from_pretrained(CONFIGS / OPT_DIR)
     config = AutoConfig.from_pretrained(CONFIGS / OPT_DIR)
     inputs = processor(images=_images(1), text=PROMPT, return_tensors="pt")
