@@ -1,4 +1,5 @@
-"""Batching for BLIP VQA: images to pixels per batch, dynamic padding, and the decoder targets.
+"""Batching: images to pixels per batch, dynamic padding, and the targets, for BLIP VQA (`VqaCollator`) and for
+BLIP-2 / InstructBLIP (`PromptCollator`).
 
 The targets follow BLIP's own pre-training and VQA fine-tuning (salesforce/BLIP, LAVIS), which the
 popular notebooks get wrong:
@@ -23,15 +24,18 @@ from .images import load_image
 from .preprocessing import IMAGE_KEY
 
 
-def _pad(sequences: list[list[int]], pad_value: int, multiple_of: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad(
+    sequences: list[list[int]], pad_value: int, multiple_of: int | None, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(len(s) for s in sequences)
     if multiple_of:
         length = -(-length // multiple_of) * multiple_of
     ids = torch.full((len(sequences), length), pad_value, dtype=torch.long)
     mask = torch.zeros((len(sequences), length), dtype=torch.long)
     for row, sequence in enumerate(sequences):
-        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, : len(sequence)] = 1
+        span = slice(length - len(sequence), length) if left else slice(0, len(sequence))
+        ids[row, span] = torch.tensor(sequence, dtype=torch.long)
+        mask[row, span] = 1
     return ids, mask
 
 
@@ -119,4 +123,79 @@ class VqaCollator:
             # The decoder predicts token t+1 from token t: [DEC] itself is never a target. Marking it -100
             # keeps the Trainer's count of answer tokens (which normalises the loss) exact.
             batch["labels"][:, 0] = self.label_pad_token_id
+        return batch
+
+
+@dataclass
+class PromptCollator:
+    """Turn tokenised rows into a BLIP-2 / InstructBLIP batch (`models.blip2.tokenize_prompts_and_answers`).
+
+    Each feature needs ``input_ids`` (``<image>`` x N + prompt) and the image column; ``answer_ids`` (answer +
+    eos) make it a training row, ``qformer_input_ids`` an InstructBLIP row. Every row must hold exactly
+    ``num_query_tokens`` image tokens: fewer (truncated, or text tokenised without the processor's
+    placeholders) would train a model that never sees the image, silently.
+
+    Example, decoder-only, N = 2 image tokens (id 9), pad 0, eos 3::
+
+        {"input_ids": [9, 9, 2, 40, 41], "answer_ids": [50, 3]}, {"input_ids": [9, 9, 2, 42], "answer_ids": [51, 52, 3]}
+        input_ids       [[9, 9, 2, 40, 41, 50, 3], [9, 9, 2, 42, 51, 52, 3]]
+        labels          [[-100 x 5,        50, 3], [-100 x 4,   51, 52, 3]]   (padding: -100, mask 0)
+
+    Encoder-decoder: ``input_ids`` are the prompts (right-padded), ``labels`` the answers. Without answers
+    (answering), decoder-only prompts are padded on the left, so generation continues each prompt directly.
+    """
+
+    image_processor: Any
+    num_query_tokens: int
+    image_token_id: int
+    pad_token_id: int
+    decoder_only: bool
+    image_column: str = "image"
+    max_image_side: int | None = 2048
+    qformer_pad_token_id: int | None = None
+    pad_to_multiple_of: int | None = None
+    label_pad_token_id: int = -100
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        required = ("input_ids", self.image_column)
+        missing = [key for key in required if key not in features[0]]
+        if missing:
+            raise KeyError(
+                f"PromptCollator needs the keys {list(required)} in every row, missing {missing}; the rows have "
+                f"{sorted(features[0])}. Tokenise with models.blip2.tokenize_prompts_and_answers."
+            )
+        for i, feature in enumerate(features):
+            count = sum(token == self.image_token_id for token in feature["input_ids"])
+            if count != self.num_query_tokens:
+                raise ValueError(
+                    f"Batch row {i} holds {count} <image> tokens, the model reads {self.num_query_tokens}: its "
+                    "image would be ignored or misplaced. Tokenise with models.blip2.tokenize_prompts_and_answers "
+                    "(not processor.tokenizer), and keep --max_question_length for the prompt alone."
+                )
+        images = [
+            load_image(f[self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
+            for i, f in enumerate(features)
+        ]
+        batch: dict[str, Any] = {
+            "pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        }
+        prompts = [f["input_ids"] for f in features]
+        answers = [f["answer_ids"] for f in features] if "answer_ids" in features[0] else None
+        if answers is None:
+            batch["input_ids"], batch["attention_mask"] = _pad(
+                prompts, self.pad_token_id, self.pad_to_multiple_of, left=self.decoder_only
+            )
+        elif self.decoder_only:
+            batch["input_ids"], batch["attention_mask"] = _pad(
+                [p + a for p, a in zip(prompts, answers, strict=True)], self.pad_token_id, self.pad_to_multiple_of
+            )
+            targets = [[self.label_pad_token_id] * len(p) + a for p, a in zip(prompts, answers, strict=True)]
+            batch["labels"], _ = _pad(targets, self.label_pad_token_id, self.pad_to_multiple_of)
+        else:
+            batch["input_ids"], batch["attention_mask"] = _pad(prompts, self.pad_token_id, self.pad_to_multiple_of)
+            batch["labels"], _ = _pad(answers, self.label_pad_token_id, self.pad_to_multiple_of)
+        if "qformer_input_ids" in features[0]:
+            batch["qformer_input_ids"], batch["qformer_attention_mask"] = _pad(
+                [f["qformer_input_ids"] for f in features], self.qformer_pad_token_id or 0, self.pad_to_multiple_of
+            )
         return batch

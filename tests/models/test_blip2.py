@@ -1,0 +1,136 @@
+"""BLIP-2 (OPT, T5) and InstructBLIP inputs: the image placeholders, the targets, and answers that do not depend
+on the batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from retina_vqa.data.collator import PromptCollator
+from retina_vqa.models.blip2 import (
+    DEFAULT_PROMPT_TEMPLATE,
+    PromptLayout,
+    generate_prompt_answers,
+    model_family,
+    prompt_only,
+    tokenize_prompts_and_answers,
+)
+from retina_vqa.models.tiny_blip2 import init_query_tokens
+
+from ..conftest import ROOT
+from .test_generation import QUESTIONS
+
+FAMILIES = {"opt": "blip2-opt-tiny", "t5": "blip2-t5-tiny", "instructblip": "instructblip-tiny"}
+ANSWERS = ["yes", "diabetic retinopathy, a complication of diabetes", "left eye"]
+
+
+def build(name: str, seed: int = 0):
+    folder = ROOT / "configs" / FAMILIES[name]
+    processor = AutoProcessor.from_pretrained(folder)
+    config = AutoConfig.from_pretrained(folder)
+    # Wider than the shipped init, so that an untrained model's answers differ from question to question.
+    config.text_config.initializer_range = 0.3
+    config.text_config.initializer_factor = 3.0  # T5's own knob
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    init_query_tokens(model)
+    return model, processor, PromptLayout.from_model(model.config, processor)
+
+
+def rows(processor, layout, answers=True):
+    tokenised = tokenize_prompts_and_answers(
+        {"question": QUESTIONS, "answer": ANSWERS},
+        processor,
+        layout,
+        "question",
+        "answer" if answers else None,
+        DEFAULT_PROMPT_TEMPLATE,
+        max_question_length=64,
+        max_answer_length=48,
+    )
+    torch.manual_seed(1)
+    images = [torch.rand(128, 128, 3).mul(255).byte().numpy() for _ in QUESTIONS]
+    return [{**{k: v[i] for k, v in tokenised.items()}, "image": images[i]} for i in range(len(QUESTIONS))]
+
+
+def collator(processor, layout):
+    return PromptCollator(
+        processor.image_processor,
+        num_query_tokens=layout.num_query_tokens,
+        image_token_id=layout.image_token_id,
+        pad_token_id=layout.pad_token_id,
+        decoder_only=layout.decoder_only,
+        qformer_pad_token_id=layout.qformer_pad_token_id,
+    )
+
+
+def test_families_are_read_from_the_config():
+    assert [model_family(AutoConfig.from_pretrained(ROOT / "configs" / f)) for f in FAMILIES.values()] == [
+        "blip-2",
+        "blip-2",
+        "instructblip",
+    ]
+    assert model_family(AutoConfig.from_pretrained(ROOT / "configs" / "blip-tiny")) == "blip"
+    with pytest.raises(ValueError, match="Salesforce/blip2-opt-2.7b"):
+        model_family(type("Config", (), {"model_type": "llava"})())
+
+
+def test_decoder_only_targets_label_the_answer_and_eos_only():
+    _, processor, layout = build("opt")
+    features = rows(processor, layout)
+    batch = collator(processor, layout)(features)
+    for i, feature in enumerate(features):
+        prompt, answer = feature["input_ids"], feature["answer_ids"]
+        assert prompt[: layout.num_query_tokens] == [layout.image_token_id] * layout.num_query_tokens
+        assert prompt[layout.num_query_tokens] == processor.tokenizer.bos_token_id  # BOS after the image tokens
+        assert answer[-1] == processor.tokenizer.eos_token_id
+        n = len(prompt) + len(answer)
+        assert batch["input_ids"][i, :n].tolist() == prompt + answer
+        assert batch["labels"][i, :n].tolist() == [-100] * len(prompt) + answer
+        assert batch["labels"][i, n:].eq(-100).all() and batch["attention_mask"][i, n:].eq(0).all()
+    assert processor.tokenizer.decode(features[1]["answer_ids"], skip_special_tokens=True) == ANSWERS[1]
+
+
+def test_a_row_without_its_image_tokens_is_refused():
+    _, processor, layout = build("opt")
+    features = rows(processor, layout)
+    features[2]["input_ids"] = processor.tokenizer("Question: which eye is this? Answer:")["input_ids"]
+    with pytest.raises(ValueError, match=r"Batch row 2 holds 0 <image> tokens, the model reads 4"):
+        collator(processor, layout)(features)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_loss_sees_the_image(name):
+    model, processor, layout = build(name)
+    batch = collator(processor, layout)(rows(processor, layout))
+    loss = model(**batch).loss
+    other = model(**{**batch, "pixel_values": batch["pixel_values"].flip(0)}).loss
+    assert torch.isfinite(loss) and abs(loss.item() - other.item()) > 1e-4
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_batched_answers_equal_one_at_a_time_answers(name):
+    model, processor, layout = build(name)
+    make = collator(processor, layout)
+    features = rows(processor, layout, answers=False)
+    # An untrained T5 puts its mass on the pad token (its decoder start); trained, it never emits it.
+    settings = {"max_new_tokens": 6, "num_beams": 1, "suppress_tokens": [layout.pad_token_id]}
+    batched = generate_prompt_answers(model, layout, **make(features), **settings)
+    alone = [generate_prompt_answers(model, layout, **make([f]), **settings)[0] for f in features]
+    decode = processor.tokenizer.batch_decode
+    assert decode(batched, skip_special_tokens=True) == decode(alone, skip_special_tokens=True)
+    assert len(set(decode(alone, skip_special_tokens=True))) > 1  # the questions get different answers
+    # The same answers from a training batch (prompt cut out of prompt + answer), as evaluation generates.
+    training = make(rows(processor, layout))
+    from_training = generate_prompt_answers(model, layout, **training, **settings)
+    assert decode(from_training, skip_special_tokens=True) == decode(alone, skip_special_tokens=True)
+
+
+def test_prompt_only_left_pads_the_prompts():
+    ids = torch.tensor([[9, 9, 2, 40, 50, 3, 0], [9, 9, 2, 41, 42, 51, 3]])
+    mask = (ids != 0).long()
+    labels = torch.tensor([[-100, -100, -100, -100, 50, 3, -100], [-100, -100, -100, -100, -100, 51, 3]])
+    prompts, prompt_mask = prompt_only(ids, mask, labels, pad_token_id=0)
+    assert prompts.tolist() == [[0, 9, 9, 2, 40], [9, 9, 2, 41, 42]]
+    assert prompt_mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
