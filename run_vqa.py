@@ -21,14 +21,14 @@ import transformers
 from transformers import set_seed
 
 from retina_vqa.arguments import VqaTrainingArguments, parse_args
-from retina_vqa.data.collator import VqaCollator
+from retina_vqa.data.collator import PromptCollator, VqaCollator
 from retina_vqa.data.loading import load_raw_datasets, rows_to_validate, select_task_splits
 from retina_vqa.data.ordering import answering_order
 from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
 from retina_vqa.data.validation import drop_invalid, validate_on_main_process
 from retina_vqa.metrics import build_compute_metrics, decode_ids
 from retina_vqa.models.generation_config import configure_answer_generation
-from retina_vqa.models.loading import load_model, load_processor
+from retina_vqa.models.loading import load_model, load_processor, prompt_layout
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
@@ -90,12 +90,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = {task: dataset for task, (_, dataset) in selected.items()}
     processor = load_processor(model_args)
     tokenizer = processor.tokenizer
+    # BLIP-2 / InstructBLIP: the <image> placeholders and the prompt (None for BLIP VQA).
+    layout = prompt_layout(model_args, processor)
     # Saved with the processor: plain transformers and retina_vqa.predict truncate questions as training did.
-    tokenizer.model_max_length = data_args.max_question_length
+    for text_tokenizer in (tokenizer, getattr(processor, "qformer_tokenizer", None)):
+        if text_tokenizer is not None:
+            text_tokenizer.model_max_length = data_args.max_question_length
     prepared: dict[str, datasets.Dataset] = {}
     with training_args.main_process_first(desc="tokenising questions and answers"):
         for task, dataset in splits.items():
-            prepared[task] = prepare_split(dataset, tokenizer, data_args, with_answers=True, description=task[3:])
+            prepared[task] = prepare_split(
+                dataset, tokenizer, data_args, True, description=task[3:], processor=processor, layout=layout
+            )
 
     # 4. Every row validated before any model is built: on the main process, which shares its report.
     report = validate_on_main_process(
@@ -135,14 +141,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 prepared[task] = prepared[task].select(orders[task])
 
     # 6. Collator and metrics (scored against the raw answer strings of the evaluated rows).
-    collator = VqaCollator(
-        image_processor=processor.image_processor,
-        pad_token_id=tokenizer.pad_token_id,
-        image_column=data_args.image_column,
-        max_image_side=data_args.max_image_side,
-        pad_to_multiple_of=data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None),
-        return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
-    )
+    pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None)
+    if layout is None:
+        collator = VqaCollator(
+            image_processor=processor.image_processor,
+            pad_token_id=tokenizer.pad_token_id,
+            image_column=data_args.image_column,
+            max_image_side=data_args.max_image_side,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
+        )
+    else:
+        collator = PromptCollator(
+            image_processor=processor.image_processor,
+            num_query_tokens=layout.num_query_tokens,
+            image_token_id=layout.image_token_id,
+            pad_token_id=layout.pad_token_id,
+            decoder_only=layout.decoder_only,
+            image_column=data_args.image_column,
+            max_image_side=data_args.max_image_side,
+            qformer_pad_token_id=layout.qformer_pad_token_id,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
     metric_columns = {
         "answer_column": data_args.answer_column,
         "question_type_column": data_args.question_type_column,
@@ -165,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if model_args.cache_image_embeddings
             else None
         ),
+        prompt_layout=layout,
     )
     if report.problems:
         trainer.save_metrics("data_validation", report.counts())
@@ -232,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "dataset": data_args.dataset_name or data_args.dataset_dir or data_args.train_file,
         "tasks": "visual-question-answering",
     }
+    if layout is not None:  # BLIP-2 / InstructBLIP: the usage snippet needs the prompt
+        card.update(prompt_template=data_args.prompt_template, decoder_only=layout.decoder_only)
     trainer.card_info = card
     if training_args.push_to_hub:
         trainer.push_to_hub(**card)

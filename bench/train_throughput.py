@@ -191,7 +191,7 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
 
         for name in ("frozen", "frozen_cached"):
             models[name] = common.recipe_model(size, image_size, processor)
-            freeze(models[name], vision=True, text=False)
+            freeze(models[name], vision_model=True)
         variants["recipe_frozen"] = recipe("frozen")
         # A new cache for every run: the first epoch encodes every image, later epochs reuse them.
         variants["recipe_frozen_cached"] = recipe(

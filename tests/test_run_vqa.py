@@ -366,3 +366,59 @@ def test_grouped_evaluation_gives_the_same_metrics_and_predictions(tiny_dataset_
     # Each of the 3 validation and 3 test images is encoded once, although its questions span many batches.
     assert sum(encoded) == 3 + 3
     assert plain_encoded == 3 + 3  # dataset order with the evaluation cache: once as well
+
+
+@pytest.mark.parametrize("config", ["blip2-opt-tiny", "blip2-t5-tiny", "instructblip-tiny"])
+def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(config, tiny_dataset_dir, tmp_path):
+    """The same run_vqa.py, flags and outputs for BLIP-2 (OPT, T5) and InstructBLIP; the saved folder answers
+    through plain transformers (AutoModelForImageTextToText + AutoProcessor + generate, as the model card shows)
+    exactly as the run's predictions.jsonl says."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from retina_vqa.models.tiny_blip2 import init_query_tokens
+
+    # A checkpoint to fine-tune, initialised wide so that its answers differ from question to question.
+    start = tmp_path / "start"
+    pretrained = AutoConfig.from_pretrained(ROOT / "configs" / config)
+    pretrained.text_config.initializer_range, pretrained.text_config.initializer_factor = 0.3, 3.0
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(pretrained)
+    init_query_tokens(model)
+    model.save_pretrained(start)
+    AutoProcessor.from_pretrained(ROOT / "configs" / config).save_pretrained(start)
+    output_dir = tmp_path / "out"
+    args = common_args(tiny_dataset_dir, output_dir)
+    args[args.index("--model_name_or_path") + 1] = str(start)
+    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    args += ["--do_train", "--do_eval", "--do_predict", "--max_steps", "4", "--learning_rate", "1e-5"]
+    args += ["--max_eval_samples", "13", "--max_predict_samples", "13", "--plot", "false"]
+    results = run_vqa.main(args)
+    assert results["predict_num_examples"] == 13 and "eval_exact_match" in results and results["train_loss"] > 0
+    assert "predict_prior_exact_match" in results
+    saved = json.loads((output_dir / "config.json").read_text())
+    assert saved["architectures"][0].endswith("ForConditionalGeneration")
+    assert (output_dir / "model.safetensors").exists() and "AutoModelForImageTextToText" in (
+        output_dir / "README.md"
+    ).read_text()
+
+    rows = read_jsonl(output_dir / "predictions.jsonl")
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(13))
+    assert [r["question"] for r in rows] == test["question"]
+    model = AutoModelForImageTextToText.from_pretrained(output_dir).eval()
+    processor = AutoProcessor.from_pretrained(output_dir)
+    decoder_only = model.config.use_decoder_only_language_model
+    plain = []
+    for image, question in zip(test["image"], test["question"], strict=True):
+        inputs = processor(
+            images=image.convert("RGB"),
+            text=f"Question: {question} Answer:",
+            truncation=True,
+            return_tensors="pt",
+        )
+        settings = model.generation_config
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams)
+        answer_ids = out[0, inputs["input_ids"].shape[1] :] if decoder_only else out[0]
+        plain.append(processor.decode(answer_ids, skip_special_tokens=True).strip())
+    assert [r["prediction"] for r in rows] == plain
+    assert len(set(plain)) > 1

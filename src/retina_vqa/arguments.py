@@ -17,6 +17,8 @@ import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
+from .models.blip2 import DEFAULT_PROMPT_TEMPLATE
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "Salesforce/blip-vqa-base"
@@ -77,11 +79,19 @@ class ModelArguments:
             "per image in fp32). Images beyond it are encoded every time."
         },
     )
-    label_smoothing: float = field(
-        default=0.1,
+    freeze_language_model: bool = field(
+        default=False,
+        metadata={"help": "BLIP-2 / InstructBLIP: do not update the language model (OPT, Flan-T5, ...)."},
+    )
+    freeze_qformer: bool = field(
+        default=False,
+        metadata={"help": "BLIP-2 / InstructBLIP: do not update the Q-Former and its query tokens."},
+    )
+    label_smoothing: float | None = field(
+        default=None,
         metadata={
-            "help": "Label smoothing of the answer decoder's loss. BLIP was pre-trained and fine-tuned with "
-            "0.1; transformers defaults to 0.0."
+            "help": "Label smoothing of BLIP's answer-decoder loss; default 0.1, as BLIP was pre-trained and "
+            "fine-tuned (transformers defaults to 0.0). BLIP VQA only."
         },
     )
     image_size: int | None = field(
@@ -122,7 +132,7 @@ class ModelArguments:
             )
         if self.image_embedding_cache_gb <= 0:
             raise ValueError(f"--image_embedding_cache_gb must be positive, got {self.image_embedding_cache_gb}.")
-        if not 0.0 <= self.label_smoothing < 1.0:
+        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"--label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         if self.image_size is not None and self.image_size < 16:
             raise ValueError(f"--image_size must be at least 16 pixels, got {self.image_size}.")
@@ -169,6 +179,13 @@ class DataTrainingArguments:
         metadata={
             "help": "Answers are truncated to this many tokens (with [DEC] and [SEP]); also the default "
             "generation length."
+        },
+    )
+    prompt_template: str = field(
+        default=DEFAULT_PROMPT_TEMPLATE,
+        metadata={
+            "help": "BLIP-2 / InstructBLIP: the text around each question, with {question} (default: the BLIP-2 "
+            "paper's VQA prompt). BLIP VQA reads the question alone."
         },
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
@@ -225,6 +242,8 @@ class DataTrainingArguments:
             )
         if len(sources) > 1:
             raise ValueError(f"Give one data source, got {' and '.join(sources)}.")
+        if "{question}" not in self.prompt_template:
+            raise ValueError(f"--prompt_template {self.prompt_template!r} must contain {{question}}.")
         for name in ("max_question_length", "max_answer_length"):
             if getattr(self, name) < 3:
                 raise ValueError(f"--{name} must be at least 3 tokens (start, one word, end).")

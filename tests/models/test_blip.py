@@ -49,7 +49,7 @@ def test_resize_image_size_equals_interpolate_pos_encoding():
 
 def test_freeze_stops_gradients_only_where_asked():
     model = make_tiny_model()
-    freeze(model, vision=True, text=False)
+    freeze(model, vision_model=True, text_encoder=False)
     assert not any(p.requires_grad for p in model.vision_model.parameters())
     assert all(p.requires_grad for p in model.text_encoder.parameters())
     assert all(p.requires_grad for p in model.text_decoder.parameters())

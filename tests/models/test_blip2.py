@@ -134,3 +134,23 @@ def test_prompt_only_left_pads_the_prompts():
     prompts, prompt_mask = prompt_only(ids, mask, labels, pad_token_id=0)
     assert prompts.tolist() == [[0, 9, 9, 2, 40], [9, 9, 2, 41, 42]]
     assert prompt_mask.tolist() == [[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
+
+
+def test_load_model_builds_blip2_from_a_config_with_live_query_tokens_and_refuses_blip_only_flags():
+    from retina_vqa.arguments import ModelArguments
+    from retina_vqa.models.loading import load_model, load_processor
+
+    args = ModelArguments(model_name_or_path="", config_name=str(ROOT / "configs" / FAMILIES["opt"]))
+    processor = load_processor(args)
+    model = load_model(args, processor)
+    assert type(model).__name__ == "Blip2ForConditionalGeneration"
+    queries = model.query_tokens.detach()
+    assert queries.std() > 0.01 and not torch.allclose(queries[0, 0], queries[0, 1])  # not transformers' zeros
+    frozen = ModelArguments(
+        model_name_or_path="", config_name=args.config_name, freeze_vision_encoder=True, freeze_language_model=True
+    )
+    model = load_model(frozen, processor)
+    trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"query_tokens", "qformer", "language_projection"}
+    with pytest.raises(ValueError, match=r"--label_smoothing .*not available for blip-2"):
+        load_model(ModelArguments(model_name_or_path="", config_name=args.config_name, label_smoothing=0.1), processor)

@@ -6,9 +6,12 @@ float images.
 
 from __future__ import annotations
 
+from typing import Any
+
 from datasets import Dataset, Image
 
 from ..arguments import DataTrainingArguments
+from ..models.blip2 import PromptLayout, tokenize_prompts_and_answers
 from .images import image_key
 
 IMAGE_KEY = "image_key"
@@ -52,8 +55,14 @@ def image_keys(examples: dict[str, list], image_column: str) -> dict[str, list[s
     return {IMAGE_KEY: [image_key(value) for value in examples[image_column]]}
 
 
-def _prepare_batch(examples: dict[str, list], image_column: str, **tokenize_kwargs) -> dict[str, list]:
-    return {**tokenize_questions_and_answers(examples, **tokenize_kwargs), **image_keys(examples, image_column)}
+def _prepare_batch(examples: dict[str, list], image_column: str, layout=None, **kwargs) -> dict[str, list]:
+    if layout is None:  # BLIP VQA: question and [DEC] answer [SEP]
+        kwargs.pop("processor"), kwargs.pop("prompt_template")
+        text = tokenize_questions_and_answers(examples, **kwargs)
+    else:  # BLIP-2 / InstructBLIP: <image> placeholders + prompt, answer + eos
+        kwargs.pop("tokenizer")
+        text = tokenize_prompts_and_answers(examples, layout=layout, **kwargs)
+    return {**text, **image_keys(examples, image_column)}
 
 
 def prepare_split(
@@ -62,8 +71,14 @@ def prepare_split(
     data_args: DataTrainingArguments,
     with_answers: bool,
     description: str,
+    processor: Any = None,
+    layout: PromptLayout | None = None,
 ) -> Dataset:
-    """Tokenise a split and key its images (cached); images stay encoded for the collator to decode."""
+    """Tokenise a split and key its images (cached); images stay encoded for the collator to decode.
+
+    With a `layout` (BLIP-2 / InstructBLIP: `models.blip2.PromptLayout`) the rows are prompts with the image
+    placeholders (`models.blip2.tokenize_prompts_and_answers`, which needs the `processor`).
+    """
     # The collator decodes images itself (one error path for bad files, no PIL objects in workers' queues).
     if isinstance(dataset.features.get(data_args.image_column), Image):
         dataset = dataset.cast_column(data_args.image_column, Image(decode=False))
@@ -73,6 +88,9 @@ def prepare_split(
         batched=True,
         fn_kwargs={
             "tokenizer": tokenizer,
+            "processor": processor,
+            "layout": layout,
+            "prompt_template": data_args.prompt_template,
             "question_column": data_args.question_column,
             "answer_column": data_args.answer_column if with_answers else None,
             "max_question_length": data_args.max_question_length,

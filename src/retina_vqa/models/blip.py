@@ -248,18 +248,15 @@ def resize_image_size(model: BlipForQuestionAnswering, image_size: int) -> None:
     )
 
 
-def freeze(model: BlipForQuestionAnswering, vision: bool, text: bool) -> None:
-    """Stop gradients into the image encoder and/or the question encoder."""
-    parts = {"vision_model": vision, "text_encoder": text}
-    for name, frozen in parts.items():
-        if frozen:
-            getattr(model, name).requires_grad_(False)
-    if vision or text:
+def freeze(model: torch.nn.Module, **parts: bool) -> None:
+    """Stop gradients into the named submodules (``vision_model=True``, ``text_encoder=True``, ``qformer=True``,
+    ``language_model=True``; BLIP-2 also keeps ``query_tokens`` with the Q-Former)."""
+    frozen = [name for name, wanted in parts.items() if wanted]
+    for name in frozen:
+        getattr(model, name).requires_grad_(False)
+        if name == "qformer" and hasattr(model, "query_tokens"):
+            model.query_tokens.requires_grad_(False)
+    if frozen:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        logger.info(
-            "Frozen: %s; trainable parameters %.2fM of %.2fM",
-            ", ".join(n for n, f in parts.items() if f),
-            trainable / 1e6,
-            total / 1e6,
-        )
+        logger.info("Frozen: %s; trainable parameters %.2fM of %.2fM", ", ".join(frozen), trainable / 1e6, total / 1e6)

@@ -6,6 +6,8 @@ text config and never from ``generation_config.json``; these functions keep the 
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import BlipForQuestionAnswering, GenerationConfig
 
 from .compat import mark_generation_config_deliberate
@@ -14,7 +16,7 @@ DEFAULT_MAX_ANSWER_LENGTH = 48
 
 
 def configure_answer_generation(
-    model: BlipForQuestionAnswering, max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH, num_beams: int = 1
+    model: Any, max_answer_length: int = DEFAULT_MAX_ANSWER_LENGTH, num_beams: int = 1
 ) -> None:
     """Store how answers are generated on the model, so that the saved model carries it.
 
@@ -38,6 +40,12 @@ def configure_answer_generation(
         raise ValueError(f"max_answer_length must be at least 2 ([DEC], a token), got {max_answer_length}")
     if num_beams < 1:
         raise ValueError(f"num_beams must be at least 1, got {num_beams}.")
+    if not hasattr(model, "text_decoder"):
+        # BLIP-2 / InstructBLIP: the answer is what the language model adds, up to max_new_tokens (eos included).
+        config = model.generation_config
+        config.max_new_tokens, config.max_length, config.num_beams = max_answer_length, None, num_beams
+        mark_generation_config_deliberate(config)
+        return
     for config in (model.generation_config, model.text_decoder.generation_config):
         _write_answer_settings(config, model, max_answer_length, num_beams)
 

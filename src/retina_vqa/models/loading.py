@@ -1,7 +1,9 @@
-"""Loading a BLIP VQA model and its processor, for training (`load_model`) or answering (`load_for_inference`).
+"""Loading a model and its processor, for training (`load_model`) or answering (`load_for_inference`).
 
-Both go through `prepare_model`: the checkpoint must be a `BlipForQuestionAnswering` whose processor
-matches it, and its attention runs fused or eager, always with the cross-attention mask fix.
+The family comes from the checkpoint's config (`blip2.model_family`): BLIP VQA (`BlipForQuestionAnswering`),
+BLIP-2 or InstructBLIP (`...ForConditionalGeneration`). Both entry points go through `prepare_model`: the
+processor must match the model (special tokens, ``<image>`` placeholders), and a BLIP's attention runs fused or
+eager, always with the cross-attention mask fix.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import torch
 from transformers import (
     AutoConfig,
+    AutoModelForImageTextToText,
     AutoModelForVisualQuestionAnswering,
     AutoProcessor,
     BlipForQuestionAnswering,
@@ -28,7 +31,9 @@ from .blip import (
     resize_image_size,
     set_label_smoothing,
 )
+from .blip2 import PromptLayout, model_family
 from .generation_config import apply_saved_answer_generation
+from .tiny_blip2 import init_query_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -43,19 +48,37 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
 
 
 def prepare_model(model: Any, processor: Any, attn_implementation: str, name: str | None = None) -> None:
-    """Check that `model` is a BLIP VQA model matching `processor`, and set its attention (in place).
+    """Check that `model` is a model of a known family matching `processor`, and set a BLIP's attention.
 
-    Fused (``"sdpa"``) or eager attention, both with the cross-attention mask fix: without it the answer
-    decoder attends to question padding (see models/attention.py).
+    BLIP: fused (``"sdpa"``) or eager attention, both with the cross-attention mask fix: without it the answer
+    decoder attends to question padding (see models/attention.py). BLIP-2 / InstructBLIP: the tokenizer's
+    ``<image>`` id and the processor's placeholder count must be the model's (`blip2.PromptLayout`).
     """
+    family = model_family(model.config)
+    if family != "blip":
+        PromptLayout.from_model(model.config, processor)
+        return
     if not isinstance(model, BlipForQuestionAnswering):
         raise ValueError(
-            f"{name or 'The checkpoint'} loads as {type(model).__name__}, but retina-vqa trains and answers with "
-            "BlipForQuestionAnswering: use a BLIP VQA checkpoint such as Salesforce/blip-vqa-base or a folder "
-            "saved by run_vqa.py."
+            f"{name or 'The checkpoint'} loads as {type(model).__name__}, but retina-vqa trains and answers BLIP "
+            "VQA with BlipForQuestionAnswering: use a BLIP VQA checkpoint such as Salesforce/blip-vqa-base or a "
+            "folder saved by run_vqa.py."
         )
     check_tokenizer_matches(model.config, processor)
     set_attention_implementation(model, attn_implementation)
+
+
+def prompt_layout(model_args: ModelArguments, processor: Any) -> PromptLayout | None:
+    """Where a BLIP-2 / InstructBLIP model reads its image (None for BLIP VQA, which reads pixels)."""
+    name = model_args.model_name_or_path or model_args.config_name
+    config = AutoConfig.from_pretrained(name, **_hub_kwargs(model_args))
+    return None if model_family(config) == "blip" else PromptLayout.from_model(config, processor)
+
+
+def checkpoint_family(model_args: ModelArguments) -> str:
+    """The family of the model `model_args` names (read from its config, before anything is built)."""
+    name = model_args.model_name_or_path or model_args.config_name
+    return model_family(AutoConfig.from_pretrained(name, **_hub_kwargs(model_args)))
 
 
 def load_processor(model_args: ModelArguments) -> BlipProcessor:
@@ -69,7 +92,7 @@ def load_processor(model_args: ModelArguments) -> BlipProcessor:
             "holds tokenizer and preprocessor files (e.g. configs/blip-tiny), or check the hub id and your "
             "network / HF_HUB_OFFLINE setting."
         ) from error
-    if getattr(processor.tokenizer, "bos_token_id", None) is None:
+    if checkpoint_family(model_args) == "blip" and getattr(processor.tokenizer, "bos_token_id", None) is None:
         raise ValueError(
             f"The tokenizer of {name!r} has no bos token. BLIP's answer decoder starts from [DEC]: use the "
             "tokenizer of Salesforce/blip-vqa-base or one with bos_token='[DEC]'."
@@ -79,8 +102,11 @@ def load_processor(model_args: ModelArguments) -> BlipProcessor:
     return processor
 
 
-def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQuestionAnswering:
-    """Load (or initialise) `BlipForQuestionAnswering` and apply the recipe's model options."""
+def load_model(model_args: ModelArguments, processor: BlipProcessor) -> Any:
+    """Load (or initialise) the model and apply the recipe's model options."""
+    family = checkpoint_family(model_args)
+    if family != "blip":
+        return _load_prompt_model(model_args, processor, family)
     hub_kwargs = _hub_kwargs(model_args)
     if model_args.model_name_or_path is not None:
         model = AutoModelForVisualQuestionAnswering.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
@@ -105,10 +131,10 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
         logger.info("Training a new BLIP from scratch: %.2fM parameters", n_params / 1e6)
     prepare_model(model, processor, model_args.attn_implementation, name=model_args.model_name_or_path)
     model.__class__ = SharedImageBlipForQuestionAnswering
-    set_label_smoothing(model, model_args.label_smoothing)
+    set_label_smoothing(model, 0.1 if model_args.label_smoothing is None else model_args.label_smoothing)
     if model_args.image_size is not None and model_args.image_size != model.config.vision_config.image_size:
         resize_image_size(model, model_args.image_size)
-    freeze(model, vision=model_args.freeze_vision_encoder, text=model_args.freeze_text_encoder)
+    freeze(model, vision_model=model_args.freeze_vision_encoder, text_encoder=model_args.freeze_text_encoder)
     dropout = model.config.vision_config.attention_dropout
     if model_args.cache_image_embeddings and dropout > 0:
         raise ValueError(
@@ -119,20 +145,52 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> BlipForQ
     return model
 
 
+def _load_prompt_model(model_args: ModelArguments, processor: Any, family: str) -> Any:
+    """BLIP-2 / InstructBLIP: from a checkpoint, or from a config (query tokens initialised, as LAVIS does)."""
+    refused = {
+        "--cache_image_embeddings": model_args.cache_image_embeddings,
+        "--freeze_text_encoder (BLIP's question encoder; use --freeze_language_model)": model_args.freeze_text_encoder,
+        "--label_smoothing (BLIP's decoder loss; BLIP-2's language-model loss takes none)": model_args.label_smoothing,
+        "--image_size on a pretrained checkpoint": model_args.image_size and model_args.model_name_or_path,
+    }
+    given = [flag for flag, value in refused.items() if value]
+    if given:
+        raise ValueError(f"{', '.join(given)}: BLIP VQA options, not available for {family} models. Drop them.")
+    if model_args.model_name_or_path is not None:
+        model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **_hub_kwargs(model_args))
+    else:
+        config = AutoConfig.from_pretrained(model_args.config_name, **_hub_kwargs(model_args))
+        if model_args.image_size is not None:
+            config.vision_config.image_size = model_args.image_size
+        model = AutoModelForImageTextToText.from_config(config)
+        # transformers starts the query tokens at zero: identical queries, and a Q-Former LayerNorm of zero whose
+        # gradient swamps every other under clipping (models/tiny_blip2.py).
+        init_query_tokens(model)
+        logger.info("Training a new %s from scratch: %.2fM parameters", family, model.num_parameters() / 1e6)
+    prepare_model(model, processor, model_args.attn_implementation, name=model_args.model_name_or_path)
+    freeze(
+        model,
+        vision_model=model_args.freeze_vision_encoder,
+        language_model=model_args.freeze_language_model,
+        qformer=model_args.freeze_qformer,
+    )
+    return model
+
+
 def load_for_inference(
     model_name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
     attn_implementation: str = "sdpa",
-) -> tuple[BlipForQuestionAnswering, Any]:
-    """Load a saved BLIP VQA model and its processor, ready to answer.
+) -> tuple[Any, Any]:
+    """Load a saved model (BLIP VQA, BLIP-2 or InstructBLIP) and its processor, ready to answer.
 
     The model is in eval mode on `device` (default: ``cuda`` if available, else ``cpu``), prepared by
-    `prepare_model`, with the answer length and beams saved with the model (``generation_config.json``) given
-    to its text decoder, so ``model.generate`` uses them too.
+    `prepare_model`; a BLIP gets the answer length and beams saved with the model (``generation_config.json``)
+    on its text decoder, so ``model.generate`` uses them too.
 
     Raises:
         OSError: no model or processor at `model_name_or_path`.
-        ValueError: the checkpoint is not a `BlipForQuestionAnswering`, or its processor does not match it.
+        ValueError: the checkpoint is of no known family, or its processor does not match it.
     """
     name = os.fspath(model_name_or_path)
     # A hub id is "name" or "org/name"; anything else that is not a folder is a mistyped path.
@@ -140,9 +198,14 @@ def load_for_inference(
     if looks_local and not os.path.isdir(name):
         raise OSError(f"{name!r}: no such folder (train one with run_vqa.py --output_dir).")
     processor = AutoProcessor.from_pretrained(name)
-    model = AutoModelForVisualQuestionAnswering.from_pretrained(name)
+    family = model_family(AutoConfig.from_pretrained(name))
+    if family == "blip":
+        model = AutoModelForVisualQuestionAnswering.from_pretrained(name)
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(name)
     prepare_model(model, processor, attn_implementation, name=name)
-    apply_saved_answer_generation(model)
+    if family == "blip":
+        apply_saved_answer_generation(model)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(torch.device(device)).eval()

@@ -32,6 +32,31 @@ questions can get different answers than the same questions one at a time), or
 """
 
 
+PROMPT_USAGE = """\
+```python
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained("{repo}")
+processor = AutoProcessor.from_pretrained("{repo}")
+
+image = Image.open("fundus.jpg").convert("RGB")
+# The prompt the model was trained with; truncation=True keeps the question length of training.
+inputs = processor(images=image, text={prompt!r}.format(question="what is the diagnosis?"), truncation=True,
+                   return_tensors="pt")
+settings = model.generation_config
+with torch.no_grad():
+    out = model.generate(**inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams)
+{cut}
+print(processor.decode(answer_ids, skip_special_tokens=True))
+```
+
+Or `python -m retina_vqa.predict --model_name_or_path {repo} --image fundus.jpg --question "..."`, which answers
+batches with the prompts padded on the left of their image tokens.
+"""
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -77,6 +102,8 @@ def render_model_card(
     language: str | None = "en",
     license: str | None = None,
     tags: list[str] | None = None,
+    prompt_template: str | None = None,
+    decoder_only: bool = True,
     **_: Any,
 ) -> str:
     """Markdown with hub metadata, results next to the question-prior baseline, usage and settings."""
@@ -120,7 +147,16 @@ def render_model_card(
             )
     if not metrics:
         parts.append("No evaluation was run.\n")
-    parts.append("## How to use\n\n" + USAGE.format(repo=repo))
+    if prompt_template is None:
+        usage = USAGE.format(repo=repo)
+    else:
+        cut = (
+            "answer_ids = out[0, inputs.input_ids.shape[1]:]  # the model returns the prompt first"
+            if decoder_only
+            else "answer_ids = out[0]"
+        )
+        usage = PROMPT_USAGE.format(repo=repo, prompt=prompt_template, cut=cut)
+    parts.append("## How to use\n\n" + usage)
     hyper = {
         name: getattr(training_args, name, None)
         for name in (

@@ -16,6 +16,7 @@ from transformers import Seq2SeqTrainer
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
 from ..models.blip import generate_answers
+from ..models.blip2 import PromptLayout, generate_prompt_answers
 from ..models.compat import (
     allow_fsdp_on_cpu_processes,
     check_trainer_hooks,
@@ -81,6 +82,7 @@ class VqaTrainer(Seq2SeqTrainer):
         *args,
         card_info: dict[str, Any] | None = None,
         image_embedding_cache: ImageEmbeddingCache | None = None,
+        prompt_layout: PromptLayout | None = None,
         **kwargs,
     ) -> None:
         check_trainer_hooks()  # the hooks overridden here must still exist upstream (models/compat.py)
@@ -93,6 +95,8 @@ class VqaTrainer(Seq2SeqTrainer):
             )
         self.image_embedding_cache = image_embedding_cache
         self._evaluation_cache: ImageEmbeddingCache | None = None
+        # BLIP-2 / InstructBLIP: where the image placeholders are; answers are generated from the prompts.
+        self.prompt_layout = prompt_layout
 
     def create_accelerator_and_postprocess(self) -> None:
         # An FSDP config on CPU processes would otherwise run as DDP (models/compat.py).
@@ -107,6 +111,8 @@ class VqaTrainer(Seq2SeqTrainer):
             and self.args.train_sampling_strategy == "random"
             and dataset is not None
             and IMAGE_KEY in getattr(dataset, "column_names", ())
+            # Only a collator that sends each distinct image of a batch once gains from grouping.
+            and getattr(self.data_collator, "share_images", False)
         ):
             return ImageGroupedSampler(
                 dataset[IMAGE_KEY],
@@ -198,6 +204,11 @@ class VqaTrainer(Seq2SeqTrainer):
         )
 
         answer = functools.partial(generate_answers, unwrapped)
+        if self.prompt_layout is not None:
+            # The answer budget of evaluation (generation_max_length) as new tokens: a decoder-only model's
+            # max_length would count the prompt too.
+            gen_kwargs["max_new_tokens"] = gen_kwargs.pop("max_length", None) or self.args.generation_max_length
+            answer = functools.partial(generate_prompt_answers, unwrapped, self.prompt_layout)
         summon = contextlib.nullcontext()
         if isinstance(self.model, FullyShardedDataParallel):
             summon = FullyShardedDataParallel.summon_full_params(self.model)
@@ -211,14 +222,17 @@ class VqaTrainer(Seq2SeqTrainer):
             answer = unwrapped.vqa_generate_answers
         # Under the training's mixed precision, like the loss (and like image-encoder outputs kept by the cache).
         with summon, self.accelerator.autocast():
-            generated = answer(
-                pixel_values=inputs.get("pixel_values"),
-                image_embeds=inputs.get("image_embeds"),
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs.get("attention_mask"),
-                image_index=inputs.get("image_index"),
-                **gen_kwargs,
-            )
+            if self.prompt_layout is not None:
+                generated = answer(**inputs, **gen_kwargs)
+            else:
+                generated = answer(
+                    pixel_values=inputs.get("pixel_values"),
+                    image_embeds=inputs.get("image_embeds"),
+                    input_ids=inputs["input_ids"],
+                    attention_mask=inputs.get("attention_mask"),
+                    image_index=inputs.get("image_index"),
+                    **gen_kwargs,
+                )
 
         loss = None
         labels = inputs.get("labels")
