@@ -129,6 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     configure_answer_generation(
         model, training_args.generation_max_length, num_beams=training_args.generation_num_beams or 1
     )
+    if layout is not None:  # saved in config.json: retina_vqa.predict asks the way training did
+        model.config.prompt_template = data_args.prompt_template
 
     # Evaluation sets in answering order: questions with the same text (answers of similar length) batched
     # together, chunk of images by chunk. `orders[task][i]` is the split row of prepared row i.

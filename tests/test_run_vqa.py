@@ -422,3 +422,13 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
         plain.append(processor.decode(answer_ids, skip_special_tokens=True).strip())
     assert [r["prediction"] for r in rows] == plain
     assert len(set(plain)) > 1
+    # python -m retina_vqa.predict, batched, with the prompt saved in config.json: the same answers.
+    from retina_vqa import predict
+
+    assert saved["prompt_template"] == "Question: {question} Answer:"
+    answered = tmp_path / "answered.jsonl"
+    predict.main(
+        ["--model_name_or_path", str(output_dir), "--dataset_dir", str(tiny_dataset_dir), "--split", "test"]
+        + ["--max_samples", "13", "--batch_size", "5", "--output_file", str(answered), "--device", "cpu"]
+    )
+    assert [r["prediction"] for r in read_jsonl(answered)] == plain

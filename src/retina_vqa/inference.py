@@ -23,10 +23,12 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 from transformers import BlipForQuestionAnswering
 
+from .data.collator import PromptCollator
 from .data.images import ImageSource, image_key, load_image
 from .data.ordering import answering_plan
 from .metrics import decode_ids
 from .models.blip import encode_images, generate_answers
+from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout, generate_prompt_answers, tokenize_prompts_and_answers
 from .models.generation_config import answer_generation_defaults
 from .models.loading import load_for_inference
 
@@ -47,7 +49,7 @@ def generation_kwargs(
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if num_beams < 1:
         raise ValueError(f"num_beams must be at least 1, got {num_beams}.")
-    positions = model.config.text_config.max_position_embeddings
+    positions = getattr(model.config.text_config, "max_position_embeddings", None) or float("inf")
     if max_new_tokens + 1 > positions:
         raise ValueError(
             f"max_new_tokens {max_new_tokens} does not fit the decoder's {positions} positions "
@@ -74,6 +76,8 @@ def answer_planned(
     tokenizer = processor.tokenizer
     parameter = next(model.parameters())
     answers: list[str | None] = [None] * len(questions)
+    if not hasattr(model, "text_decoder"):  # BLIP-2 / InstructBLIP: prompts with image placeholders
+        return _answer_prompts(model, processor, image_keys, questions, load, batch_size, generation_kwargs, progress)
     for image_rows, batches in answering_plan(image_keys, questions, batch_size, images_per_chunk):
         encoded = []
         for start in range(0, len(image_rows), batch_size):
@@ -100,6 +104,60 @@ def answer_planned(
                 **generation_kwargs,
             )
             for row, answer in zip(rows, decode_ids(tokenizer, generated.cpu()), strict=True):
+                answers[row] = answer
+            if progress is not None:
+                progress.update(len(rows))
+    return answers
+
+
+@torch.no_grad()
+def _answer_prompts(
+    model: Any,
+    processor: Any,
+    image_keys: Sequence[Hashable],
+    questions: Sequence[str],
+    load: Callable[[list[int]], list[PILImage.Image]],
+    batch_size: int,
+    generation_kwargs: dict[str, Any],
+    progress: tqdm | None = None,
+) -> list[str]:
+    """BLIP-2 / InstructBLIP: the prompt the model was trained with (saved in its config by run_vqa.py), the
+    same tokenisation and collator as training, answers cut from the generated sequences."""
+    layout = PromptLayout.from_model(model.config, processor)
+    template = getattr(model.config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
+    collate = PromptCollator(
+        processor.image_processor,
+        num_query_tokens=layout.num_query_tokens,
+        image_token_id=layout.image_token_id,
+        pad_token_id=layout.pad_token_id,
+        decoder_only=layout.decoder_only,
+        qformer_pad_token_id=layout.qformer_pad_token_id,
+        max_image_side=None,  # load() has downsized already
+    )
+    parameter = next(model.parameters())
+    answers: list[str | None] = [None] * len(questions)
+    for _, batches in answering_plan(image_keys, questions, batch_size):
+        for rows, _ in batches:
+            text = tokenize_prompts_and_answers(
+                {"question": [questions[row] for row in rows]},
+                processor,
+                layout,
+                "question",
+                None,
+                template,
+                # Truncated as in training: run_vqa.py saves --max_question_length as model_max_length.
+                max_question_length=processor.tokenizer.model_max_length,
+                max_answer_length=0,
+            )
+            images = load(list(rows))
+            features = [{**{k: v[i] for k, v in text.items()}, "image": images[i]} for i in range(len(rows))]
+            batch = {
+                k: v.to(parameter.device, dtype=parameter.dtype if v.is_floating_point() else v.dtype)
+                for k, v in collate(features).items()
+            }
+            settings = {k: v for k, v in generation_kwargs.items() if k != "max_length"}
+            generated = generate_prompt_answers(model, layout, **batch, **settings)
+            for row, answer in zip(rows, decode_ids(processor.tokenizer, generated.cpu()), strict=True):
                 answers[row] = answer
             if progress is not None:
                 progress.update(len(rows))

@@ -45,6 +45,11 @@ recipe's `SharedImageBlipForQuestionAnswering.forward` take the `PeftModel` as i
 (``model.x = ...`` lands on the wrapper) and ``model.__class__ = ...``: use `base_model(model)` for those, and
 apply LoRA after `models.loading.load_model` has swapped the class in.
 
+Gradient checkpointing: BLIP with frozen text embeddings (always the case under LoRA) fails in transformers 5.24
+(``RuntimeError: a leaf Variable that requires grad is being used in an in-place operation``): enabling it
+hooks the word embeddings to return a leaf that requires grad, and `BlipTextEmbeddings` adds the position
+embeddings to it in place. BLIP-2 and InstructBLIP train with it.
+
 **Checkpoints.** The Trainer saves a `PeftModel` with its own `save_pretrained`: a checkpoint holds
 ``adapter_config.json`` and ``adapter_model.safetensors`` (the adapters only) next to the optimizer and trainer
 state, and `Trainer.train(resume_from_checkpoint=...)` loads them back with `PeftModel.load_adapter`. The frozen
@@ -58,7 +63,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
@@ -168,9 +172,9 @@ def _check_matches(model: nn.Module, family: str, config: LoraConfig) -> None:
         )
     if not matched:
         raise ValueError(
-            f"{FLAGS['target_modules']} {targets!r} matches no module of this {family} model: {_describe_linear_layers(model)}. "
-            "Give last names (a list, e.g. query value) or one regex over full names, or leave the flag out for the "
-            "defaults."
+            f"{FLAGS['target_modules']} {targets!r} matches no module of this {family} model: "
+            f"{_describe_linear_layers(model)}. Give last names (a list, e.g. query value) or one regex over full "
+            "names, or leave the flag out for the defaults."
         )
 
 
