@@ -29,6 +29,7 @@ from retina_vqa.data.validation import drop_invalid, validate_on_main_process
 from retina_vqa.metrics import build_compute_metrics, decode_ids
 from retina_vqa.models.generation_config import configure_answer_generation
 from retina_vqa.models.loading import load_model, load_processor, prompt_layout
+from retina_vqa.models.lora import apply_lora, merge_lora, parameter_counts
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
@@ -124,6 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 5. Model; answer length and beams of evaluation, [DEC] start, [SEP] end, saved as generation_config.json.
     model = load_model(model_args, processor)
+    if model_args.lora_r:
+        model = apply_lora(
+            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+        )
+    results.update(parameter_counts(model))
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_answer_length
     configure_answer_generation(
@@ -196,8 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()  # also saves the processor
-        metrics = dict(train_result.metrics, train_samples=len(prepared["do_train"]))
+        # Also saves the processor. With LoRA: the adapter, in adapter/ (the merged model goes to the folder itself).
+        trainer.save_model(os.path.join(training_args.output_dir, "adapter") if model_args.lora_r else None)
+        metrics = dict(train_result.metrics, train_samples=len(prepared["do_train"]), **parameter_counts(model))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
@@ -244,6 +251,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.log_metrics("image_embedding_cache", stats)
         trainer.save_metrics("image_embedding_cache", stats, combined=False)
         results.update(stats)
+
+    # LoRA: the model handed over is the merged one, which loads and answers without peft.
+    if model_args.lora_r and model_args.merge_lora and training_args.do_train and trainer.is_world_process_zero():
+        merged = merge_lora(trainer.model)
+        merged.save_pretrained(training_args.output_dir)
+        processor.save_pretrained(training_args.output_dir)
 
     # Pictures of the run next to its numbers: curves.png, confusion.png, samples.png (main process only).
     if data_args.plot and trainer.is_world_process_zero():

@@ -432,3 +432,27 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
         + ["--max_samples", "13", "--batch_size", "5", "--output_file", str(answered), "--device", "cpu"]
     )
     assert [r["prediction"] for r in read_jsonl(answered)] == plain
+
+
+def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_dataset_dir, tmp_path):
+    from retina_vqa.inference import answer_questions, load_for_inference
+
+    start = tmp_path / "start"
+    make_tiny_model(init_range=0.5).save_pretrained(start)
+    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(start)
+    output_dir = tmp_path / "out"
+    args = common_args(tiny_dataset_dir, output_dir)
+    args[args.index("--model_name_or_path") + 1] = str(start)
+    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    args += ["--do_train", "--do_predict", "--max_steps", "3", "--lora_r", "4", "--max_predict_samples", "13"]
+    results = run_vqa.main(args + ["--plot", "false", "--save_strategy", "no"])
+    assert 0 < results["trainable_parameters"] < results["total_parameters"] / 10
+    assert (output_dir / "adapter" / "adapter_model.safetensors").exists()
+    # The folder itself is a plain BLIP (merged): no peft needed, same answers as the adapter model gave.
+    assert json.loads((output_dir / "config.json").read_text())["architectures"] == ["BlipForQuestionAnswering"]
+    assert not (output_dir / "adapter_config.json").exists()
+    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(13))
+    model, processor = load_for_inference(output_dir, device="cpu")
+    merged = answer_questions(model, processor, test["image"], test["question"], max_new_tokens=11)
+    assert [r["prediction"] for r in read_jsonl(output_dir / "predictions.jsonl")] == merged
+    assert len(set(merged)) > 2

@@ -87,6 +87,30 @@ class ModelArguments:
         default=False,
         metadata={"help": "BLIP-2 / InstructBLIP: do not update the Q-Former and its query tokens."},
     )
+    lora_r: int = field(
+        default=0,
+        metadata={
+            "help": "LoRA rank (0: off, train the weights themselves). With it only the adapters train; defaults "
+            "per family in retina_vqa.models.lora.DEFAULT_TARGETS (BLIP: the image encoder's qkv and the text "
+            "query/value; BLIP-2/InstructBLIP: the Q-Former's query/value and the language model's q/v)."
+        },
+    )
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA scaling numerator (the update is alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: str | None = field(
+        default=None,
+        metadata={
+            "help": "Modules to adapt instead of the family's default: a regular expression over full module names, "
+            "a comma-separated list of name suffixes, or 'all-linear'. The vocabulary head is never adapted."
+        },
+    )
+    merge_lora: bool = field(
+        default=True,
+        metadata={
+            "help": "At the end of training, fold the adapters into the weights and save a plain transformers "
+            "model in --output_dir (the adapter alone goes to --output_dir/adapter)."
+        },
+    )
     label_smoothing: float | None = field(
         default=None,
         metadata={
@@ -125,6 +149,13 @@ class ModelArguments:
                 "--model_name_or_path and --config_name both given: use --model_name_or_path to fine-tune a "
                 "checkpoint, or --config_name with --model_name_or_path '' to train from scratch."
             )
+        if self.lora_r and self.model_name_or_path is None:
+            raise ValueError(
+                "--lora_r trains adapters on a pretrained model, but --config_name builds one from scratch (random "
+                "frozen weights, which a resume could not rebuild): pass --model_name_or_path, or drop --lora_r."
+            )
+        if self.lora_target_modules is not None and "," in self.lora_target_modules:
+            self.lora_target_modules = [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
         if self.cache_image_embeddings and not self.freeze_vision_encoder:
             raise ValueError(
                 "--cache_image_embeddings keeps the image encoder's outputs, which is only right while the "

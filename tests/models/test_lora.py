@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
 from torch import nn
@@ -22,12 +23,7 @@ from retina_vqa.models.blip import (
     encode_questions,
     generate_answers,
 )
-from retina_vqa.models.tiny_blip2 import INSTRUCTBLIP_DIR, OPT_DIR, T5_DIR, init_query_tokens
-
-from ..conftest import ROOT, TINY_CONFIG, make_tiny_model
-
-peft = pytest.importorskip("peft")
-from retina_vqa.models.lora import (  # noqa: E402  (needs peft)
+from retina_vqa.models.lora import (
     DEFAULT_TARGETS,
     apply_lora,
     base_model,
@@ -36,6 +32,9 @@ from retina_vqa.models.lora import (  # noqa: E402  (needs peft)
     parameter_counts,
     save_adapter,
 )
+from retina_vqa.models.tiny_blip2 import INSTRUCTBLIP_DIR, OPT_DIR, T5_DIR, init_query_tokens
+
+from ..conftest import ROOT, TINY_CONFIG, make_tiny_model
 
 CONFIGS = ROOT / "configs"
 BLIP = "blip-tiny"
