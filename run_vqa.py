@@ -20,7 +20,7 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from retina_vqa.arguments import VqaTrainingArguments, parse_args
+from retina_vqa.arguments import VqaTrainingArguments, choose_precision, parse_args
 from retina_vqa.data.collator import PromptCollator, VqaCollator
 from retina_vqa.data.loading import load_raw_datasets, rows_to_validate, select_task_splits
 from retina_vqa.data.ordering import answering_order
@@ -28,7 +28,7 @@ from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
 from retina_vqa.data.validation import drop_invalid, validate_on_main_process
 from retina_vqa.metrics import build_compute_metrics, decode_ids
 from retina_vqa.models.generation_config import configure_answer_generation
-from retina_vqa.models.loading import load_model, load_processor, prompt_layout
+from retina_vqa.models.loading import checkpoint_family, load_model, load_processor, prompt_layout
 from retina_vqa.models.lora import apply_lora, merge_lora, parameter_counts
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = processor.tokenizer
     # BLIP-2 / InstructBLIP: the <image> placeholders and the prompt (None for BLIP VQA).
     layout = prompt_layout(model_args, processor)
+    choose_precision(training_args, "blip" if layout is None else checkpoint_family(model_args))
     # Saved with the processor: plain transformers and retina_vqa.predict truncate questions as training did.
     for text_tokenizer in (tokenizer, getattr(processor, "qformer_tokenizer", None)):
         if text_tokenizer is not None:

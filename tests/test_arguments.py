@@ -55,3 +55,24 @@ def test_the_trainers_label_smoothing_is_refused_with_the_recipes_flag(tmp_path)
         VqaTrainingArguments(output_dir=str(tmp_path), label_smoothing_factor=0.1)
     with pytest.raises(ValueError, match="--max_questions_per_image"):
         VqaTrainingArguments(output_dir=str(tmp_path), max_questions_per_image=-1)
+
+
+def test_blip2_trains_in_bf16_on_a_gpu_by_default_and_warns_about_fp16(tmp_path, monkeypatch, caplog):
+    from retina_vqa.arguments import choose_precision
+
+    blip, blip2, kept, fp16 = (
+        VqaTrainingArguments(output_dir=str(tmp_path), dataloader_num_workers=0, **extra)
+        for extra in ({}, {}, {"auto_bf16": False}, {})
+    )
+    fp16.fp16 = True
+    # As on a GPU with bf16 (the arguments above were made on this CPU machine).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    choose_precision(blip, "blip")
+    assert not blip.bf16  # BLIP keeps the Trainer's default
+    choose_precision(blip2, "blip-2")
+    assert blip2.bf16 and blip2.mixed_precision == "bf16"
+    choose_precision(kept, "blip-2")
+    assert not kept.bf16
+    choose_precision(fp16, "instructblip")
+    assert "known to produce NaN" in caplog.text and not fp16.bf16

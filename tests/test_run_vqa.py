@@ -456,3 +456,19 @@ def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_datase
     merged = answer_questions(model, processor, test["image"], test["question"], max_new_tokens=11)
     assert [r["prediction"] for r in read_jsonl(output_dir / "predictions.jsonl")] == merged
     assert len(set(merged)) > 2
+
+
+def test_blip2_trains_in_bf16_on_the_cpu_without_nans(tiny_dataset_dir, tmp_path):
+    """bf16 mixed precision (BLIP-2's GPU default) on the CPU: finite losses, the Q-Former's weights stay fp32."""
+    output_dir = tmp_path / "out"
+    args = common_args(tiny_dataset_dir, output_dir)
+    args[args.index("--config_name") + 1] = str(ROOT / "configs" / "blip2-opt-tiny")
+    args += ["--do_train", "--do_eval", "--max_steps", "4", "--bf16", "--use_cpu", "--max_eval_samples", "13"]
+    results = run_vqa.main(args + ["--plot", "false", "--save_strategy", "no"])
+    losses = [
+        e["loss"] for e in json.loads((output_dir / "trainer_state.json").read_text())["log_history"] if "loss" in e
+    ]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    assert torch.isfinite(torch.tensor(results["eval_loss"]))
+    saved = load_file(output_dir / "model.safetensors")
+    assert {t.dtype for k, t in saved.items() if k.startswith("qformer.")} == {torch.float32}

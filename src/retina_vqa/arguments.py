@@ -345,6 +345,13 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
         default=False,
         metadata={"help": "BLIP VQA uses every parameter in each step; searching for unused ones costs time."},
     )
+    auto_bf16: bool = field(
+        default=True,
+        metadata={
+            "help": "BLIP-2 / InstructBLIP on a GPU with bf16: train in bf16 unless --bf16 or --fp16 is given (fp16 "
+            "is a known NaN trap for BLIP-2). false: the Trainer's default, fp32."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -406,6 +413,29 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             # GPUs and then counts one process: DeepSpeed's batch-size check fails (4 != 4 * 1 * 2).
             self.ddp_backend = "gloo"
         super().__post_init__()
+
+
+def choose_precision(training_args: VqaTrainingArguments, family: str) -> None:
+    """BLIP-2 / InstructBLIP: bf16 by default on a GPU that has it, and a loud warning for fp16.
+
+    fp16 fine-tuning of BLIP-2 is a known NaN trap (an fp16 ViT or Q-Former overflows: transformers keeps the
+    Q-Former and query tokens in fp32 for that reason); bf16 has fp32's range. BLIP VQA keeps the Trainer's
+    default (fp32 unless --bf16/--fp16).
+    """
+    if family == "blip":
+        return
+    if training_args.fp16:
+        logger.warning(
+            "--fp16 with a %s model: fp16 fine-tuning of BLIP-2 is known to produce NaN losses (an fp16 image "
+            "encoder or Q-Former overflows). Use --bf16 (same memory, fp32's range) unless your GPU lacks it.",
+            family,
+        )
+    elif training_args.auto_bf16 and not training_args.bf16 and not training_args.use_cpu and torch.cuda.is_available():
+        if torch.cuda.is_bf16_supported():
+            logger.warning(
+                "Training the %s model in bf16 (BLIP-2's default on a GPU; --auto_bf16 false: fp32).", family
+            )
+            training_args.bf16, training_args.mixed_precision = True, "bf16"
 
 
 def deepspeed_on_cpus() -> bool:
