@@ -161,15 +161,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
         )
     else:
-        collator = PromptCollator(
-            image_processor=processor.image_processor,
-            num_query_tokens=layout.num_query_tokens,
-            image_token_id=layout.image_token_id,
-            pad_token_id=layout.pad_token_id,
-            decoder_only=layout.decoder_only,
+        collator = PromptCollator.from_layout(
+            layout,
+            processor.image_processor,
             image_column=data_args.image_column,
             max_image_side=data_args.max_image_side,
-            qformer_pad_token_id=layout.qformer_pad_token_id,
             pad_to_multiple_of=pad_to_multiple_of,
         )
     metric_columns = {

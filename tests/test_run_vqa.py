@@ -27,6 +27,18 @@ sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
 
 
+def fine_tune_args(
+    data_dir: Path, output_dir: Path, start: Path, model, processor_dir: Path = TINY_CONFIG
+) -> list[str]:
+    """`common_args` fine-tuning `model`, saved with its processor in `start` (a checkpoint, not a config)."""
+    model.save_pretrained(start)
+    AutoProcessor.from_pretrained(processor_dir).save_pretrained(start)
+    args = common_args(data_dir, output_dir)
+    args[args.index("--model_name_or_path") + 1] = str(start)
+    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    return args
+
+
 def common_args(data_dir: Path, output_dir: Path) -> list[str]:
     return [
         "--model_name_or_path",
@@ -259,13 +271,8 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
 
     from retina_vqa.inference import answer_questions, load_for_inference
 
-    start = tmp_path / "start"
-    make_tiny_model(init_range=0.5).save_pretrained(start)
-    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(start)
     output_dir = tmp_path / "ddp"
-    args = common_args(tiny_dataset_dir, output_dir)
-    args[args.index("--model_name_or_path") + 1] = str(start)
-    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))
     command = accelerate_launch(
         "cpu_ddp.yaml",
         29531,
@@ -378,18 +385,13 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
     from retina_vqa.models.tiny_blip2 import init_query_tokens
 
     # A checkpoint to fine-tune, initialised wide so that its answers differ from question to question.
-    start = tmp_path / "start"
     pretrained = AutoConfig.from_pretrained(ROOT / "configs" / config)
     pretrained.text_config.initializer_range, pretrained.text_config.initializer_factor = 0.3, 3.0
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(pretrained)
     init_query_tokens(model)
-    model.save_pretrained(start)
-    AutoProcessor.from_pretrained(ROOT / "configs" / config).save_pretrained(start)
     output_dir = tmp_path / "out"
-    args = common_args(tiny_dataset_dir, output_dir)
-    args[args.index("--model_name_or_path") + 1] = str(start)
-    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", model, ROOT / "configs" / config)
     args += ["--do_train", "--do_eval", "--do_predict", "--max_steps", "4", "--learning_rate", "1e-5"]
     args += ["--max_eval_samples", "13", "--max_predict_samples", "13", "--plot", "false"]
     results = run_vqa.main(args)
@@ -437,13 +439,8 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
 def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_dataset_dir, tmp_path):
     from retina_vqa.inference import answer_questions, load_for_inference
 
-    start = tmp_path / "start"
-    make_tiny_model(init_range=0.5).save_pretrained(start)
-    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(start)
     output_dir = tmp_path / "out"
-    args = common_args(tiny_dataset_dir, output_dir)
-    args[args.index("--model_name_or_path") + 1] = str(start)
-    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))
     args += ["--do_train", "--do_predict", "--max_steps", "3", "--lora_r", "4", "--max_predict_samples", "13"]
     results = run_vqa.main(args + ["--plot", "false", "--save_strategy", "no"])
     assert 0 < results["trainable_parameters"] < results["total_parameters"] / 10

@@ -125,15 +125,7 @@ def _answer_prompts(
     same tokenisation and collator as training, answers cut from the generated sequences."""
     layout = PromptLayout.from_model(model.config, processor)
     template = getattr(model.config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
-    collate = PromptCollator(
-        processor.image_processor,
-        num_query_tokens=layout.num_query_tokens,
-        image_token_id=layout.image_token_id,
-        pad_token_id=layout.pad_token_id,
-        decoder_only=layout.decoder_only,
-        qformer_pad_token_id=layout.qformer_pad_token_id,
-        max_image_side=None,  # load() has downsized already
-    )
+    collate = PromptCollator.from_layout(layout, processor.image_processor, max_image_side=None)  # load() shrank them
     parameter = next(model.parameters())
     answers: list[str | None] = [None] * len(questions)
     for _, batches in answering_plan(image_keys, questions, batch_size):

@@ -55,14 +55,7 @@ def rows(processor, layout, answers=True):
 
 
 def collator(processor, layout):
-    return PromptCollator(
-        processor.image_processor,
-        num_query_tokens=layout.num_query_tokens,
-        image_token_id=layout.image_token_id,
-        pad_token_id=layout.pad_token_id,
-        decoder_only=layout.decoder_only,
-        qformer_pad_token_id=layout.qformer_pad_token_id,
-    )
+    return PromptCollator.from_layout(layout, processor.image_processor)
 
 
 def test_families_are_read_from_the_config():

@@ -156,6 +156,19 @@ class PromptCollator:
     pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
 
+    @classmethod
+    def from_layout(cls, layout: Any, image_processor: Any, **kwargs: Any) -> PromptCollator:
+        """The collator for a model's `models.blip2.PromptLayout` (placeholders, pad ids, decoder-only or not)."""
+        return cls(
+            image_processor,
+            num_query_tokens=layout.num_query_tokens,
+            image_token_id=layout.image_token_id,
+            pad_token_id=layout.pad_token_id,
+            decoder_only=layout.decoder_only,
+            qformer_pad_token_id=layout.qformer_pad_token_id,
+            **kwargs,
+        )
+
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         required = ("input_ids", self.image_column)
         missing = [key for key in required if key not in features[0]]

@@ -1,20 +1,30 @@
-"""Grad-CAM for BLIP VQA: where on the fundus the model looked for its own answer, and the pictures of it.
+"""Grad-CAM for BLIP VQA, BLIP-2 and InstructBLIP: where on the fundus the model looked for its own answer.
 
-The answer decoder never sees pixels: it cross-attends to the encoded question, and the question encoder is
-the only part that cross-attends to the image patches. The map is therefore taken from the question
-encoder's cross-attention probabilities A (heads x question tokens x image tokens) of one layer and their
-gradient G with respect to the log-likelihood of the model's own answer (teacher forced, without label
-smoothing): ``mean over heads of A * relu(G)``, averaged over the question's tokens (or one map per token),
-without the image ``[CLS]`` token, reshaped to the patch grid and scaled to [0, 1].
+Each family has one place where text meets pixels, and the map is taken there:
 
-This module owns `gradcam_map` (the map), `upsample` and `overlay` (the map on the image's pixels) and
-`plot_attention` (the figure ``python -m retina_vqa.visualize attention`` writes). The model's steps are the
-ones of `retina_vqa.models.blip`, so the map explains the model as training and answering run it.
+* BLIP VQA: the answer decoder never sees pixels: it cross-attends to the encoded question, and the question
+  encoder is the only part that cross-attends to the image patches. Its rows are the question's tokens.
+* BLIP-2 / InstructBLIP: the language model sees the image only through the Q-Former's outputs, and inside the
+  Q-Former only the ``num_query_tokens`` learned queries cross-attend to the image patches (InstructBLIP's
+  instruction tokens sit next to the queries in self-attention, never in cross-attention). Only every
+  ``cross_attention_frequency``-th Q-Former layer has a cross-attention. Its rows are the queries.
+
+The map uses that cross-attention's probabilities A (heads x rows x image tokens) in one layer and their
+gradient G with respect to the log-likelihood of the model's own generated answer (teacher forced, without
+label smoothing, in the layout the model trains on): ``mean over heads of A * relu(G)``, averaged over the
+rows (or one map per row), without the image ``[CLS]`` token, reshaped to the patch grid and scaled to [0, 1].
+
+This module owns `gradcam_map` (the map), `cross_attention_layers` (which layers a map can come from),
+`upsample` and `overlay` (the map on the image's pixels) and `plot_attention` (the figure
+``python -m retina_vqa.visualize attention`` writes). The model's steps are the ones of
+`retina_vqa.models.blip` and `retina_vqa.models.blip2` (prompt, placeholders and collator of
+`retina_vqa.inference`), so the map explains the model as training and answering run it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +37,50 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
+from ..data.collator import PromptCollator
 from ..data.images import load_image
+from ..metrics import decode_ids
 from ..models.attention import attention_implementation, set_attention_implementation
 from ..models.blip import decode_answers, encode_images, encode_questions, generate_answers
+from ..models.blip2 import (
+    DEFAULT_PROMPT_TEMPLATE,
+    PromptLayout,
+    generate_prompt_answers,
+    model_family,
+    tokenize_prompts_and_answers,
+)
 from ..plots import _save
 
-__all__ = ["gradcam_map", "overlay", "plot_attention", "upsample"]
+__all__ = ["cross_attention_layers", "gradcam_map", "overlay", "plot_attention", "upsample"]
 
 # The attention figure, in inches (width, height): image and overlay side by side, or one cell per token.
 ATTENTION_INCHES = (10.0, 5.0)
 TOKEN_CELL_INCHES = (2.6, 2.9)
+
+
+def cross_attention_layers(model: Any) -> tuple[list[int], int]:
+    """The layers a map can come from: ``(indices of the layers with an image cross-attention, layer count)``.
+
+    BLIP: every question-encoder layer. BLIP-2 / InstructBLIP: the Q-Former layers ``i`` with
+    ``i % cross_attention_frequency == 0``. The ``layer`` argument of `gradcam_map` indexes this list, so
+    ``-1`` is always the last layer that looks at the image.
+    """
+    if model_family(model.config) == "blip":
+        count = len(model.text_encoder.encoder.layer)
+        return list(range(count)), count
+    layers = model.qformer.encoder.layer
+    return [i for i, block in enumerate(layers) if getattr(block, "has_cross_attention", False)], len(layers)
+
+
+def _layer_index(model: Any, layer: int) -> int:
+    """`layer` (an index into `cross_attention_layers`) -> the index of that layer in the model."""
+    crossing, count = cross_attention_layers(model)
+    if not -len(crossing) <= layer < len(crossing):
+        raise ValueError(
+            f"--layer {layer}: the model has {len(crossing)} layers with an image cross-attention (of {count}: "
+            f"{[i + 1 for i in crossing]}); use 0 to {len(crossing) - 1}, or -1 to -{len(crossing)} from the last."
+        )
+    return crossing[layer]
 
 
 def _encode(model: Any, processor: Any, image: Any, question: str) -> dict[str, torch.Tensor]:
@@ -57,6 +101,18 @@ def _trim_answer(ids: torch.Tensor, sep_token_id: int) -> torch.Tensor:
     return ids[: int(ends[0]) + 2] if len(ends) else ids
 
 
+def _unit_maps(cam: torch.Tensor, grid_h: int, grid_w: int, per_token: bool) -> np.ndarray:
+    """(rows, patches) evidence -> the patch-grid maps (one per row, or their mean), each scaled to [0, 1]."""
+    if cam.shape[-1] != grid_h * grid_w:
+        raise ValueError(f"{cam.shape[-1]} image patches do not form the {grid_h}x{grid_w} patch grid.")
+    maps = cam.reshape(-1, grid_h, grid_w) if per_token else cam.mean(dim=0, keepdim=True).reshape(1, grid_h, grid_w)
+    low = maps.amin(dim=(1, 2), keepdim=True)
+    span = maps.amax(dim=(1, 2), keepdim=True) - low
+    maps = torch.where(span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+    result = maps.cpu().numpy().astype(np.float32)
+    return result if per_token else result[0]
+
+
 def gradcam_map(
     model: Any,
     processor: Any,
@@ -66,25 +122,51 @@ def gradcam_map(
     per_token: bool = False,
     max_new_tokens: int = 20,
     interpolate_pos_encoding: bool | None = None,
+    prompt_template: str | None = None,
+    generate_kwargs: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Grad-CAM of one question-encoder cross-attention layer for the model's own answer.
+    """Grad-CAM of one image cross-attention layer for the model's own answer.
 
     Args:
-        model: a `BlipForQuestionAnswering`. It runs with eager attention (and the cross-attention mask fix)
-            during the call, whatever it was given with; its attention implementation is restored after.
+        model: a `BlipForQuestionAnswering`, `Blip2ForConditionalGeneration` or
+            `InstructBlipForConditionalGeneration`. The cross-attention runs eager during the map's pass (a
+            BLIP also with the cross-attention mask fix), whatever the model was given with; its attention
+            implementation is restored after. A BLIP-2 / InstructBLIP answers with its own attention.
         processor: its processor; images are resized by its image processor.
         image: anything :func:`retina_vqa.data.images.load_image` reads.
         question: the question text.
-        layer: index into ``model.text_encoder.encoder.layer``.
-        per_token: one map per question token (``[CLS]`` ... ``[SEP]``) instead of their mean.
+        layer: index into `cross_attention_layers` (BLIP: every question-encoder layer; BLIP-2: the Q-Former
+            layers that have a cross-attention). Default: the last.
+        per_token: one map per row of the cross-attention (BLIP: question token ``[CLS]`` ... ``[SEP]``; BLIP-2
+            / InstructBLIP: learned query) instead of their mean.
         max_new_tokens: answer length limit for generation.
         interpolate_pos_encoding: default: on when the processor's image size differs from the model's.
+        prompt_template: BLIP-2 / InstructBLIP: the text around the question; default: the one saved with the
+            model (``config.prompt_template``), else `DEFAULT_PROMPT_TEMPLATE`. BLIP reads the question alone.
+        generate_kwargs: further ``generate`` settings (``num_beams``, ``suppress_tokens``, ...). BLIP-2 /
+            InstructBLIP default to the beams saved with the model, as `retina_vqa.inference` does.
 
     Returns:
-        ``(map, answer)``: a float32 array in [0, 1] of shape ``(grid, grid)`` (or ``(tokens, grid, grid)``)
+        ``(map, answer)``: a float32 array in [0, 1] of shape ``(grid, grid)`` (or ``(rows, grid, grid)``)
         over the ViT patch grid, each map scaled by its min and max (all zeros when constant), and the
         decoded generated answer. The model's parameters get no gradients and its train/eval mode is kept.
+
+    Raises:
+        ValueError: `layer` is out of range, or (BLIP-2) the processor does not match the model.
     """
+    if model_family(model.config) != "blip":
+        return _prompt_gradcam_map(
+            model,
+            processor,
+            image,
+            question,
+            layer,
+            per_token,
+            max_new_tokens,
+            interpolate_pos_encoding,
+            prompt_template,
+            dict(generate_kwargs or {}),
+        )
     inputs = _encode(model, processor, image, question)
     pixel_values, input_ids, attention_mask = (
         inputs["pixel_values"],
@@ -115,6 +197,7 @@ def gradcam_map(
             attention_mask,
             interpolate_pos_encoding=interpolate_pos_encoding,
             max_new_tokens=max_new_tokens,
+            **(generate_kwargs or {}),
         )[0]
         answer_ids = _trim_answer(generated, model.config.text_config.sep_token_id)[None]
         answer = processor.tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
@@ -140,14 +223,123 @@ def gradcam_map(
 
     cam = (probs.detach().float() * grad.float().clamp(min=0)).mean(dim=1)[0]  # (question tokens, image tokens)
     cam = cam[attention_mask[0].bool(), 1:]  # real question tokens; drop the image [CLS]
-    if cam.shape[-1] != grid_h * grid_w:
-        raise ValueError(f"{cam.shape[-1]} image patches do not form the {grid_h}x{grid_w} patch grid.")
-    maps = cam.reshape(-1, grid_h, grid_w) if per_token else cam.mean(dim=0, keepdim=True).reshape(1, grid_h, grid_w)
-    low = maps.amin(dim=(1, 2), keepdim=True)
-    span = maps.amax(dim=(1, 2), keepdim=True) - low
-    maps = torch.where(span > 0, (maps - low) / span.clamp(min=torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
-    result = maps.cpu().numpy().astype(np.float32)
-    return (result if per_token else result[0]), answer
+    return _unit_maps(cam, grid_h, grid_w, per_token), answer
+
+
+def _prompt_gradcam_map(
+    model: Any,
+    processor: Any,
+    image: Any,
+    question: str,
+    layer: int,
+    per_token: bool,
+    max_new_tokens: int,
+    interpolate_pos_encoding: bool | None,
+    prompt_template: str | None,
+    generate_kwargs: dict[str, Any],
+) -> tuple[np.ndarray, str]:
+    """`gradcam_map` for BLIP-2 / InstructBLIP: the Q-Former's query-to-patch cross-attention."""
+    layout = PromptLayout.from_model(model.config, processor)
+    template = prompt_template or getattr(model.config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
+    block = model.qformer.encoder.layer[_layer_index(model, layer)]
+    # The prompt, placeholders and padding of retina_vqa.inference (which answers as training evaluates).
+    prompt = tokenize_prompts_and_answers(
+        {"question": [question]},
+        processor,
+        layout,
+        "question",
+        None,
+        template,
+        # Truncated as in training: run_vqa.py saves --max_question_length as model_max_length.
+        max_question_length=processor.tokenizer.model_max_length,
+        max_answer_length=0,
+    )
+    row: dict[str, Any] = {key: values[0] for key, values in prompt.items()}
+    row["image"] = load_image(image)
+    collate = PromptCollator(
+        processor.image_processor,
+        num_query_tokens=layout.num_query_tokens,
+        image_token_id=layout.image_token_id,
+        pad_token_id=layout.pad_token_id,
+        decoder_only=layout.decoder_only,
+        qformer_pad_token_id=layout.qformer_pad_token_id,
+        max_image_side=None,  # the image is loaded whole, as BLIP's path loads it
+    )
+    device = next(model.parameters()).device
+    pixel_dtype = next(model.vision_model.parameters()).dtype
+
+    def to_model(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device, dtype=pixel_dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
+
+    batch = to_model(collate([row]))
+    patch = model.config.vision_config.patch_size
+    height, width = batch["pixel_values"].shape[-2:]
+    grid_h, grid_w = height // patch, width // patch
+    if interpolate_pos_encoding is None:
+        interpolate_pos_encoding = (height, width) != (model.config.vision_config.image_size,) * 2
+    settings = {"num_beams": model.generation_config.num_beams or 1, **generate_kwargs}
+    settings["max_new_tokens"] = max_new_tokens
+
+    captured: list[torch.Tensor] = []
+
+    def keep_probs(module: torch.nn.Module, args: Any, output: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        captured.append(output[1])
+
+    def image_leaf(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        # A leaf that needs grad in place of the vision encoder's output: the attention probabilities get a
+        # gradient even in a frozen model, and none flows on into the vision encoder's parameters.
+        output["last_hidden_state"] = output["last_hidden_state"].detach().requires_grad_(True)
+        return output
+
+    was_training = model.training
+    qformer = model.qformer
+    implementation = qformer.config._attn_implementation
+    model.eval()
+    try:
+        # Answered as the model is (its own attention), before the Q-Former is switched to eager below.
+        generated = generate_prompt_answers(
+            model, layout, **batch, interpolate_pos_encoding=interpolate_pos_encoding, **settings
+        )
+        answer = decode_ids(processor.tokenizer, generated.cpu())[0]
+        answer_ids = generated[0]
+        ends = (answer_ids == layout.eos_token_id).nonzero()
+        if len(ends):  # up to and with the first eos: the answer as the training labels hold it
+            answer_ids = answer_ids[: int(ends[0]) + 1]
+        teacher = to_model(collate([{**row, "answer_ids": answer_ids.tolist()}]))
+        labels = teacher["labels"] if layout.decoder_only else teacher.pop("labels")
+        # Eager only in the Q-Former and only for this pass: SDPA returns no probabilities.
+        qformer.set_attn_implementation("eager")
+        handles = [
+            block.crossattention.attention.register_forward_hook(keep_probs),
+            model.vision_model.register_forward_hook(image_leaf),
+        ]
+        try:
+            with torch.enable_grad():
+                if layout.decoder_only:
+                    del teacher["labels"]  # the loss is not needed: the log-likelihood is taken below
+                    logits = model(**teacher, interpolate_pos_encoding=interpolate_pos_encoding).logits
+                    # Position t predicts token t + 1: only the answer and its eos are labelled.
+                    logits, labels = logits[:, :-1], labels[:, 1:]
+                else:
+                    # T5 builds its decoder input from the labels (shifted right after its start token).
+                    logits = model(**teacher, labels=labels, interpolate_pos_encoding=interpolate_pos_encoding).logits
+                log_probs = torch.log_softmax(logits.float(), dim=-1)
+                targets = labels != -100
+                token_log_probs = log_probs.gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+                log_likelihood = token_log_probs[targets].sum()
+                (probs,) = captured
+                if probs is None:
+                    raise RuntimeError("The Q-Former's cross-attention returned no probabilities in eager mode.")
+                (grad,) = torch.autograd.grad(log_likelihood, probs)
+        finally:
+            for handle in handles:
+                handle.remove()
+            qformer.set_attn_implementation(implementation)
+    finally:
+        model.train(was_training)
+
+    cam = (probs.detach().float() * grad.float().clamp(min=0)).mean(dim=1)[0]  # (queries, image tokens)
+    return _unit_maps(cam[:, 1:], grid_h, grid_w, per_token), answer  # drop the image [CLS]
 
 
 def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -175,14 +367,16 @@ def plot_attention(
     layer: int = -1,
     per_token: bool = False,
 ) -> tuple[int, int]:
-    """The fundus next to its Grad-CAM overlay (or one overlay per question token), titled with Q and A.
+    """The fundus next to its Grad-CAM overlay (or one overlay per question token, for BLIP-2 / InstructBLIP per
+    learned query), titled with Q and A.
 
     Returns the PNG's pixel size.
     """
     image = load_image(image)
     heatmap, answer = gradcam_map(model, processor, image, question, layer=layer, per_token=per_token)
-    depth = len(model.text_encoder.encoder.layer)
-    where = f"text encoder cross-attention layer {layer % depth + 1} of {depth}"
+    blip = model_family(model.config) == "blip"
+    index, (_, depth) = _layer_index(model, layer), cross_attention_layers(model)
+    where = f"{'text encoder' if blip else 'Q-Former'} cross-attention layer {index + 1} of {depth}"
     title = f"Q: {question}\nA: {answer or '(empty)'}   [Grad-CAM, {where}]"
     if not per_token:
         fig = Figure(figsize=ATTENTION_INCHES)
@@ -199,8 +393,11 @@ def plot_attention(
         fig.suptitle(title, fontsize=10)
         fig.subplots_adjust(left=0.02, right=0.95, top=0.82, bottom=0.03, wspace=0.05)
         return _save(fig, output)
-    ids = processor.tokenizer(question, truncation=True)["input_ids"]
-    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    if blip:
+        ids = processor.tokenizer(question, truncation=True)["input_ids"]
+        tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    else:
+        tokens = [f"query {k + 1}" for k in range(len(heatmap))]
     panels = [("image", image)] + [(token, overlay(image, m)) for token, m in zip(tokens, heatmap, strict=True)]
     columns = min(5, len(panels))
     rows = math.ceil(len(panels) / columns)
