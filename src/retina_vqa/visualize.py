@@ -9,6 +9,12 @@
     python -m retina_vqa.visualize pointing --model_name_or_path OUT --dataset_dir DATA --split test \\
         [--max_examples 200 --tolerance 0.02 --output_json pointing.json]
 
+``attention`` and ``pointing`` read any saved model of the three families (BLIP VQA, BLIP-2, InstructBLIP; a
+BLIP-2's prompt is the one saved with it). ``--layer`` counts the layers that cross-attend to the image: BLIP's
+question-encoder layers, or the Q-Former layers that have a cross-attention (every
+``cross_attention_frequency``-th); -1 is the last. ``--per_token`` draws one map per question token (BLIP) or
+per learned query (BLIP-2, InstructBLIP).
+
 This module is the command line only: the model-free pictures are drawn by `retina_vqa.plots`, Grad-CAM and
 the pointing game by `retina_vqa.explain`. Errors (bad paths, unreadable images, wrong columns or splits)
 end the command with one line naming the problem and exit status 2.
@@ -24,6 +30,9 @@ from typing import Any
 from .data.images import ImageLoadError
 from .data.loading import load_dataset_dir
 from .plots import plot_confusion, plot_curves, plot_samples, read_jsonl
+
+# The one meaning of --layer for every family (explain.gradcam.cross_attention_layers).
+LAYER_HELP = "index into the layers that cross-attend to the image (default -1: the last of them)"
 
 
 def _load_split(dataset_dir: str | Path, split: str) -> Any:
@@ -57,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     confusion.add_argument("--question_type", default="diagnosis")
     confusion.add_argument("--output", required=True)
 
-    attention = commands.add_parser("attention", help="Grad-CAM of the question encoder's cross-attention")
+    attention = commands.add_parser(
+        "attention", help="Grad-CAM of the image cross-attention (BLIP: question encoder; BLIP-2: Q-Former)"
+    )
     attention.add_argument("--model_name_or_path", required=True)
     attention.add_argument("--image", required=True)
     attention.add_argument("--question", required=True)
     attention.add_argument("--output", required=True)
-    attention.add_argument("--layer", type=int, default=-1)
-    attention.add_argument("--per_token", action="store_true")
+    attention.add_argument("--layer", type=int, default=-1, help=LAYER_HELP)
+    attention.add_argument(
+        "--per_token", action="store_true", help="one map per question token (BLIP) or learned query (BLIP-2)"
+    )
 
     pointing = commands.add_parser("pointing", help="pointing-game hit rates on lesion-presence questions")
     pointing.add_argument("--model_name_or_path", required=True)
@@ -71,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     pointing.add_argument("--split", default="test")
     pointing.add_argument("--max_examples", type=int, default=200)
     pointing.add_argument("--tolerance", type=float, default=0.02)
-    pointing.add_argument("--layer", type=int, default=-1)
+    pointing.add_argument("--layer", type=int, default=-1, help=LAYER_HELP)
     pointing.add_argument("--output_json", default=None)
     return parser
 
@@ -102,8 +115,8 @@ def _run(args: argparse.Namespace) -> Any:
         from .explain import format_pointing, plot_attention, pointing_game
         from .models.loading import load_for_inference
 
-        # Loaded with fused attention for answering; gradcam_map switches to eager while it reads the
-        # attention probabilities and restores it after.
+        # Loaded with fused attention for answering; gradcam_map switches the cross-attention to eager while it
+        # reads the attention probabilities and restores it after. Any family: gradcam_map dispatches on it.
         model, processor = load_for_inference(args.model_name_or_path)
         if args.command == "attention":
             size = plot_attention(model, processor, args.image, args.question, args.output, args.layer, args.per_token)

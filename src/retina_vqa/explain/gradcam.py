@@ -76,9 +76,11 @@ def _layer_index(model: Any, layer: int) -> int:
     """`layer` (an index into `cross_attention_layers`) -> the index of that layer in the model."""
     crossing, count = cross_attention_layers(model)
     if not -len(crossing) <= layer < len(crossing):
+        numbers = ", ".join(str(i + 1) for i in crossing)
         raise ValueError(
-            f"--layer {layer}: the model has {len(crossing)} layers with an image cross-attention (of {count}: "
-            f"{[i + 1 for i in crossing]}); use 0 to {len(crossing) - 1}, or -1 to -{len(crossing)} from the last."
+            f"--layer {layer} is out of range: {len(crossing)} of the model's {count} layers have an image "
+            f"cross-attention (layers {numbers}, counting from 1), and --layer indexes those: from 0 to "
+            f"{len(crossing) - 1}, or from -1 (the last) to -{len(crossing)}."
         )
     return crossing[layer]
 

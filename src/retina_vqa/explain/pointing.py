@@ -67,6 +67,10 @@ def pointing_game(
     uniformly random pixel of the circular field of view is a hit, and ``centre``, whether the image centre
     is a hit.
 
+    The model is any of the three families (`gradcam_map` dispatches: BLIP's question-encoder
+    cross-attention, the Q-Former's for BLIP-2 / InstructBLIP, whose prompt is the one saved with the model);
+    `layer` indexes the layers that cross-attend to the image (`gradcam.cross_attention_layers`).
+
     Returns ``{"overall": {...}, "by_question_type": {type: {...}}, "tolerance", "layer"}`` where each
     ``{...}`` is ``{"count", "model", "random", "centre", "answered_yes"}`` (rates in [0, 1]; ``answered_yes``
     is the share of these rows, all with answer "yes", that the model answered "yes").
