@@ -66,8 +66,8 @@ def test_private_transformers_names_are_imported_only_in_compat():
             # transformers.utils (logging, progress bars) is public API; model and integration modules are not.
             if module.startswith("transformers.") and not module.startswith("transformers.utils"):
                 offenders.append(f"{path.relative_to(SRC)}:{node.lineno} from {node.module}")
-            if isinstance(node, ast.Attribute) and node.attr == "_from_model_config":
-                offenders.append(f"{path.relative_to(SRC)}:{node.lineno} ._from_model_config")
+            if isinstance(node, ast.Attribute) and node.attr in ("_from_model_config", "_attn_implementation"):
+                offenders.append(f"{path.relative_to(SRC)}:{node.lineno} .{node.attr}")
     assert not offenders, offenders
 
 

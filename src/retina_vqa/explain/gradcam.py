@@ -49,6 +49,7 @@ from ..models.blip2 import (
     model_family,
     tokenize_prompts_and_answers,
 )
+from ..models.compat import configured_attention
 from ..plots import _save
 
 __all__ = ["cross_attention_layers", "gradcam_map", "overlay", "plot_attention", "upsample"]
@@ -258,15 +259,8 @@ def _prompt_gradcam_map(
     )
     row: dict[str, Any] = {key: values[0] for key, values in prompt.items()}
     row["image"] = load_image(image)
-    collate = PromptCollator(
-        processor.image_processor,
-        num_query_tokens=layout.num_query_tokens,
-        image_token_id=layout.image_token_id,
-        pad_token_id=layout.pad_token_id,
-        decoder_only=layout.decoder_only,
-        qformer_pad_token_id=layout.qformer_pad_token_id,
-        max_image_side=None,  # the image is loaded whole, as BLIP's path loads it
-    )
+    # The image is loaded whole, as BLIP's path loads it.
+    collate = PromptCollator.from_layout(layout, processor.image_processor, max_image_side=None)
     device = next(model.parameters()).device
     pixel_dtype = next(model.vision_model.parameters()).dtype
 
@@ -295,7 +289,7 @@ def _prompt_gradcam_map(
 
     was_training = model.training
     qformer = model.qformer
-    implementation = qformer.config._attn_implementation
+    implementation = configured_attention(qformer.config)
     model.eval()
     try:
         # Answered as the model is (its own attention), before the Q-Former is switched to eager below.

@@ -45,6 +45,7 @@ __all__ = [
     "allow_fsdp_on_cpu_processes",
     "check_trainer_hooks",
     "check_transformers_version",
+    "configured_attention",
     "is_deepspeed_zero3_enabled",
     "is_fsdp_managed_module",
     "mark_generation_config_deliberate",
@@ -120,6 +121,12 @@ def allow_fsdp_on_cpu_processes(fsdp_requested: bool) -> bool:
         return False
     PartialState._shared_state["distributed_type"] = DistributedType.MULTI_GPU
     return True
+
+
+def configured_attention(config: transformers.PretrainedConfig) -> str | None:
+    """The attention implementation a config was set to (transformers keeps it in the private
+    ``_attn_implementation``), to restore it after `set_attn_implementation`."""
+    return config._attn_implementation
 
 
 def mark_generation_config_deliberate(config: transformers.GenerationConfig) -> None:
