@@ -34,7 +34,7 @@ Part ``blip2_medium``: a BLIP-2-OPT whose widths and depths are those of the 2.7
 by the scale squared so the embeddings keep their share of the language model), trained for a few real steps on
 the CPU like part ``blip``: samples/s and peak RSS per variant.
 
-    python bench/fine_tuning_modes.py            # all parts, ~15 min on 2 cores
+    python bench/fine_tuning_modes.py            # all parts, ~10-15 min on 2 cores
     python bench/fine_tuning_modes.py --parts blip2_meta   # the counts and estimates only, seconds
     python bench/fine_tuning_modes.py --quick    # smoke test: tiny configs, 1 repeat (meta counts at real size)
 """
@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ FLAN_T5_XL = {
     "num_decoder_layers": 24,
     "vocab_size": 32128,
     "feed_forward_proj": "gated-gelu",
+    # As the hub config says; transformers 5.24's T5Config still ties lm_head to the embeddings (it reads False only
+    # to skip the output scaling), so the built model has one vocabulary x d_model matrix less than the checkpoint.
     "tie_word_embeddings": False,
 }
 REAL_BLIP2 = {"blip2-opt-2.7b": OPT_2_7B, "blip2-flan-t5-xl": FLAN_T5_XL}
@@ -144,7 +146,7 @@ def state_estimates(trainable: int, total: int) -> dict[str, float]:
 
 def real_blip2_config(name: str):
     """A Blip2Config of the published sizes (random-init semantics; only the shapes matter here)."""
-    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig, CONFIG_MAPPING
+    from transformers import CONFIG_MAPPING, Blip2Config, Blip2QFormerConfig, Blip2VisionConfig
 
     text = dict(REAL_BLIP2[name])
     text_config = CONFIG_MAPPING[text.pop("model_type")](**text)
@@ -165,7 +167,9 @@ def count_on_meta(name: str, variant: str) -> dict[str, Any]:
     from retina_vqa.models.blip import freeze
     from retina_vqa.models.lora import apply_lora, parameter_counts
 
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        # peft 0.21 reads transformers' deprecated is_gradient_checkpointing: a FutureWarning per model.
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         model = Blip2ForConditionalGeneration(real_blip2_config(name))
         if variant == "lora":
             model = apply_lora(model, LORA_R, *lora_settings())  # adapters on meta too
@@ -204,11 +208,14 @@ def part_blip2_meta(args: argparse.Namespace) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------- medium BLIP-2 config
 
 
-def _scaled(heads: int, width: int, ffn: int, layers: int, scale: int) -> tuple[int, int, int, int]:
-    """Heads, width, feed-forward width and layers divided by ``scale``, the head size kept."""
+def _scale(part, heads: int, width: int, ffn: int, layers: int, scale: int, names: tuple[str, ...]) -> None:
+    """Set heads, width, feed-forward width and layers of a sub-config (``names``: its keys for them) to the
+    published ones divided by ``scale``, the head size kept."""
     head_size = width // heads
     new_heads = max(1, round(heads / scale))
-    return new_heads, new_heads * head_size, new_heads * head_size * ffn // width, max(1, round(layers / scale))
+    values = (new_heads, new_heads * head_size, new_heads * head_size * ffn // width, max(1, round(layers / scale)))
+    for name, value in zip(names, values, strict=True):
+        setattr(part, name, value)
 
 
 def medium_config_dir(scale: int, image_size: int) -> Path:
@@ -220,25 +227,14 @@ def medium_config_dir(scale: int, image_size: int) -> Path:
 
     config = AutoConfig.from_pretrained(BLIP2_OPT_TINY)
     vision, qformer, text = config.vision_config, config.qformer_config, config.text_config
-    heads, width, ffn, layers = _scaled(16, VIT_G["hidden_size"], VIT_G["intermediate_size"], 39, scale)
-    vision.num_attention_heads, vision.hidden_size, vision.intermediate_size, vision.num_hidden_layers = (
-        heads,
-        width,
-        ffn,
-        layers,
-    )
+    bert_names = ("num_attention_heads", "hidden_size", "intermediate_size", "num_hidden_layers")
+    _scale(vision, 16, VIT_G["hidden_size"], VIT_G["intermediate_size"], 39, scale, bert_names)
     vision.image_size, vision.patch_size = image_size, VIT_G["patch_size"]
-    heads, width, ffn, layers = _scaled(12, QFORMER["hidden_size"], QFORMER["intermediate_size"], 12, scale)
-    qformer.num_attention_heads, qformer.hidden_size, qformer.intermediate_size, qformer.num_hidden_layers = (
-        heads,
-        width,
-        ffn,
-        layers,
-    )
+    _scale(qformer, 12, QFORMER["hidden_size"], QFORMER["intermediate_size"], 12, scale, bert_names)
     qformer.encoder_hidden_size = vision.hidden_size
-    heads, width, ffn, layers = _scaled(32, OPT_2_7B["hidden_size"], OPT_2_7B["ffn_dim"], 32, scale)
-    text.num_attention_heads, text.hidden_size, text.ffn_dim, text.num_hidden_layers = heads, width, ffn, layers
-    text.word_embed_proj_dim = width
+    opt_names = ("num_attention_heads", "hidden_size", "ffn_dim", "num_hidden_layers")
+    _scale(text, 32, OPT_2_7B["hidden_size"], OPT_2_7B["ffn_dim"], 32, scale, opt_names)
+    text.word_embed_proj_dim = text.hidden_size
     # Embeddings scale with width x vocabulary, the layers with width^2 x depth: vocabulary / scale^2 keeps their
     # share of the language model (the tokenizer uses the first ids only).
     text.vocab_size = max(text.vocab_size, round(OPT_2_7B["vocab_size"] / scale**2))
@@ -367,19 +363,23 @@ def measure_training(label: str, base_spec: dict[str, Any], variants: tuple[str,
     memory = common.summarise({v: [r["peak_rss_mb"] for r in runs[v]] for v in variants}, baseline="full")
     rows = []
     for variant in variants:
-        last = runs[variant][-1]
-        counts = {k: last[k] for k in ("trainable_parameters", "total_parameters", "trainable_by_part")}
+        last = runs[variant][-1]  # the counts are the same in every run
+        trainable, total = last["trainable_parameters"], last["total_parameters"]
         rows.append(
             {
                 "variant": variant,
-                **counts,
+                "trainable_parameters": trainable,
+                "total_parameters": total,
+                "trainable_by_part": last["trainable_by_part"],
                 "samples_per_s": speed[variant],
                 "peak_rss_mb": memory[variant],
-                "state_fp32_mib": state_estimates(last["trainable_parameters"], last["total_parameters"])["fp32_weights_gib"]
-                * 1024,
+                # What weights, gradients and AdamW take in fp32 (these runs): the rest of the peak is activations,
+                # the data and the Python/torch runtime.
+                "state_fp32_mib": state_estimates(trainable, total)["fp32_weights_gib"] * 1024,
             }
         )
-    return {"label": label, **{k: v for k, v in base_spec.items() if k != "dataset_dir"}, "repeats": repeats, "variants": rows}
+    setup = {k: v for k, v in base_spec.items() if k != "dataset_dir"}
+    return {"label": label, **setup, "repeats": repeats, "variants": rows}
 
 
 def dataset_for(batch_size: int, steps: int, image_size: int) -> Path:
@@ -427,7 +427,7 @@ def _millions(n: int) -> float:
 
 
 def _parts(parts: dict[str, int]) -> str:
-    return ", ".join(f"{name} {count / 1e6:.2f}M" for name, count in sorted(parts.items(), key=lambda kv: -kv[1]))
+    return ", ".join(f"{name} {count:,}" for name, count in sorted(parts.items(), key=lambda kv: -kv[1]))
 
 
 def print_training(entry: dict[str, Any]) -> None:
@@ -470,8 +470,9 @@ def print_training(entry: dict[str, Any]) -> None:
 def print_meta(rows: list[dict[str, Any]]) -> None:
     common.print_table(
         "BLIP-2 at published sizes, counted on the meta device; training state without activations (GiB): "
-        "bf16 mixed = 2 B x total + 14 B x trainable, Trainer --bf16 (fp32 weights) = 4 B x total + 12 B x trainable",
-        ["model", "variant", "trainable (M)", "total (M)", "trainable", "bf16 mixed", "/ full", "Trainer --bf16"],
+        "bf16 mixed = 2 B x total + 14 B x trainable; fp32 weights (the Trainer's --bf16 autocast, or fp32) = "
+        "4 B x total + 12 B x trainable",
+        ["model", "variant", "trainable (M)", "total (M)", "trainable", "bf16 mixed", "/ full", "fp32 weights"],
         [
             [
                 r["model"],
@@ -492,17 +493,19 @@ def print_meta(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="blip,blip2_meta,blip2_medium", help="comma-separated parts to run")
+    parser.add_argument(
+        "--parts", default="blip,blip2_meta,blip2_medium", help="comma-separated: blip, blip2_meta, blip2_medium"
+    )
     parser.add_argument("--blip_size", default="full", choices=["full", "tiny"], help="BLIP VQA architecture")
     parser.add_argument("--image_size", type=int, default=128, help="BLIP VQA image size")
-    parser.add_argument("--batch_size", type=int, default=8, help="BLIP VQA")
+    parser.add_argument("--batch_size", type=int, default=8, help="BLIP VQA training batch")
     parser.add_argument("--steps", type=int, default=4, help="BLIP VQA training steps per run")
     parser.add_argument("--warmup_steps", type=int, default=1, help="first steps of a run left out of the timing")
     parser.add_argument("--repeats", type=int, default=3, help="runs per variant (alternated)")
     parser.add_argument("--medium_scale", type=int, default=4, help="medium BLIP-2: 2.7B widths and depths / this")
-    parser.add_argument("--medium_image_size", type=int, default=224)
-    parser.add_argument("--medium_batch_size", type=int, default=8)
-    parser.add_argument("--medium_steps", type=int, default=4)
+    parser.add_argument("--medium_image_size", type=int, default=224, help="medium BLIP-2 (patch 14)")
+    parser.add_argument("--medium_batch_size", type=int, default=8, help="medium BLIP-2 training batch")
+    parser.add_argument("--medium_steps", type=int, default=4, help="medium BLIP-2 training steps per run")
     parser.add_argument(
         "--quick",
         action="store_true",
