@@ -11,6 +11,8 @@ Variants, run alternately in one process (A B C, C B A, ...):
   ``BlipForQuestionAnswering`` (``model(input_ids=..., pixel_values=..., labels=...)``);
 * ``recipe_random`` (C): the recipe with ``group_by_image=False`` (random order: batches rarely share an
   image), which separates the image-sharing gain from the rest of the pipeline;
+* ``recipe_kK`` (with ``--questions_per_image K ...``): the recipe with ``--max_questions_per_image K`` (0: every
+  question of an image in one run, the grouping before the bound);
 * ``recipe_eager`` (with ``--eager_attention``): the recipe with transformers' eager attention instead of the
   fused (SDPA) default;
 * ``recipe_frozen`` and ``recipe_frozen_cached`` (with ``--frozen_vision``): the recipe with the image encoder
@@ -78,6 +80,7 @@ def run_recipe(
     workers,
     compile=False,
     cache=None,
+    questions_per_image=None,
 ):
     clock = StepClock()
     result = common.train_recipe(
@@ -94,6 +97,7 @@ def run_recipe(
         warmup_steps=0,
         dataloader_num_workers=workers,
         group_by_image=group,
+        **({} if questions_per_image is None else {"max_questions_per_image": questions_per_image}),
         torch_compile=compile,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
@@ -177,6 +181,9 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
     }
     if not args.no_random_order:
         variants["recipe_random"] = recipe("recipe", group=False)
+    for bound in args.questions_per_image or ():
+        # Image grouping with runs of at most `bound` questions of an image (0: all of them together).
+        variants[f"recipe_k{bound}"] = recipe("recipe", questions_per_image=bound)
     if args.eager_attention:
         from retina_vqa.models.attention import set_attention_implementation
 
@@ -233,6 +240,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_train_images", type=int, default=None, help="default: enough for the steps")
     parser.add_argument("--num_test_images", type=int, default=4)
     parser.add_argument("--no_random_order", action="store_true", help="skip variant C (group_by_image false)")
+    parser.add_argument(
+        "--questions_per_image",
+        type=int,
+        nargs="+",
+        help="also the recipe with --max_questions_per_image K for each K (0: all questions of an image together)",
+    )
     parser.add_argument(
         "--eager_attention", action="store_true", help="add variant recipe_eager (--attn_implementation eager)"
     )
