@@ -110,6 +110,43 @@ def answer_planned(
     return answers
 
 
+def prompt_batch(
+    model: Any,
+    processor: Any,
+    questions: Sequence[str],
+    images: Sequence[PILImage.Image],
+    prompt_template: str | None = None,
+    layout: PromptLayout | None = None,
+    answer_ids: Sequence[list[int]] | None = None,
+) -> dict[str, torch.Tensor]:
+    """BLIP-2 / InstructBLIP inputs for ``questions[i]`` about ``images[i]`` (RGB, already loaded), on the model's
+    device: the prompt the model was trained with (``model.config.prompt_template``, saved by run_vqa.py, unless
+    given), tokenised, truncated and padded exactly as training built them (answering pads on the left). With
+    `answer_ids` (answer + eos per row), a training batch with its labels (teacher forcing)."""
+    layout = layout or PromptLayout.from_model(model.config, processor)
+    template = prompt_template or getattr(model.config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
+    text = tokenize_prompts_and_answers(
+        {"question": list(questions)},
+        processor,
+        layout,
+        "question",
+        None,
+        template,
+        # Truncated as in training: run_vqa.py saves --max_question_length as model_max_length.
+        max_question_length=processor.tokenizer.model_max_length,
+        max_answer_length=0,
+    )
+    features = [{**{k: v[i] for k, v in text.items()}, "image": image} for i, image in enumerate(images)]
+    for feature, ids in zip(features, answer_ids or (), strict=False):
+        feature["answer_ids"] = list(ids)
+    collate = PromptCollator.from_layout(layout, processor.image_processor, max_image_side=None)
+    device = next(model.parameters()).device
+    pixel_dtype = next(model.vision_model.parameters()).dtype
+    return {
+        k: v.to(device, dtype=pixel_dtype if v.is_floating_point() else v.dtype) for k, v in collate(features).items()
+    }
+
+
 @torch.no_grad()
 def _answer_prompts(
     model: Any,
@@ -124,29 +161,10 @@ def _answer_prompts(
     """BLIP-2 / InstructBLIP: the prompt the model was trained with (saved in its config by run_vqa.py), the
     same tokenisation and collator as training, answers cut from the generated sequences."""
     layout = PromptLayout.from_model(model.config, processor)
-    template = getattr(model.config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
-    collate = PromptCollator.from_layout(layout, processor.image_processor, max_image_side=None)  # load() shrank them
-    parameter = next(model.parameters())
     answers: list[str | None] = [None] * len(questions)
     for _, batches in answering_plan(image_keys, questions, batch_size):
         for rows, _ in batches:
-            text = tokenize_prompts_and_answers(
-                {"question": [questions[row] for row in rows]},
-                processor,
-                layout,
-                "question",
-                None,
-                template,
-                # Truncated as in training: run_vqa.py saves --max_question_length as model_max_length.
-                max_question_length=processor.tokenizer.model_max_length,
-                max_answer_length=0,
-            )
-            images = load(list(rows))
-            features = [{**{k: v[i] for k, v in text.items()}, "image": images[i]} for i in range(len(rows))]
-            batch = {
-                k: v.to(parameter.device, dtype=parameter.dtype if v.is_floating_point() else v.dtype)
-                for k, v in collate(features).items()
-            }
+            batch = prompt_batch(model, processor, [questions[row] for row in rows], load(list(rows)), layout=layout)
             settings = {k: v for k, v in generation_kwargs.items() if k != "max_length"}
             generated = generate_prompt_answers(model, layout, **batch, **settings)
             for row, answer in zip(rows, decode_ids(processor.tokenizer, generated.cpu()), strict=True):

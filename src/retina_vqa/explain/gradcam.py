@@ -37,8 +37,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
-from ..data.collator import PromptCollator
 from ..data.images import load_image
+from ..inference import prompt_batch
 from ..metrics import decode_ids
 from ..models.attention import attention_implementation, set_attention_implementation
 from ..models.blip import decode_answers, encode_images, encode_questions, generate_answers
@@ -47,7 +47,6 @@ from ..models.blip2 import (
     PromptLayout,
     generate_prompt_answers,
     model_family,
-    tokenize_prompts_and_answers,
 )
 from ..models.compat import configured_attention
 from ..plots import _save
@@ -245,29 +244,10 @@ def _prompt_gradcam_map(
     layout = PromptLayout.from_model(model.config, processor)
     template = prompt_template or getattr(model.config, "prompt_template", None) or DEFAULT_PROMPT_TEMPLATE
     block = model.qformer.encoder.layer[_layer_index(model, layer)]
-    # The prompt, placeholders and padding of retina_vqa.inference (which answers as training evaluates).
-    prompt = tokenize_prompts_and_answers(
-        {"question": [question]},
-        processor,
-        layout,
-        "question",
-        None,
-        template,
-        # Truncated as in training: run_vqa.py saves --max_question_length as model_max_length.
-        max_question_length=processor.tokenizer.model_max_length,
-        max_answer_length=0,
-    )
-    row: dict[str, Any] = {key: values[0] for key, values in prompt.items()}
-    row["image"] = load_image(image)
-    # The image is loaded whole, as BLIP's path loads it.
-    collate = PromptCollator.from_layout(layout, processor.image_processor, max_image_side=None)
-    device = next(model.parameters()).device
-    pixel_dtype = next(model.vision_model.parameters()).dtype
-
-    def to_model(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(device, dtype=pixel_dtype if v.is_floating_point() else v.dtype) for k, v in batch.items()}
-
-    batch = to_model(collate([row]))
+    # The prompt, placeholders and padding of retina_vqa.inference (which answers as training evaluates); the
+    # image is loaded whole, as BLIP's path loads it.
+    picture = load_image(image)
+    batch = prompt_batch(model, processor, [question], [picture], template, layout)
     patch = model.config.vision_config.patch_size
     height, width = batch["pixel_values"].shape[-2:]
     grid_h, grid_w = height // patch, width // patch
@@ -301,7 +281,7 @@ def _prompt_gradcam_map(
         ends = (answer_ids == layout.eos_token_id).nonzero()
         if len(ends):  # up to and with the first eos: the answer as the training labels hold it
             answer_ids = answer_ids[: int(ends[0]) + 1]
-        teacher = to_model(collate([{**row, "answer_ids": answer_ids.tolist()}]))
+        teacher = prompt_batch(model, processor, [question], [picture], template, layout, [answer_ids.tolist()])
         labels = teacher["labels"] if layout.decoder_only else teacher.pop("labels")
         # Eager only in the Q-Former and only for this pass: SDPA returns no probabilities.
         qformer.set_attn_implementation("eager")
