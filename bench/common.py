@@ -377,3 +377,16 @@ def emit_json(benchmark: str, payload: dict[str, Any]) -> None:
     """One JSON line, prefixed so it can be grepped out of the log: ``grep ^BENCH_JSON | cut -c12-``."""
     record = {"benchmark": benchmark, "machine": machine_info(), **payload}
     print("BENCH_JSON " + json.dumps(record, sort_keys=False, default=str), flush=True)
+
+
+def report_child_peak_rss(command: list[str]) -> None:
+    """Run `command` (a benchmark child that prints one JSON line last) from an otherwise idle process and print
+    that line with the children's peak RSS added: the child's own peak memory, nothing of the parent's."""
+    import subprocess
+
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stderr[-4000:])
+        sys.exit(completed.returncode)
+    own = json.loads(completed.stdout.strip().splitlines()[-1])
+    print(json.dumps({"peak_rss_mb": peak_rss_mb(children=True), **own}))

@@ -58,12 +58,7 @@ def child(variant: str, size: str, steps: int, batch_size: int, image_size: int,
 
 def wrap(command: list[str]) -> None:
     """Run the child and report the peak RSS of the children of this (otherwise idle) process."""
-    completed = subprocess.run(command, capture_output=True, text=True)
-    if completed.returncode != 0:
-        sys.stderr.write(completed.stderr[-4000:])
-        sys.exit(completed.returncode)
-    own = json.loads(completed.stdout.strip().splitlines()[-1])
-    print(json.dumps({"peak_rss_mb": common.peak_rss_mb(children=True), **own}))
+    common.report_child_peak_rss(command)
 
 
 def measure_memory(variant: str, size: str, steps: int, batch_size: int, image_size: int, dataset_dir: Path):
