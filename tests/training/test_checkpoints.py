@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from retina_vqa.training.checkpoints import is_complete, last_complete_checkpoint
 
-from ..conftest import ROOT
-from ..test_run_vqa import common_args
+from ..conftest import ROOT, make_tiny_model
+from ..test_run_vqa import common_args, fine_tune_args
 
 
 def fake_checkpoint(output_dir, step: int, state: str | None = '{"global_step": STEP}', weights: bool = True):
@@ -51,19 +51,26 @@ def test_a_sharded_fsdp_checkpoint_counts_once_its_shards_are_all_written(tmp_pa
     assert is_complete(str(checkpoint))
 
 
-def command(data_dir, output_dir) -> list[str]:
+def command(data_dir, output_dir, start=None) -> list[str]:
+    """The run to kill: from scratch, or (with `start`, a saved model) LoRA adapters on it."""
     steps = ["--do_train", "--max_steps", "8", "--save_steps", "2", "--seed", "3"]
-    return [sys.executable, str(ROOT / "run_vqa.py"), *common_args(data_dir, output_dir), *steps]
+    if start is None:
+        args = common_args(data_dir, output_dir)
+    else:
+        args = fine_tune_args(data_dir, output_dir, start, make_tiny_model(init_range=0.5)) + ["--lora_r", "4"]
+    return [sys.executable, str(ROOT / "run_vqa.py"), *args, *steps]
 
 
-def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weights(tiny_dataset_dir, tmp_path):
+@pytest.mark.parametrize("lora", [False, True], ids=["weights", "lora_adapters"])
+def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weights(lora, tiny_dataset_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     straight = tmp_path / "straight"
-    subprocess.run(command(tiny_dataset_dir, straight), env=env, check=True, capture_output=True, timeout=600)
+    start = tmp_path / "start" if lora else None
+    subprocess.run(command(tiny_dataset_dir, straight, start), env=env, check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        command(tiny_dataset_dir, killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command(tiny_dataset_dir, killed, start), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 300
     while not (killed / "checkpoint-2" / "trainer_state.json").exists():
@@ -74,7 +81,12 @@ def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weigh
     process.wait()
     assert not (killed / "model.safetensors").exists(), "killed too late: the run had finished"
 
-    resumed = subprocess.run(command(tiny_dataset_dir, killed), env=env, capture_output=True, text=True, timeout=600)
+    if lora:  # a checkpoint of adapters only (the frozen weights come from the start model again)
+        assert (killed / "checkpoint-2" / "adapter_model.safetensors").exists()
+        assert not (killed / "checkpoint-2" / "model.safetensors").exists()
+    resumed = subprocess.run(
+        command(tiny_dataset_dir, killed, start), env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming training at" in resumed.stdout + resumed.stderr
     state = json.loads((killed / "trainer_state.json").read_text())
@@ -82,7 +94,12 @@ def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weigh
     expected = load_file(straight / "model.safetensors")
     got = load_file(killed / "model.safetensors")
     for name, tensor in expected.items():
-        assert torch.equal(got[name], tensor), name  # bitwise on CPU
+        assert torch.equal(got[name], tensor), name  # bitwise on CPU (with LoRA: the merged model)
+    if lora:
+        adapters = load_file(straight / "adapter" / "adapter_model.safetensors")
+        resumed_adapters = load_file(killed / "adapter" / "adapter_model.safetensors")
+        assert adapters.keys() == resumed_adapters.keys() and adapters
+        assert all(torch.equal(resumed_adapters[name], tensor) for name, tensor in adapters.items())
 
 
 def test_explicit_resume_from_a_checkpoint_elsewhere_is_allowed_in_a_non_empty_folder(tmp_path):
