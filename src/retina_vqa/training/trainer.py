@@ -140,7 +140,9 @@ class VqaTrainer(Seq2SeqTrainer):
             # What the run really is: accelerate falls back to DDP silently when it cannot shard (e.g.
             # `distributed_type: FSDP` with `use_cpu: true` before allow_fsdp_on_cpu_processes), so the log names it.
             self._logged_wrapper = True
-            logger.warning(
+            # A warning where it matters (several processes: what sharding, if any, engaged), else for the record.
+            logger.log(
+                logging.WARNING if self.args.world_size > 1 else logging.INFO,
                 "Distributed setup: %s, FSDP enabled %s, model wrapped as %s",
                 self.accelerator.distributed_type,
                 self.is_fsdp_enabled,
