@@ -8,6 +8,7 @@ eager, always with the cross-attention mask fix.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -70,15 +71,25 @@ def prepare_model(model: Any, processor: Any, attn_implementation: str, name: st
 
 def prompt_layout(model_args: ModelArguments, processor: Any) -> PromptLayout | None:
     """Where a BLIP-2 / InstructBLIP model reads its image (None for BLIP VQA, which reads pixels)."""
-    name = model_args.model_name_or_path or model_args.config_name
-    config = AutoConfig.from_pretrained(name, **_hub_kwargs(model_args))
+    config = _checkpoint_config(model_args)
     return None if model_family(config) == "blip" else PromptLayout.from_model(config, processor)
 
 
 def checkpoint_family(model_args: ModelArguments) -> str:
     """The family of the model `model_args` names (read from its config, before anything is built)."""
+    return model_family(_checkpoint_config(model_args))
+
+
+def _checkpoint_config(model_args: ModelArguments) -> Any:
+    """The config `model_args` names, read once per run (the processor, the prompt layout, the precision and the
+    model all ask for its family). Read-only: builders that change a config load their own copy."""
     name = model_args.model_name_or_path or model_args.config_name
-    return model_family(AutoConfig.from_pretrained(name, **_hub_kwargs(model_args)))
+    return _read_config(name, *sorted(_hub_kwargs(model_args).items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _read_config(name: str, *hub_items: tuple[str, Any]) -> Any:
+    return AutoConfig.from_pretrained(name, **dict(hub_items))
 
 
 def load_processor(model_args: ModelArguments) -> BlipProcessor:
