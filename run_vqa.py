@@ -29,7 +29,7 @@ from retina_vqa.data.validation import drop_invalid, validate_on_main_process
 from retina_vqa.metrics import build_compute_metrics, decode_ids
 from retina_vqa.models.generation_config import configure_answer_generation
 from retina_vqa.models.loading import checkpoint_family, load_model, load_processor, prompt_layout
-from retina_vqa.models.lora import apply_lora, merge_lora, parameter_counts
+from retina_vqa.models.lora import apply_lora, check_activation_checkpointing, merge_lora, parameter_counts
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results: dict[str, float] = dict(report.counts())
 
     # 5. Model; answer length and beams of evaluation, [DEC] start, [SEP] end, saved as generation_config.json.
+    check_activation_checkpointing(
+        checkpoint_family(model_args),
+        model_args.lora_r,
+        training_args.activation_checkpointing,
+        training_args.activation_checkpointing_kwargs,
+    )
     model = load_model(model_args, processor)
     if model_args.lora_r:
         model = apply_lora(

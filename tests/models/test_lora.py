@@ -27,6 +27,7 @@ from retina_vqa.models.lora import (
     DEFAULT_TARGETS,
     apply_lora,
     base_model,
+    check_activation_checkpointing,
     load_adapter,
     merge_lora,
     parameter_counts,
@@ -386,3 +387,45 @@ def test_trainer_resumes_an_adapter_checkpoint_exactly(tmp_path):
     assert resumed.keys() == uninterrupted.keys()
     for name, weight in uninterrupted.items():
         torch.testing.assert_close(resumed[name], weight, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(("folder", "use_reentrant"), [(folder, False) for folder in EXPECTED_TARGETS] + [(BLIP, True)])
+def test_activation_checkpointing_under_lora_gives_the_same_gradients(folder, use_reentrant):
+    """As the Trainer enables it (`--gradient_checkpointing`): BLIP's in-place position-embedding add used to fail
+    on the frozen embeddings' hooked output; the adapters' gradients must equal those without checkpointing."""
+
+    def adapter_grads(checkpointing: bool) -> dict[str, torch.Tensor]:
+        model = build(folder)
+        peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+        randomize_adapters(peft_model)
+        if checkpointing:
+            peft_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        peft_model.train()
+        if folder == BLIP:
+            loss = peft_model(**blip_batch(), num_items_in_batch=torch.tensor(9)).loss
+        else:
+            loss = peft_model(**blip2_inputs(model.config)).loss
+        loss.backward()
+        return {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+
+    plain, checkpointed = adapter_grads(False), adapter_grads(True)
+    assert plain.keys() == checkpointed.keys() and plain
+    for name, grad in plain.items():
+        assert checkpointed[name] is not None, name
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_reentrant_checkpointing_that_would_starve_the_qformer_adapters_is_refused():
+    """Reentrant checkpointing gives the BLIP-2 Q-Former's adapters no gradient (frozen inputs): refused up front."""
+    model = tiny_blip2(OPT_DIR)
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0)
+    randomize_adapters(peft_model)
+    peft_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    peft_model.train()
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        peft_model(**blip2_inputs(model.config)).loss.backward()
+    with pytest.raises(ValueError, match="use_reentrant"):
+        check_activation_checkpointing("blip-2", 16, True, {"use_reentrant": True})
+    check_activation_checkpointing("blip-2", 16, True, None)  # the default: non-reentrant
+    check_activation_checkpointing("blip", 16, True, {"use_reentrant": True})  # BLIP: the hook above handles it
+    check_activation_checkpointing("instructblip", 0, True, {"use_reentrant": True})  # full fine-tuning

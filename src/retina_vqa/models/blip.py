@@ -18,10 +18,11 @@ size of a pretrained checkpoint.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import BlipConfig, BlipForQuestionAnswering, BlipProcessor
+from transformers import BlipConfig, BlipForQuestionAnswering, BlipProcessor, PreTrainedModel
 
 from .compat import BlipTextVisionModelOutput
 
@@ -182,6 +183,26 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
             image_embeds=image_embeds,
             last_hidden_state=per_image,
         )
+
+    def enable_input_require_grads(self) -> None:
+        """transformers' hook, made safe for BLIP's text embeddings, which add the position embeddings in place.
+
+        Activation checkpointing with frozen word embeddings (always the case under LoRA) makes transformers
+        hook each input embedding so that its output requires grad; for a frozen embedding that output is a
+        leaf, and BLIP's ``embeddings += position_embeddings`` then fails ("a leaf Variable that requires grad
+        is being used in an in-place operation"). Here the hook returns a non-leaf copy instead.
+        """
+
+        def requires_grad_not_leaf(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+            return output if output.requires_grad else output.requires_grad_(True).clone()
+
+        embeddings = {}
+        for module in self.modules():
+            if isinstance(module, PreTrainedModel):
+                found = module.get_input_embeddings()
+                if found is not None:
+                    embeddings[id(found)] = found
+        self._require_grads_hooks = [e.register_forward_hook(requires_grad_not_leaf) for e in embeddings.values()]
 
     def save_pretrained(self, *args, **kwargs):
         # Saved as the plain transformers class (config.architectures): sharing is a batching detail.

@@ -45,10 +45,15 @@ recipe's `SharedImageBlipForQuestionAnswering.forward` take the `PeftModel` as i
 (``model.x = ...`` lands on the wrapper) and ``model.__class__ = ...``: use `base_model(model)` for those, and
 apply LoRA after `models.loading.load_model` has swapped the class in.
 
-Gradient checkpointing: BLIP with frozen text embeddings (always the case under LoRA) fails in transformers 5.24
-(``RuntimeError: a leaf Variable that requires grad is being used in an in-place operation``): enabling it
-hooks the word embeddings to return a leaf that requires grad, and `BlipTextEmbeddings` adds the position
-embeddings to it in place. BLIP-2 and InstructBLIP train with it.
+**Activation checkpointing** (``--gradient_checkpointing``). Enabling it with frozen word embeddings (always
+the case under LoRA) makes transformers hook each input embedding so that its output requires grad. For BLIP
+that output is a leaf, and `BlipTextEmbeddings` adds the position embeddings to it in place: ``RuntimeError: a
+leaf Variable that requires grad is being used in an in-place operation`` (transformers 5.24).
+`SharedImageBlipForQuestionAnswering.enable_input_require_grads` hooks a non-leaf copy instead. BLIP-2 and
+InstructBLIP train with transformers' default, non-reentrant checkpointing; with ``use_reentrant: true`` their
+Q-Former layers get inputs that carry no gradient (frozen query tokens and image encoder), so its adapters would
+silently learn nothing: `check_activation_checkpointing` refuses that before training. Adapter gradients equal
+those without checkpointing (tests/models/test_lora.py).
 
 **Checkpoints.** The Trainer saves a `PeftModel` with its own `save_pretrained`: a checkpoint holds
 ``adapter_config.json`` and ``adapter_model.safetensors`` (the adapters only) next to the optimizer and trainer
@@ -224,6 +229,18 @@ def apply_lora(
         100 * counts["trainable_parameters"] / counts["total_parameters"],
     )
     return peft_model
+
+
+def check_activation_checkpointing(family: str, lora_r: int, checkpointing: bool, kwargs: dict | None) -> None:
+    """Refuse reentrant activation checkpointing where it would leave adapters without gradients (see the module
+    docstring): BLIP-2 / InstructBLIP with LoRA."""
+    if not (lora_r and checkpointing and family != "blip" and (kwargs or {}).get("use_reentrant")):
+        return
+    raise ValueError(
+        f"--gradient_checkpointing with use_reentrant=true and --lora_r on a {family} model: reentrant checkpointing "
+        "passes no gradient through the Q-Former's frozen inputs, so its adapters would not train. Drop "
+        "use_reentrant from --gradient_checkpointing_kwargs (the non-reentrant default works)."
+    )
 
 
 def merge_lora(model: PeftModel) -> PreTrainedModel:
