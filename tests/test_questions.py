@@ -11,12 +11,18 @@ from retina_vqa.questions import (
     BLINDNESS_ANSWERS,
     CAUSE_ANSWERS,
     DIAGNOSIS_ANSWERS,
+    GRADED_QUESTION_TYPES,
+    LABEL_QUESTION_TYPES,
     LESION_TYPES,
+    MACULAR_OEDEMA_ANSWERS,
     PRESENCE_TYPES,
     QUESTION_TYPES,
     all_texts,
     answer_for,
     count_haemorrhage_quadrants,
+    graded_answer_for,
+    graded_question,
+    graded_texts,
     haemorrhage_quadrant,
 )
 from retina_vqa.synthetic import generate_dataset
@@ -97,6 +103,60 @@ def test_answer_for_metadata_answers():
     assert answer_for("quality", 0, "left", "blurred", [], 64) == "no"
     with pytest.raises(ValueError, match="unknown question type"):
         answer_for("colour", 0, "left", "good", [], 64)
+
+
+def test_graded_question_types_stay_out_of_the_synthetic_catalogue():
+    # The synthetic generator iterates QUESTION_TYPES and the tiny vocabulary is built from all_texts(): both
+    # stay as they were, so synthetic data and configs/blip-tiny do not change.
+    assert not set(GRADED_QUESTION_TYPES) & set(QUESTION_TYPES)
+    assert set(LABEL_QUESTION_TYPES) <= set(QUESTION_TYPES) | set(GRADED_QUESTION_TYPES)
+    assert not set(LABEL_QUESTION_TYPES) & (set(PRESENCE_TYPES) | {"haemorrhage_quadrants"})  # no lesion questions
+    assert set(graded_texts()) - set(all_texts()) == {
+        *(t for info in GRADED_QUESTION_TYPES.values() for t in info["paraphrases"]),
+        *MACULAR_OEDEMA_ANSWERS.values(),
+    }
+    for question_type in LABEL_QUESTION_TYPES:
+        info = graded_question(question_type)
+        assert info["paraphrases"][0] == info["question"] and 3 <= len(info["paraphrases"]) <= 5
+        assert all(t == t.lower() for t in info["paraphrases"])
+
+
+@pytest.mark.parametrize("grade", range(5))
+def test_graded_answers_equal_the_synthetic_answers_and_follow_the_grade(grade):
+    for question_type in ("modality", "abnormality", "diagnosis", "blindness", "cause"):
+        assert graded_answer_for(question_type, grade) == answer_for(question_type, grade, "left", "good", [], 64)
+    assert graded_answer_for("referable_dr", grade) == ("yes" if grade >= 2 else "no")
+    assert graded_answer_for("laterality", grade, laterality="right") == "right eye"
+    assert graded_answer_for("quality", grade) == "yes"
+
+
+def test_graded_answers_for_oedema_and_ungradable_images():
+    assert [graded_answer_for("macular_oedema", 0, macular_oedema=k) for k in ("none", "low", "high", "not_high")] == [
+        "no risk",
+        "low risk",
+        "high risk",
+        "no or low risk",
+    ]
+    assert graded_answer_for("quality", None) == "no"
+    assert graded_answer_for("modality", None) == "color fundus photography"
+    with pytest.raises(ValueError, match="needs an ICDR grade"):
+        graded_answer_for("diagnosis", None)
+    with pytest.raises(ValueError, match="macular_oedema must be one of"):
+        graded_answer_for("macular_oedema", 2)
+    with pytest.raises(ValueError, match="unknown question type 'microaneurysms'"):
+        graded_answer_for("microaneurysms", 2)
+
+
+def test_graded_texts_tokenise_with_the_tiny_vocabulary_without_unknown_tokens():
+    from transformers import AutoProcessor
+
+    from .conftest import TINY_CONFIG
+
+    tokenizer = AutoProcessor.from_pretrained(TINY_CONFIG).tokenizer
+    for text in graded_texts(paraphrase=True):
+        ids = tokenizer(text)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, text
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == text.replace(" ", "")
 
 
 def test_catalogue_imports_neither_numpy_nor_pillow():
