@@ -182,3 +182,25 @@ def test_blip2_gradcam_depends_on_the_cross_attention_gradient(fundus):
         handle.remove()
     assert blocked_answer == answer
     assert normal.std() > 0 and np.all(blocked == 0)  # no positive gradient, no evidence
+
+
+@pytest.mark.parametrize("family", ["blip", "opt", "t5"])
+def test_gradcam_explains_a_given_answer(family, tiny_processor, fundus):
+    """`answer=` (a ranked answer, which greedy generation need not give) is explained as given: no generation
+    (its settings change nothing), and each answer has its own map."""
+    if family == "blip":
+        model, processor = make_tiny_model(), tiny_processor
+    else:
+        model, processor, _ = build(family)
+        model.config.prompt_template = PROMPT
+    maps = {}
+    for candidate in ("severe dr", "healthy retina"):
+        heatmap, answer = gradcam.gradcam_map(model, processor, fundus, QUESTION, answer=candidate)
+        assert answer == candidate
+        assert_unit_map(heatmap, (8, 8))
+        again, _ = gradcam.gradcam_map(model, processor, fundus, QUESTION, answer=candidate, max_new_tokens=1)
+        assert np.array_equal(again, heatmap)
+        maps[candidate] = heatmap
+    _, own = gradcam.gradcam_map(model, processor, fundus, QUESTION, max_new_tokens=1)
+    assert own not in maps  # one generated token is no candidate: the maps above did not come from generation
+    assert np.abs(maps["severe dr"] - maps["healthy retina"]).max() > 0.05

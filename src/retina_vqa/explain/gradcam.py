@@ -126,8 +126,9 @@ def gradcam_map(
     interpolate_pos_encoding: bool | None = None,
     prompt_template: str | None = None,
     generate_kwargs: Mapping[str, Any] | None = None,
+    answer: str | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Grad-CAM of one image cross-attention layer for the model's own answer.
+    """Grad-CAM of one image cross-attention layer for the model's own answer (or for `answer`).
 
     Args:
         model: a `BlipForQuestionAnswering`, `Blip2ForConditionalGeneration` or
@@ -147,11 +148,15 @@ def gradcam_map(
             model (``config.prompt_template``), else `DEFAULT_PROMPT_TEMPLATE`. BLIP reads the question alone.
         generate_kwargs: further ``generate`` settings (``num_beams``, ``suppress_tokens``, ...). BLIP-2 /
             InstructBLIP default to the beams saved with the model, as `retina_vqa.inference` does.
+        answer: explain this answer instead of generating one: e.g. the candidate a ranked answer chose
+            (`retina_vqa.models.ranking`), which need not be what greedy generation says. Tokenised as training
+            tokenises answers (with the end token).
 
     Returns:
         ``(map, answer)``: a float32 array in [0, 1] of shape ``(grid, grid)`` (or ``(rows, grid, grid)``)
         over the ViT patch grid, each map scaled by its min and max (all zeros when constant), and the
-        decoded generated answer. The model's parameters get no gradients and its train/eval mode is kept.
+        decoded generated answer (or `answer`, as given). The model's parameters get no gradients and its
+        train/eval mode is kept.
 
     Raises:
         ValueError: `layer` is out of range, or (BLIP-2) the processor does not match the model.
@@ -168,6 +173,7 @@ def gradcam_map(
             interpolate_pos_encoding,
             prompt_template,
             dict(generate_kwargs or {}),
+            answer,
         )
     inputs = _encode(model, processor, image, question)
     pixel_values, input_ids, attention_mask = (
@@ -192,17 +198,24 @@ def gradcam_map(
     set_attention_implementation(model, "eager")  # the fused kernels return no probabilities
     model.eval()
     try:
-        generated = generate_answers(
-            model,
-            pixel_values,
-            input_ids,
-            attention_mask,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-            max_new_tokens=max_new_tokens,
-            **(generate_kwargs or {}),
-        )[0]
-        answer_ids = _trim_answer(generated, model.config.text_config.sep_token_id)[None]
-        answer = processor.tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
+        text_config = model.config.text_config
+        if answer is None:
+            generated = generate_answers(
+                model,
+                pixel_values,
+                input_ids,
+                attention_mask,
+                interpolate_pos_encoding=interpolate_pos_encoding,
+                max_new_tokens=max_new_tokens,
+                **(generate_kwargs or {}),
+            )[0]
+            answer_ids = _trim_answer(generated, text_config.sep_token_id)[None]
+            answer = processor.tokenizer.decode(answer_ids[0], skip_special_tokens=True).strip()
+        else:  # [DEC] answer [SEP], as the training targets are
+            ids = processor.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]
+            answer_ids = torch.tensor(
+                [[model.decoder_start_token_id, *ids, text_config.sep_token_id]], device=input_ids.device
+            )
         with torch.no_grad():
             image_embeds = encode_images(model, pixel_values, interpolate_pos_encoding)
         handle = attention.register_forward_hook(keep_probs)
@@ -239,6 +252,7 @@ def _prompt_gradcam_map(
     interpolate_pos_encoding: bool | None,
     prompt_template: str | None,
     generate_kwargs: dict[str, Any],
+    answer: str | None = None,
 ) -> tuple[np.ndarray, str]:
     """`gradcam_map` for BLIP-2 / InstructBLIP: the Q-Former's query-to-patch cross-attention."""
     layout = PromptLayout.from_model(model.config, processor)
@@ -272,15 +286,19 @@ def _prompt_gradcam_map(
     implementation = configured_attention(qformer.config)
     model.eval()
     try:
-        # Answered as the model is (its own attention), before the Q-Former is switched to eager below.
-        generated = generate_prompt_answers(
-            model, layout, **batch, interpolate_pos_encoding=interpolate_pos_encoding, **settings
-        )
-        answer = decode_ids(processor.tokenizer, generated.cpu())[0]
-        answer_ids = generated[0]
-        ends = (answer_ids == layout.eos_token_id).nonzero()
-        if len(ends):  # up to and with the first eos: the answer as the training labels hold it
-            answer_ids = answer_ids[: int(ends[0]) + 1]
+        if answer is None:
+            # Answered as the model is (its own attention), before the Q-Former is switched to eager below.
+            generated = generate_prompt_answers(
+                model, layout, **batch, interpolate_pos_encoding=interpolate_pos_encoding, **settings
+            )
+            answer = decode_ids(processor.tokenizer, generated.cpu())[0]
+            answer_ids = generated[0]
+            ends = (answer_ids == layout.eos_token_id).nonzero()
+            if len(ends):  # up to and with the first eos: the answer as the training labels hold it
+                answer_ids = answer_ids[: int(ends[0]) + 1]
+        else:  # answer + eos, as the training labels hold it
+            ids = processor.tokenizer(answer.strip(), add_special_tokens=False)["input_ids"]
+            answer_ids = torch.tensor([*ids, layout.eos_token_id])
         teacher = prompt_batch(model, processor, [question], [picture], template, layout, [answer_ids.tolist()])
         labels = teacher["labels"] if layout.decoder_only else teacher.pop("labels")
         # Eager only in the Q-Former and only for this pass: SDPA returns no probabilities.

@@ -1,0 +1,337 @@
+"""What the web app's buttons run: the loaded model behind a lock, and one function per event.
+
+`Answerer` owns the model: it answers (ranked over the model's known answers where it has them, else generated,
+through `retina_vqa.inference.answer_questions`), draws the Grad-CAM overlay (`retina_vqa.explain`), lists the
+questions the model knows and writes the screening report. One lock serialises every model call: the model and
+the attention switch Grad-CAM makes are not thread-safe, and the page's queue is a second guard, not the only one.
+
+The ``on_*`` functions are the event handlers the layout wires (`retina_vqa.app.layout`): plain Python values in,
+plain values out (file paths, strings, dicts, row lists), so they run and are tested without a browser. Every
+problem a user can cause (no upload, a broken, huge or non-image file, an empty question) comes back as a line in
+the page's message box, never as a traceback; an unexpected failure is logged with its traceback on the server
+and named in one line in the page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..data.images import ImageLoadError, load_image
+from ..inference import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    AnswerCandidates,
+    answer_questions,
+    generation_kwargs,
+    load_answer_candidates,
+    load_for_inference,
+)
+from ..models.ranking import normalize_question
+from ..questions import QUESTION_TYPES
+
+__all__ = ["Answer", "Answerer", "catalogue_question_type", "display_size"]
+
+logger = logging.getLogger(__name__)
+
+# Longer questions are refused: the tokenizer would cut them at the trained question length anyway, and a
+# megabyte of text in a request is a mistake or abuse.
+MAX_QUESTION_CHARS = 500
+# Batch uploads answered at once; more is a job for `python -m retina_vqa.predict --data_file`.
+MAX_BATCH_IMAGES = 32
+# Longer side of the pictures the page shows: a 128 px fundus would be a stamp, a 4000 px one a slow download.
+DISPLAY_SIDE = 512
+
+
+def catalogue_question_type(question: str) -> str | None:
+    """The question type whose wording (canonical or paraphrase) is `question`, in the catalogue
+    (`retina_vqa.questions`); None for any other text."""
+    text = question.strip().lower()
+    for name, spec in QUESTION_TYPES.items():
+        if text in spec["paraphrases"]:
+            return name
+    return None
+
+
+@dataclass
+class Answer:
+    """One answer as the page shows it: ``answer_scores`` holds the candidate probabilities of a ranked
+    answer (high to low), None for a generated one."""
+
+    question: str
+    answer: str
+    answer_scores: dict[str, float] | None = None
+    question_type: str | None = None
+
+    @property
+    def probability(self) -> float | None:
+        """The probability of the chosen answer among the candidates; None when generated."""
+        if not self.answer_scores:
+            return None
+        return self.answer_scores.get(self.answer)
+
+
+class Answerer:
+    """A loaded model answering for the page: answers, Grad-CAM overlays, known questions, reports.
+
+    Args:
+        model, processor: as `retina_vqa.inference.load_for_inference` returns them.
+        candidates: the model's saved answer candidates (`retina_vqa.inference.load_answer_candidates`), or None:
+            then every answer is generated.
+        name: how the page names the model (its folder or hub id).
+        wordings: the question wordings the model was trained on, ``{question: question_type}`` (saved with its
+            answer candidates); default: those of `candidates`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        candidates: AnswerCandidates | None = None,
+        name: str = "",
+        wordings: dict[str, str] | None = None,
+    ) -> None:
+        self.model = model
+        self.processor = processor
+        self.candidates = candidates
+        self.name = name
+        if wordings is None:
+            wordings = candidates.questions if candidates is not None else {}
+        self.wordings = {normalize_question(q): t for q, t in wordings.items()}
+        self.lock = threading.Lock()
+        self.report_dir = Path(tempfile.mkdtemp(prefix="retina-vqa-reports-"))
+
+    @classmethod
+    def load(
+        cls, model_name_or_path: str | os.PathLike, device: str | None = None, answer_list: str | None = None
+    ) -> Answerer:
+        """Load a saved model (a folder written by run_vqa.py, or a hub id) with its answer candidates, or with those
+        of `answer_list` (a JSON file, as ``python -m retina_vqa.predict --answer_list`` reads it)."""
+        model, processor = load_for_inference(model_name_or_path, device=device)
+        saved = load_answer_candidates(model_name_or_path)
+        candidates = AnswerCandidates.from_file(answer_list, base=saved) if answer_list else saved
+        # The questions to offer are the model's, whatever lists its answers are ranked against.
+        wordings = saved.questions if saved is not None else None
+        return cls(model, processor, candidates, name=os.fspath(model_name_or_path), wordings=wordings)
+
+    # ------------------------------------------------------------------------------------------------
+    # Model calls
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def answer_mode(self) -> str:
+        """``auto`` (rank the question types with known answers, generate the rest) when the model has answer
+        candidates, else ``generate``."""
+        return "auto" if self.candidates is not None else "generate"
+
+    def known_questions(self) -> list[str]:
+        """One question per type the model knows, in the catalogue's order (`retina_vqa.questions`).
+
+        With saved training wordings (`wordings`), their types, each asked in the catalogue's wording when the model
+        was trained on it, else in its first saved wording; without them, every type of the catalogue in its
+        canonical wording.
+        """
+        catalogue = {name: spec["question"] for name, spec in QUESTION_TYPES.items()}
+        if not self.wordings:
+            return list(catalogue.values())
+        first_wording: dict[str, str] = {}
+        for question, question_type in self.wordings.items():
+            first_wording.setdefault(question_type, question)
+        order = [t for t in catalogue if t in first_wording] + [t for t in first_wording if t not in catalogue]
+        trained = {t: catalogue[t] for t in order if self.wordings.get(normalize_question(catalogue.get(t))) == t}
+        return [trained.get(t, first_wording[t]) for t in order]
+
+    def question_type(self, question: str) -> str | None:
+        """The type of `question`: as the model's candidates or training wordings map it, else as the catalogue
+        does."""
+        mapped = self.candidates.question_type(question) if self.candidates is not None else None
+        return mapped or self.wordings.get(normalize_question(question)) or catalogue_question_type(question)
+
+    def answer(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[Answer]:
+        """``questions[i]`` about ``images[i]`` (RGB, already loaded), batched; answers as
+        `retina_vqa.inference.answer_questions` gives them for the same images and questions."""
+        with self.lock:
+            records = answer_questions(
+                self.model,
+                self.processor,
+                list(images),
+                list(questions),
+                answer_mode=self.answer_mode,
+                answer_candidates=self.candidates,
+                return_scores=True,
+            )
+        return [
+            Answer(
+                question=record["question"],
+                answer=record["answer"],
+                answer_scores=record.get("answer_scores"),
+                question_type=record.get("question_type") or self.question_type(record["question"]),
+            )
+            for record in records
+        ]
+
+    def overlay(self, image: Image.Image, question: str, answer: str | None = None) -> tuple[Image.Image, str]:
+        """The Grad-CAM overlay of `question` about `image` (`retina_vqa.explain`) for `answer` (default: the
+        decoder's own generated answer), and the answer the map explains."""
+        from ..explain import gradcam_map, overlay
+
+        settings = generation_kwargs(self.model, None, None)
+        with self.lock:
+            heatmap, explained = gradcam_map(
+                self.model,
+                self.processor,
+                image,
+                question,
+                max_new_tokens=settings["max_new_tokens"],
+                generate_kwargs={"num_beams": settings["num_beams"], "max_length": None},
+                answer=answer,
+            )
+        # The map is upsampled to the picture it is drawn on: drawn on the display-sized fundus, it stays smooth.
+        return overlay(display_size(image), heatmap), explained
+
+    def write_report(self, image_name: str, answers: Sequence[Answer]) -> Path:
+        """The screening report as JSON (model, image, every answer with its candidate probabilities); the path."""
+        stem = Path(image_name).stem or "image"
+        path = Path(tempfile.mkdtemp(dir=self.report_dir)) / f"screening-report-{stem}.json"
+        report = {"model": self.name, "image": image_name, "answers": [asdict(answer) for answer in answers]}
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    # ------------------------------------------------------------------------------------------------
+    # Event handlers: the page's inputs in, the page's outputs out, problems as a message
+    # ------------------------------------------------------------------------------------------------
+
+    def on_upload(self, path: str | None) -> tuple[Image.Image | None, str]:
+        """A file was uploaded: ``(the picture the model sees (EXIF orientation applied, RGB), message)``."""
+        if not path:
+            return None, ""
+        try:
+            image = _load(path)
+        except ImageLoadError as error:
+            return None, str(error)
+        return display_size(image), f"Loaded {Path(path).name} ({image.width}x{image.height} px)."
+
+    def on_ask(
+        self, path: str | None, choice: str | None, typed: str | None
+    ) -> tuple[str, dict[str, float] | None, Image.Image | None, str]:
+        """Ask: ``(answer, candidate probabilities or None, Grad-CAM overlay, message)``."""
+        try:
+            question = _question(choice, typed)
+            image = _load(_need_upload(path))
+        except (ImageLoadError, ValueError) as error:
+            return "", None, None, str(error)
+        try:
+            (answer,) = self.answer([image], [question])
+            picture, explained = self.overlay(image, question, answer.answer)
+        except Exception as error:  # the server stays up and the page says what failed; the log has the traceback
+            logger.exception("answering %r failed", question)
+            return "", None, None, f"Could not answer: {type(error).__name__}: {error}"
+        if answer.answer_scores is not None:
+            count = len(answer.answer_scores)
+            how = f"Ranked over {count} known answer{'s' * (count != 1)}; P = {_percent(answer.probability)}."
+        else:
+            how = "Generated (free text): this question has no known answer list, so no probabilities."
+        note = "" if explained == answer.answer else f" The map explains {explained!r}."
+        return answer.answer, answer.answer_scores, picture, f"Q: {question}  {how}{note}"
+
+    def on_report(self, path: str | None) -> tuple[list[list[Any]], str | None, str]:
+        """Screening report: every known question about the image: ``(table rows, JSON path, message)``."""
+        try:
+            image = _load(_need_upload(path))
+        except (ImageLoadError, ValueError) as error:
+            return [], None, str(error)
+        try:
+            questions = self.known_questions()
+            answers = self.answer([image] * len(questions), questions)
+            report = self.write_report(Path(path).name, answers)
+        except Exception as error:
+            logger.exception("screening report failed")
+            return [], None, f"Could not write the report: {type(error).__name__}: {error}"
+        rows = [[a.question_type or "", a.question, a.answer, _percent(a.probability)] for a in answers]
+        return rows, str(report), f"Screening report: {len(answers)} questions about {Path(path).name}."
+
+    def on_batch(
+        self, paths: Sequence[str] | str | None, choice: str | None, typed: str | None
+    ) -> tuple[list[list[Any]], str]:
+        """One question about several images: ``(rows of image name, question, answer, probability, message)``;
+        unreadable files are listed in the message, the others answered."""
+        paths = [paths] if isinstance(paths, str) else list(paths or [])
+        try:
+            question = _question(choice, typed)
+            if not paths:
+                raise ValueError("Upload one or more fundus photographs first.")
+            if len(paths) > MAX_BATCH_IMAGES:
+                raise ValueError(
+                    f"{len(paths)} images: the page answers at most {MAX_BATCH_IMAGES} at once; for more use "
+                    "`python -m retina_vqa.predict --data_file FOLDER`."
+                )
+        except ValueError as error:
+            return [], str(error)
+        names, images, problems = [], [], []
+        for path in paths:
+            try:
+                images.append(_load(path))
+                names.append(Path(path).name)
+            except ImageLoadError as error:
+                problems.append(str(error))
+        try:
+            answers = self.answer(images, [question] * len(images)) if images else []
+        except Exception as error:
+            logger.exception("batch answering failed")
+            return [], f"Could not answer: {type(error).__name__}: {error}"
+        rows = [[name, a.question, a.answer, _percent(a.probability)] for name, a in zip(names, answers, strict=True)]
+        message = f"Answered {len(rows)} of {len(paths)} images."
+        if problems:
+            message += " Skipped: " + " ".join(problems)
+        return rows, message
+
+
+def display_size(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
+    """`image` scaled (up or down) to a longer side of `side` pixels, for the page."""
+    scale = side / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+
+
+def _load(path: str) -> Image.Image:
+    """The upload at `path` as answer_questions loads a path: EXIF orientation applied, RGB, very large
+    photographs downsized. Read as bytes so that messages name the user's file, not the server's upload folder."""
+    name = Path(path).name
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:  # gone from the upload folder (cleaned up, or a stale page)
+        raise ImageLoadError(f"the upload {name!r}", f"the file cannot be read ({error})", "Upload it again.") from None
+    try:
+        return load_image(data, where=f"the upload {name!r}", max_side=DEFAULT_MAX_IMAGE_SIDE)
+    except ImageLoadError as error:
+        # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x...>"): name the file instead.
+        error.args = (re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(name), str(error)),)
+        raise
+
+
+def _need_upload(path: str | None) -> str:
+    if not path:
+        raise ValueError("Upload a fundus photograph first.")
+    return path
+
+
+def _question(choice: str | None, typed: str | None) -> str:
+    """The typed question if there is one, else the chosen known question."""
+    question = (typed or "").strip() or (choice or "").strip()
+    if not question:
+        raise ValueError("Pick a question from the list or type one.")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise ValueError(f"The question has {len(question)} characters; ask in at most {MAX_QUESTION_CHARS}.")
+    return question
+
+
+def _percent(probability: float | None) -> str:
+    return "" if probability is None else f"{probability:.1%}"

@@ -1,0 +1,163 @@
+"""retina_vqa.app.handlers without a browser: the answers the page shows are the Python API's, problems are
+messages, the report and the batch table hold what the model says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retina_vqa.app.handlers import MAX_QUESTION_CHARS, Answerer, catalogue_question_type
+from retina_vqa.inference import answer_questions, load_answer_candidates
+from retina_vqa.questions import QUESTION_TYPES
+
+
+@pytest.fixture(scope="module")
+def answerer(app_model_dir) -> Answerer:
+    return Answerer.load(app_model_dir, device="cpu")
+
+
+def api_answers(answerer: Answerer, image, questions: list[str]) -> list[dict]:
+    """What `retina_vqa.inference.answer_questions` says, as a user of the Python API calls it."""
+    return answer_questions(
+        answerer.model,
+        answerer.processor,
+        str(image),
+        questions,
+        answer_mode="auto",
+        answer_candidates=load_answer_candidates(answerer.name),
+        return_scores=True,
+    )
+
+
+def test_the_trained_model_has_answer_candidates_so_the_page_ranks(answerer, app_model_dir):
+    assert (app_model_dir / "answer_candidates.json").exists()
+    assert answerer.answer_mode == "auto"
+    assert set(answerer.candidates.answers["diagnosis"]) == {
+        "healthy retina",
+        "mild dr",
+        "moderate dr",
+        "severe dr",
+        "proliferative dr",
+    }
+
+
+def test_known_questions_are_one_per_trained_type_in_catalogue_order(answerer):
+    questions = answerer.known_questions()
+    assert questions == [spec["question"] for spec in QUESTION_TYPES.values()]
+    assert [answerer.question_type(q) for q in questions] == list(QUESTION_TYPES)
+    # Without saved candidates the catalogue still gives the list.
+    bare = Answerer(answerer.model, answerer.processor, None, name="bare")
+    assert bare.known_questions() == questions and bare.answer_mode == "generate"
+
+
+def test_upload_applies_the_exif_orientation(answerer, fundus_files):
+    preview, message = answerer.on_upload(str(fundus_files["fundus.jpg"]))
+    # Stored 64 wide x 48 high with orientation 6: the model and the page see it 48 wide x 64 high.
+    assert message == "Loaded fundus.jpg (48x64 px)."
+    assert preview.height > preview.width
+
+
+@pytest.mark.parametrize(
+    ("question", "ranked"),
+    [
+        ("what is the diagnosis?", True),  # closed, five grades
+        ("are there haemorrhages?", True),  # closed, yes/no
+        ("can this condition cause blindness?", False),  # open: free text
+        ("what is the cause?", False),  # a wording the model never saw: generated
+    ],
+)
+def test_ask_answers_as_the_python_api_with_an_overlay(answerer, fundus_files, question, ranked):
+    image = fundus_files["fundus.jpg"]
+    answer, scores, overlay, message = answerer.on_ask(str(image), "what is the diagnosis?", question)
+    (expected,) = api_answers(answerer, image, [question])
+    assert answer == expected["answer"]
+    assert scores == expected["answer_scores"]
+    assert message.startswith(f"Q: {question}")
+    assert overlay is not None and max(overlay.size) == 512
+    assert (scores is not None) == ranked
+    if ranked:  # a distribution over the candidates, the answer the most likely
+        assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
+        assert max(scores, key=scores.get) == answer
+        assert "Ranked over" in message
+    else:
+        assert "Generated" in message
+
+
+def test_the_typed_question_wins_over_the_chosen_one(answerer, fundus_files):
+    image = str(fundus_files["second.png"])
+    typed = answerer.on_ask(image, "what is the diagnosis?", "which eye is this?")
+    assert typed[3].startswith("Q: which eye is this?")
+    chosen = answerer.on_ask(image, "what is the diagnosis?", "   ")
+    assert chosen[3].startswith("Q: what is the diagnosis?")
+
+
+def test_report_asks_every_known_question_and_writes_json(answerer, fundus_files):
+    image = fundus_files["second.png"]
+    rows, path, message = answerer.on_report(str(image))
+    questions = answerer.known_questions()
+    expected = api_answers(answerer, image, questions)
+    assert [row[1] for row in rows] == questions
+    assert [row[2] for row in rows] == [e["answer"] for e in expected]
+    assert message == f"Screening report: {len(questions)} questions about second.png."
+    report = json.loads(open(path).read())
+    assert report["image"] == "second.png" and report["model"] == str(answerer.name)
+    assert [a["answer"] for a in report["answers"]] == [e["answer"] for e in expected]
+    assert [a["answer_scores"] for a in report["answers"]] == [e["answer_scores"] for e in expected]
+    assert [a["question_type"] for a in report["answers"]] == list(QUESTION_TYPES)
+
+
+def test_batch_answers_readable_images_and_names_the_others(answerer, fundus_files):
+    paths = [str(fundus_files[name]) for name in ("fundus.jpg", "notes.txt", "second.png")]
+    rows, message = answerer.on_batch(paths, "what is the diagnosis?", "")
+    expected = [
+        api_answers(answerer, fundus_files[n], ["what is the diagnosis?"])[0] for n in ("fundus.jpg", "second.png")
+    ]
+    assert [row[0] for row in rows] == ["fundus.jpg", "second.png"]
+    assert [row[2] for row in rows] == [e["answer"] for e in expected]
+    assert message.startswith("Answered 2 of 3 images. Skipped: Cannot load image from the upload 'notes.txt'")
+    assert "BytesIO" not in message
+
+
+@pytest.mark.parametrize(
+    ("upload", "choice", "typed", "says"),
+    [
+        (None, "what is the diagnosis?", "", "Upload a fundus photograph first."),
+        ("fundus.jpg", "", "  ", "Pick a question from the list or type one."),
+        ("fundus.jpg", "", "x" * (MAX_QUESTION_CHARS + 1), f"ask in at most {MAX_QUESTION_CHARS}"),
+        ("broken.jpg", "what is the diagnosis?", "", "Cannot load image from the upload 'broken.jpg'"),
+        ("notes.txt", "what is the diagnosis?", "", "Cannot load image from the upload 'notes.txt'"),
+    ],
+)
+def test_bad_input_is_a_message_not_an_exception(answerer, fundus_files, upload, choice, typed, says):
+    path = str(fundus_files[upload]) if upload else None
+    answer, scores, overlay, message = answerer.on_ask(path, choice, typed)
+    assert (answer, scores, overlay) == ("", None, None)
+    assert says in message
+    if upload != "fundus.jpg":  # the report asks the known questions: only the upload can be wrong
+        rows, report, message = answerer.on_report(path)
+        assert (rows, report) == ([], None)
+        assert says in message
+
+
+def test_catalogue_question_type_reads_paraphrases():
+    assert catalogue_question_type("How would you grade this retina? ") == "diagnosis"
+    assert catalogue_question_type("what colour is the sky?") is None
+
+
+def test_an_upload_gone_from_disk_is_a_message(answerer, tmp_path):
+    answer, _, _, message = answerer.on_ask(str(tmp_path / "gone.jpg"), "what is the diagnosis?", "")
+    assert answer == ""
+    assert message.startswith("Cannot load image from the upload 'gone.jpg': the file cannot be read")
+
+
+def test_an_answer_list_replaces_the_saved_candidates(app_model_dir, fundus_files, tmp_path):
+    lists = tmp_path / "lists.json"
+    lists.write_text(json.dumps({"diagnosis": ["mild dr", "severe dr"]}))
+    answerer = Answerer.load(app_model_dir, device="cpu", answer_list=str(lists))
+    answer, scores, _, message = answerer.on_ask(str(fundus_files["second.png"]), "what is the diagnosis?", "")
+    assert answer in ("mild dr", "severe dr") and set(scores) == {"mild dr", "severe dr"}
+    assert "Ranked over 2 known answers" in message
+    # Questions of types without a list are generated, and the page still offers every question the model knows.
+    assert answerer.on_ask(str(fundus_files["second.png"]), "", "which eye is this?")[1] is None
+    assert answerer.known_questions() == [spec["question"] for spec in QUESTION_TYPES.values()]
