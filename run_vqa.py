@@ -27,9 +27,11 @@ from retina_vqa.data.ordering import answering_order
 from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
 from retina_vqa.data.validation import drop_invalid, validate_on_main_process
 from retina_vqa.metrics import build_compute_metrics, decode_ids
+from retina_vqa.metrics.calibration import calibration_metrics, fit_temperatures
 from retina_vqa.models.generation_config import configure_answer_generation
 from retina_vqa.models.loading import checkpoint_family, load_model, load_processor, prompt_layout
 from retina_vqa.models.lora import apply_lora, check_activation_checkpointing, merge_lora, parameter_counts
+from retina_vqa.models.ranking import ANSWER_SET_COLUMN, RankingPlan, WithAnswerSets, candidates_for_run
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logger.info("Training/evaluation parameters %s", training_args)
     if not (training_args.do_train or training_args.do_eval or training_args.do_predict):
         raise ValueError("Nothing to do: pass at least one of --do_train, --do_eval, --do_predict.")
+    if training_args.calibrate and not training_args.do_eval:
+        raise ValueError("--calibrate fits temperatures on the validation split: add --do_eval.")
 
     # 2. Last checkpoint, seed.
     last_checkpoint = detect_last_checkpoint(
@@ -145,6 +149,48 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if layout is not None:  # saved in config.json: retina_vqa.predict asks the way training did
         model.config.prompt_template = data_args.prompt_template
 
+    # Answer candidates: the known answers of each question type (training split, or --answer_list), saved with the
+    # model so that predict and the app can rank them. With --answer_mode rank/auto, each evaluated row names the
+    # list it is ranked against (column answer_set, -1: generated), added before the rows are reordered.
+    candidates = plan = None
+    if training_args.do_train or training_args.answer_mode != "generate":
+        candidates = candidates_for_run(
+            training_args.answer_list,
+            raw_datasets.get(data_args.train_split),
+            model_args.model_name_or_path,
+            training_args.max_candidate_answers,
+            question_column=data_args.question_column,
+            answer_column=data_args.answer_column,
+            question_type_column=data_args.question_type_column,
+            answer_type_column=data_args.answer_type_column,
+        )
+    if training_args.answer_mode != "generate":
+        if candidates is None:
+            raise ValueError(
+                f"--answer_mode {training_args.answer_mode} ranks known answers, but there is no training split "
+                f"({data_args.train_split!r}) to take them from and no --answer_list: pass --answer_list FILE."
+            )
+        # Candidates are cut as training cut answers (BLIP: [DEC] + answer + [SEP] in max_answer_length tokens).
+        plan = RankingPlan.build(
+            candidates,
+            processor,
+            layout,
+            max_target_tokens=data_args.max_answer_length - (1 if layout is None else 0),
+            top_k=training_args.rank_top_k,
+        )
+        for task in ("do_eval", "do_predict"):
+            if task in prepared:
+                wanted = (data_args.question_column, data_args.question_type_column)
+                rows = prepared[task].select_columns([c for c in wanted if c in prepared[task].column_names]).to_dict()
+                row_sets = plan.row_sets(
+                    candidates,
+                    rows[data_args.question_column],
+                    rows.get(data_args.question_type_column),
+                    training_args.answer_mode,
+                )
+                prepared[task] = prepared[task].add_column(ANSWER_SET_COLUMN, row_sets)
+                logger.info("%s: %d of %d rows ranked", task[3:], sum(s >= 0 for s in row_sets), len(row_sets))
+
     # Evaluation sets in answering order: questions with the same text (answers of similar length) batched
     # together, chunk of images by chunk. `orders[task][i]` is the split row of prepared row i.
     orders: dict[str, list[int]] = {}
@@ -179,8 +225,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "question_type_column": data_args.question_type_column,
         "answer_type_column": data_args.answer_type_column,
     }
+    if plan is not None:  # evaluation batches carry each row's candidate list
+        collator = WithAnswerSets(collator)
     eval_dataset = prepared.get("do_eval")
     compute_metrics = build_compute_metrics(tokenizer, eval_dataset, **metric_columns) if eval_dataset else None
+    if plan is not None and compute_metrics is not None:  # ECE, referable-DR AUC of the ranked rows
+        compute_metrics = plan.metrics(
+            compute_metrics, eval_dataset, data_args.answer_column, data_args.question_type_column
+        )
 
     # 7. Trainer.
     trainer = VqaTrainer(
@@ -197,6 +249,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             else None
         ),
         prompt_layout=layout,
+        ranking_plan=plan,
+        answer_candidates=candidates,
     )
     if report.problems:
         trainer.save_metrics("data_validation", report.counts())
@@ -224,6 +278,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         metrics["eval_samples"] = len(eval_dataset)
         metrics.update(prior_metrics(prior_train, splits["do_eval"], "eval", **prior_columns))
+        if training_args.calibrate:
+            # Temperatures fitted on the validation split's candidate scores, saved with the model; the numbers with
+            # them here are in-sample (the test split's, below, are not).
+            rows = compute_metrics.last_rows if plan is not None and compute_metrics is not None else []
+            candidates.temperatures.update(fit_temperatures(rows))
+            calibrated = calibration_metrics(rows, candidates.temperatures)
+            metrics.update({f"eval_{k}": v for k, v in calibrated.items() if "_calibrated" in k or "temperature/" in k})
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
@@ -232,6 +293,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_predict:
         predict_dataset = prepared["do_predict"]
         trainer.compute_metrics = build_compute_metrics(tokenizer, predict_dataset, **metric_columns)
+        if plan is not None:
+            trainer.compute_metrics = plan.metrics(
+                trainer.compute_metrics,
+                predict_dataset,
+                data_args.answer_column,
+                data_args.question_type_column,
+                temperatures=candidates.temperatures,
+            )
         output = trainer.predict(predict_dataset, metric_key_prefix="predict")
         metrics = dict(output.metrics, predict_samples=len(predict_dataset))
         metrics.update(prior_metrics(prior_train, splits["do_predict"], "predict", **prior_columns))
@@ -240,13 +309,27 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         results.update(metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
             answers = in_row_order(decode_ids(tokenizer, output.predictions), orders.get("do_predict"))
+            answer_scores = None
+            if plan is not None:  # ranked rows: the chosen candidate, and every candidate's probability
+                scores = in_row_order(list(output.predictions[1]), orders.get("do_predict"))
+                sets_column = predict_dataset.select_columns([ANSWER_SET_COLUMN]).to_dict()[ANSWER_SET_COLUMN]
+                row_sets = in_row_order(sets_column, orders.get("do_predict"))
+                answer_scores = [
+                    None if s < 0 else candidates.probabilities(plan.names[s], row[: len(plan.sets[s])])
+                    for s, row in zip(row_sets, scores, strict=True)
+                ]
+                answers = [a if p is None else next(iter(p)) for a, p in zip(answers, answer_scores, strict=True)]
             records = prediction_records(
                 splits["do_predict"],
                 answers,
                 data_args.question_column,
                 data_args.answer_column,
+                answer_scores=answer_scores,
             )
             write_predictions(os.path.join(training_args.output_dir, "predictions.jsonl"), records)
+
+    if candidates is not None and trainer.is_world_process_zero():  # with the temperatures, once fitted
+        candidates.save(training_args.output_dir)
 
     if trainer.image_embedding_cache is not None:
         # This process's counts: how often the frozen image encoder ran, and how often it was spared.

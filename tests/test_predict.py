@@ -19,6 +19,7 @@ from retina_vqa.models.generation_config import (
     configure_answer_generation,
 )
 from retina_vqa.predict import main
+from retina_vqa.questions import DIAGNOSIS_ANSWERS
 
 from .conftest import TINY_CONFIG, make_tiny_model
 
@@ -212,10 +213,18 @@ def test_dataset_predictions_equal_one_by_one_answers(model_dir, loaded, tiny_da
     one_by_one = [answer_questions(*loaded, row["image"], row["question"])[0] for row in test]
     assert [r["prediction"] for r in records] == one_by_one
     correct = sum(r["correct"] for r in records)
-    assert (
-        out == f"Answered 12 questions of 'test': exact match {correct / 12:.4f} ({correct}/12); "
-        f"predictions written to {output}\n"
+    summary, *grading = out.splitlines()
+    assert summary == (
+        f"Answered 12 questions of 'test': exact match {correct / 12:.4f} ({correct}/12); "
+        f"predictions written to {output}"
     )
+    # The first 12 rows are one image's questions, one of them the diagnosis: its grading metrics follow.
+    diagnosis = [r for r in records if r["question_type"] == "diagnosis"]
+    off_scale = sum(normalize_answer(r["prediction"]) not in DIAGNOSIS_ANSWERS for r in diagnosis)
+    assert len(diagnosis) == 1
+    assert grading[0].startswith("Diagnosis (1 question): quadratic weighted kappa ")
+    assert "referable DR (moderate or worse): sensitivity" in grading[1]
+    assert grading[-1] == f"  answers that are not a grade: {off_scale}"
 
 
 def test_json_lines_file_with_relative_paths_and_default_output(model_dir, loaded, tmp_path, capsys):
@@ -387,3 +396,60 @@ def test_questions_are_truncated_as_in_training(model_dir, tmp_path):
     reference, _ = load_for_inference(model_dir, device="cpu")
     untruncated = answer_questions(reference, AutoProcessor.from_pretrained(model_dir), image, [question, prefix])
     assert untruncated[0] != untruncated[1]  # without the limit the two are different questions
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ranked answers
+# ----------------------------------------------------------------------------------------------------
+
+
+def test_cli_ranks_over_an_answer_list_and_prints_the_probabilities(
+    model_dir, loaded, tiny_dataset_dir, tmp_path, capsys
+):
+    image_path = tmp_path / "fundus.png"
+    fundus().save(image_path)
+    base = ["--model_name_or_path", str(model_dir), "--device", "cpu"]
+    # The random model folder has no answer_candidates.json: ranking needs a list, and says where to get one.
+    with pytest.raises(SystemExit) as excinfo:
+        main(base + ["--image", str(image_path), "--question", QUESTIONS[0], "--answer_mode", "auto"])
+    error = capsys.readouterr().err
+    assert excinfo.value.code == 2 and "answer_candidates.json" in error and "--answer_list" in error
+    flat = tmp_path / "answers.json"
+    flat.write_text(json.dumps(["yes", "no", "moderate dr"]))
+    with pytest.raises(SystemExit):
+        main(base + ["--image", str(image_path), "--question", QUESTIONS[0], "--answer_list", str(flat)])
+    assert "--answer_mode" in capsys.readouterr().err
+
+    # One list for every question: each answer is one of it, with every candidate's probability.
+    out = run_cli(
+        base
+        + ["--image", str(image_path), "--question", *QUESTIONS, "--answer_mode", "rank", "--answer_list", str(flat)],
+        capsys,
+    )
+    lines = out.splitlines()
+    assert [line.split(": ")[0] for line in lines] == ["Question", "Answer", "Probabilities"] * 2
+    expected = answer_questions(
+        *loaded, str(image_path), QUESTIONS, answer_mode="rank", answer_candidates=flat, return_scores=True
+    )
+    for k, result in enumerate(expected):
+        assert result["answer"] in ("yes", "no", "moderate dr") and lines[3 * k + 1] == f"Answer: {result['answer']}"
+        shown = ", ".join(f"{a} {p:.3f}" for a, p in result["answer_scores"].items())
+        assert lines[3 * k + 2] == f"Probabilities: {shown}"
+
+    # A dataset with a list per type: the diagnosis rows ranked (answer_scores in the JSON lines), the rest generated.
+    per_type = tmp_path / "types.json"
+    per_type.write_text(json.dumps({"diagnosis": list(DIAGNOSIS_ANSWERS)}))
+    output = tmp_path / "ranked.jsonl"
+    dataset = ["--dataset_dir", str(tiny_dataset_dir), "--split", "test", "--max_samples", "26"]
+    ranking = ["--answer_mode", "auto", "--answer_list", str(per_type), "--output_file", str(output)]
+    out = run_cli(base + dataset + ranking, capsys)
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    for record in records:
+        if record["question_type"] == "diagnosis":
+            assert record["prediction"] in DIAGNOSIS_ANSWERS
+            assert sum(record["answer_scores"].values()) == pytest.approx(1.0)
+        else:
+            assert "answer_scores" not in record
+    ranked = [r for r in records if "answer_scores" in r]
+    accuracy = sum(r["correct"] for r in ranked) / len(ranked)
+    assert len(ranked) == 2 and out.splitlines()[-1].startswith(f"Ranked 2 questions: accuracy {accuracy:.4f}, ECE ")

@@ -85,6 +85,10 @@ def full_run(tiny_dataset_dir, tmp_path_factory):
         "4",
         "--save_steps",
         "2",
+        # Closed question types ranked over the training answers, open ones generated; temperatures fitted.
+        "--answer_mode",
+        "auto",
+        "--calibrate",
     ]
     results = run_vqa.main(args)
     return output_dir, results
@@ -110,8 +114,17 @@ def test_results_files_hold_train_eval_predict_and_baseline(full_run, tiny_datas
         "predict_exact_match",
         "predict_exact_match/laterality",
         "predict_diagnosis_confusion/healthy retina->mild dr",
+        "eval_diagnosis_qwk",
+        "eval_diagnosis_referable_sensitivity_ci_low",
+        "eval_prior_diagnosis_any_dr_specificity",
+        "predict_diagnosis_any_dr_specificity_ci_high",
+        "predict_diagnosis_non_grade_answers",
     ):
         assert key in all_results, key
+    # The prior answers every diagnosis with the training majority, "healthy retina": kappa 0, nothing flagged.
+    assert all_results["predict_prior_diagnosis_qwk"] == 0.0
+    assert all_results["predict_prior_diagnosis_referable_sensitivity"] == 0.0
+    assert all_results["predict_prior_diagnosis_referable_specificity"] == 1.0
     assert all_results["predict_samples"] == test_rows
     assert all_results == pytest.approx({**all_results, **{k: v for k, v in results.items() if k in all_results}})
     for name in ("train_results.json", "eval_results.json", "predict_results.json", "trainer_state.json"):
@@ -132,6 +145,10 @@ def test_saved_model_is_safetensors_with_processor_and_card(full_run):
     assert "pipeline_tag: visual-question-answering" in card
     assert "AutoModelForVisualQuestionAnswering" in card
     assert "| diagnosis |" in card  # per-question-type table next to the baseline
+    results = json.loads((output_dir / "all_results.json").read_text())
+    # The grading table, model next to the question prior (kappa 0 for a constant answer).
+    assert f"| quadratic weighted kappa | {results['predict_diagnosis_qwk']:.3f} | 0.000 |" in card
+    assert "| referable DR specificity |" in card and "_ci_low" not in card
     saved = load_file(output_dir / "model.safetensors")
     assert any(k.startswith("text_decoder.") for k in saved)
 
@@ -155,20 +172,78 @@ def test_predictions_file_has_every_test_row_once(full_run, tiny_dataset_dir):
 
 
 def test_reloaded_model_gives_the_same_predictions(full_run, tiny_dataset_dir):
+    """Generated rows: the saved model's answer; ranked rows: the saved model ranking its saved candidates
+    (answer_candidates.json, temperatures included) through the Python API, with the same probabilities."""
+    from retina_vqa.inference import answer_questions, load_for_inference
+
     output_dir, _ = full_run
     model = BlipForQuestionAnswering.from_pretrained(output_dir).eval()
     apply_cross_attention_mask_fix(model)
     processor = AutoProcessor.from_pretrained(output_dir)
+    loaded = load_for_inference(output_dir, device="cpu")
     test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
     rows = read_jsonl(output_dir / "predictions.jsonl")
+    kinds = set()
     for index in range(0, len(test), 5):
         example = test[index]
+        if "answer_scores" in rows[index]:
+            kinds.add("ranked")
+            ranked = answer_questions(
+                *loaded, example["image"], example["question"], answer_mode="auto", return_scores=True
+            )[0]
+            assert ranked["answer"] == rows[index]["prediction"]
+            assert ranked["answer_scores"] == pytest.approx(rows[index]["answer_scores"], abs=1e-5)
+            continue
+        kinds.add("generated")
         inputs = processor(images=load_image(example["image"]), text=example["question"], return_tensors="pt")
         ids = generate_answers(
             model, inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"], max_length=12
         )
         answer = processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip()
         assert answer == rows[index]["prediction"]
+    assert kinds == {"ranked", "generated"}
+
+
+def test_ranked_answers_carry_probabilities_and_calibration_metrics(full_run, tiny_dataset_dir):
+    from retina_vqa.metrics.calibration import expected_calibration_error, referable_probability, roc_auc
+
+    output_dir, _ = full_run
+    results = json.loads((output_dir / "all_results.json").read_text())
+    saved = json.loads((output_dir / "answer_candidates.json").read_text())
+    rows = read_jsonl(output_dir / "predictions.jsonl")
+    # --answer_mode auto: every closed row is ranked over its type's training answers, the open ones generated.
+    for row in rows:
+        if row["answer_type"] != "closed":
+            assert "answer_scores" not in row
+            continue
+        scores = row["answer_scores"]
+        assert set(scores) == set(saved["answers"][row["question_type"]])
+        assert row["prediction"] == max(scores, key=scores.get)
+        assert sum(scores.values()) == pytest.approx(1.0)
+    ranked = [row for row in rows if "answer_scores" in row]
+    assert results["predict_ranked_questions"] == len(ranked) == sum(r["answer_type"] == "closed" for r in rows)
+    # --calibrate: one temperature per ranked type of more than one answer, saved and reported; predictions.jsonl
+    # holds the temperature-scaled probabilities, whose ECE is the one reported.
+    multi = {t for t, answers in saved["answers"].items() if len(answers) > 1 and saved["closed"][t]}
+    assert set(saved["temperatures"]) == multi
+    for name, temperature in saved["temperatures"].items():
+        assert results[f"eval_temperature/{name}"] == pytest.approx(temperature)
+    confidences = [max(r["answer_scores"].values()) for r in ranked]
+    ece = expected_calibration_error(confidences, [r["correct"] for r in ranked])
+    assert results["predict_ece_calibrated"] == pytest.approx(ece, abs=1e-6)
+    for key in ("eval_ece", "eval_ece_calibrated", "eval_ece/diagnosis", "predict_ece", "predict_ece/laterality"):
+        assert 0.0 <= results[key] <= 1.0, key
+    # The three test images hold referable and non-referable grades: the AUC of P(referable) is reported.
+    diagnosis = [r for r in ranked if r["question_type"] == "diagnosis"]
+    auc = roc_auc(
+        [referable_probability(list(r["answer_scores"]), list(r["answer_scores"].values())) for r in diagnosis],
+        [r["reference"] in ("moderate dr", "severe dr", "proliferative dr") for r in diagnosis],
+    )
+    assert results["predict_diagnosis_referable_auc_calibrated"] == pytest.approx(auc)
+    # Saved with the model and every checkpoint; the reliability plot and the card's table.
+    assert all((output_dir / name / "answer_candidates.json").exists() for name in ("checkpoint-2", "checkpoint-4"))
+    assert (output_dir / "calibration.png").exists()
+    assert "| expected calibration error (10 bins) |" in (output_dir / "README.md").read_text()
 
 
 def test_yaml_config_file_runs_and_unknown_keys_are_named(tiny_dataset_dir, tmp_path):
@@ -290,6 +365,8 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
         "13",
         "--max_predict_samples",
         "27",
+        "--answer_mode",
+        "auto",  # ranked rows' ids and NaN-padded candidate scores gathered from both processes
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -303,11 +380,18 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     # Each row's prediction is the saved model's answer to that row, asked alone.
     model, processor = load_for_inference(output_dir, device="cpu")
     alone = [
-        answer_questions(model, processor, image, question, max_new_tokens=11)[0]
+        answer_questions(model, processor, image, question, max_new_tokens=11, answer_mode="auto", return_scores=True)
         for image, question in zip(test["image"], test["question"], strict=True)
     ]
-    assert len(set(alone)) >= 5, alone
-    assert [r["prediction"] for r in rows] == alone
+    alone = [answers[0] for answers in alone]
+    assert len({a["answer"] for a in alone}) >= 5, alone
+    assert [r["prediction"] for r in rows] == [a["answer"] for a in alone]
+    # The same probabilities, up to float32 rounding between batched and single passes (this wide init turns it
+    # into ~1e-4 of a probability); a row's scores written to another row would differ by far more.
+    assert [r.get("answer_scores") for r in rows] == [
+        None if a["answer_scores"] is None else pytest.approx(a["answer_scores"], abs=1e-3) for a in alone
+    ]
+    assert sum(a["answer_scores"] is not None for a in alone) > 13  # both processes' ranked rows
     log = completed.stdout + completed.stderr
     assert "Process rank 0" in log and "Process rank 1" in log
 
@@ -434,6 +518,24 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
         + ["--max_samples", "13", "--batch_size", "5", "--output_file", str(answered), "--device", "cpu"]
     )
     assert [r["prediction"] for r in read_jsonl(answered)] == plain
+
+    # Ranked answers (every type, the open ones too) through the Trainer and through retina_vqa.predict, both over
+    # the answer_candidates.json saved by the run: the same answers and probabilities.
+    args = common_args(tiny_dataset_dir, tmp_path / "ranked")
+    args[args.index("--model_name_or_path") + 1] = str(output_dir)
+    del args[args.index("--config_name") : args.index("--config_name") + 2]
+    run_vqa.main(args + ["--do_predict", "--answer_mode", "rank", "--max_predict_samples", "13", "--plot", "false"])
+    ranked = read_jsonl(tmp_path / "ranked" / "predictions.jsonl")
+    candidates = json.loads((output_dir / "answer_candidates.json").read_text())["answers"]
+    assert all(r["prediction"] in candidates[r["question_type"]] for r in ranked)
+    predict.main(
+        ["--model_name_or_path", str(output_dir), "--dataset_dir", str(tiny_dataset_dir), "--split", "test"]
+        + ["--max_samples", "13", "--output_file", str(answered), "--device", "cpu", "--answer_mode", "rank"]
+    )
+    answered_rows = read_jsonl(answered)
+    assert [r["prediction"] for r in answered_rows] == [r["prediction"] for r in ranked]
+    for trainer_row, predict_row in zip(ranked, answered_rows, strict=True):
+        assert trainer_row["answer_scores"] == pytest.approx(predict_row["answer_scores"], abs=1e-3)
 
 
 def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_dataset_dir, tmp_path):

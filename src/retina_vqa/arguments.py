@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from .models.blip2 import DEFAULT_PROMPT_TEMPLATE
+from .models.ranking import ANSWER_MODES, DEFAULT_MAX_CANDIDATES, DEFAULT_TOP_K
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,15 @@ class ModelArguments:
         metadata={
             "help": "Most CPU memory the kept image-encoder outputs may take (blip-vqa-base at 384 px: ~1.8 MB "
             "per image in fp32). Images beyond it are encoded every time."
+        },
+    )
+    vision_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "BLIP-2 / InstructBLIP built from --config_name: take the image encoder (architecture and "
+            "weights) from this checkpoint (a BLIP VQA or BLIP-2 folder or hub id), as BLIP-2 starts from a "
+            "pretrained image encoder; add --freeze_vision_encoder to keep it frozen, as BLIP-2 does. Its image "
+            "processor must normalise as the processor of this run does."
         },
     )
     freeze_language_model: bool = field(
@@ -153,6 +163,14 @@ class ModelArguments:
             raise ValueError(
                 "--lora_r trains adapters on a pretrained model, but --config_name builds one from scratch (random "
                 "frozen weights, which a resume could not rebuild): pass --model_name_or_path, or drop --lora_r."
+            )
+        if self.vision_model_name_or_path == "":
+            self.vision_model_name_or_path = None
+        if self.vision_model_name_or_path is not None and self.config_name is None:
+            raise ValueError(
+                "--vision_model_name_or_path builds a new model around a pretrained image encoder, so it needs "
+                "--config_name (and --model_name_or_path ''); a checkpoint given with --model_name_or_path already "
+                "has its own image encoder."
             )
         if self.lora_target_modules is not None and "," in self.lora_target_modules:
             self.lora_target_modules = [name.strip() for name in self.lora_target_modules.split(",") if name.strip()]
@@ -342,6 +360,49 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "change (rows are put back in order); eval_loss is averaged over different batches."
         },
     )
+    answer_mode: str = field(
+        default="generate",
+        metadata={
+            "help": "How evaluation and prediction answer: 'generate' (default: free generation, the numbers of "
+            "earlier versions stay comparable), 'rank' (every question whose type has a candidate list gets the most "
+            "likely of its candidates, with a probability for each; predictions.jsonl gains answer_scores), or 'auto' "
+            "(rank the closed question types whose training answers form a small set, generate the open ones). The "
+            "lists come from the training split (or --answer_list) and are saved with the model as "
+            "answer_candidates.json either way, so `python -m retina_vqa.predict --answer_mode auto` can rank later.",
+            "choices": list(ANSWER_MODES),
+        },
+    )
+    answer_list: str | None = field(
+        default=None,
+        metadata={
+            "help": "A JSON file of candidate answers instead of those of the training split: a list of answers for "
+            'every question (["yes", "no", ...]) or {"question_type": ["answer", ...], ...} (questions map to a '
+            "type by the dataset's question_type column or their training wording), or a saved "
+            "answer_candidates.json."
+        },
+    )
+    max_candidate_answers: int = field(
+        default=DEFAULT_MAX_CANDIDATES,
+        metadata={
+            "help": "A question type gets a candidate list when its training answers form a set at most this large "
+            "(answers compared after VQA normalisation)."
+        },
+    )
+    rank_top_k: int = field(
+        default=DEFAULT_TOP_K,
+        metadata={
+            "help": "Candidate lists longer than this are pre-selected by the probability of their first token: only "
+            "the top k are scored in full, as BLIP's VQA evaluation does (k = 128)."
+        },
+    )
+    calibrate: bool = field(
+        default=False,
+        metadata={
+            "help": "With --answer_mode rank/auto and --do_eval: fit a temperature per ranked question type on the "
+            "validation split (minimum negative log-likelihood), save it in answer_candidates.json (predict and the "
+            "Python API apply it), and report ECE and the referable-DR AUC before and after."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "BLIP VQA uses every parameter in each step; searching for unused ones costs time."},
@@ -386,6 +447,20 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(
                 f"--max_questions_per_image must be 0 (no bound) or positive, got {self.max_questions_per_image}."
             )
+        if self.answer_mode not in ANSWER_MODES:
+            raise ValueError(f"--answer_mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}.")
+        if self.calibrate and self.answer_mode == "generate":
+            raise ValueError(
+                "--calibrate fits temperatures to the probabilities of ranked answers: add --answer_mode auto "
+                "(or rank)."
+            )
+        if self.rank_top_k < 1 or self.max_candidate_answers < 1:
+            raise ValueError(
+                f"--rank_top_k and --max_candidate_answers must be at least 1, got {self.rank_top_k} and "
+                f"{self.max_candidate_answers}."
+            )
+        if self.answer_list is not None and not os.path.isfile(self.answer_list):
+            raise ValueError(f"--answer_list {self.answer_list}: no such file (a JSON list or object of answers).")
         if self.label_smoothing_factor:
             # The Trainer's own smoothing reads outputs.logits, which the shared-image forward does not return
             # (it keeps the decoder's loss, which smooths itself): it would crash at the first step.

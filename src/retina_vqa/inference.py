@@ -10,10 +10,20 @@ Images are read with `retina_vqa.data.images.load_image` (JPEG, PNG, TIFF, grays
 generated in `data.ordering.answering_plan` order with the real question padding mask
 (`models.blip.generate_answers`), so batched answers equal one-at-a-time answers. The command line is
 `python -m retina_vqa.predict`.
+
+Ranked answers with probabilities (`models.ranking`), for the question types whose answers the model knows
+(``answer_candidates.json``, saved with the model by run_vqa.py)::
+
+    candidates = load_answer_candidates("outputs/demo")
+    answer_questions(model, processor, "fundus.jpg", ["what is the diagnosis?"], answer_mode="auto",
+                     answer_candidates=candidates, return_scores=True)
+    # [{"question": "what is the diagnosis?", "answer": "moderate dr", "question_type": "diagnosis",
+    #   "answer_scores": {"moderate dr": 0.71, "severe dr": 0.18, ...}}]
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -31,8 +41,29 @@ from .models.blip import encode_images, generate_answers
 from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout, generate_prompt_answers, tokenize_prompts_and_answers
 from .models.generation_config import answer_generation_defaults
 from .models.loading import load_for_inference
+from .models.ranking import (
+    ANSWER_MODES,
+    DEFAULT_TOP_K,
+    AnswerCandidates,
+    TokenizedCandidates,
+    blip_prefix,
+    load_answer_candidates,
+    prompt_prefix,
+    score_candidates,
+    tokenize_candidates,
+)
 
-__all__ = ["answer_questions", "answer_planned", "generation_kwargs", "load_for_inference"]
+__all__ = [
+    "AnswerCandidates",
+    "answer_planned",
+    "answer_questions",
+    "generation_kwargs",
+    "load_answer_candidates",
+    "load_for_inference",
+    "resolve_answer_candidates",
+]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_IMAGE_SIDE = 2048
 
@@ -59,6 +90,57 @@ def generation_kwargs(
     return {"max_new_tokens": max_new_tokens, "max_length": None, "num_beams": num_beams}
 
 
+class _Ranking:
+    """Which rows are ranked against which list, the lists tokenised once, and the answers with scores."""
+
+    def __init__(
+        self,
+        candidates: AnswerCandidates | None,
+        row_sets: Sequence[str | None] | None,
+        question_types: Sequence[str | None],
+        processor: Any,
+        layout: PromptLayout | None,
+        max_target_tokens: int | None,
+        top_k: int | None,
+    ) -> None:
+        self.candidates = candidates
+        self.row_sets = list(row_sets) if row_sets is not None else [None] * len(question_types)
+        self.question_types = list(question_types)
+        self.top_k = top_k
+        names = dict.fromkeys(name for name in self.row_sets if name is not None)
+        if names and candidates is None:
+            raise ValueError("Rows to rank need answer candidates.")
+        self.tokenized: dict[str, TokenizedCandidates] = {
+            name: tokenize_candidates(candidates.answers[name], processor, layout, max_target_tokens) for name in names
+        }
+        self.results: list[dict[str, Any] | None] = [None] * len(self.row_sets)
+
+    def split(self, rows: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Positions in `rows` of the generated rows and of the ranked rows."""
+        generated = [k for k, row in enumerate(rows) if self.row_sets[row] is None]
+        ranked = [k for k, row in enumerate(rows) if self.row_sets[row] is not None]
+        return generated, ranked
+
+    def record(self, row: int, question: str, answer: str, scores: dict[str, float] | None = None) -> None:
+        self.results[row] = {
+            "question": question,
+            "answer": answer,
+            "answer_scores": scores,
+            "question_type": self.question_types[row],
+        }
+
+    def rank(self, prefix: Any, rows: Sequence[int], questions: Sequence[str]) -> None:
+        names = [self.row_sets[row] for row in rows]
+        scores = score_candidates(prefix, [self.tokenized[name] for name in names], self.top_k)
+        for row, name, values in zip(rows, names, scores, strict=True):
+            probs = self.candidates.probabilities(name, values)
+            self.record(row, questions[row], next(iter(probs)), probs)
+
+
+def _rows(tensor: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    return tensor.index_select(0, torch.tensor(positions, device=tensor.device))
+
+
 @torch.no_grad()
 def answer_planned(
     model: BlipForQuestionAnswering,
@@ -70,44 +152,76 @@ def answer_planned(
     generation_kwargs: dict[str, Any],
     images_per_chunk: int = 256,
     progress: tqdm | None = None,
-) -> list[str]:
+    candidates: AnswerCandidates | None = None,
+    row_sets: Sequence[str | None] | None = None,
+    question_types: Sequence[str | None] | None = None,
+    top_k: int | None = DEFAULT_TOP_K,
+    return_scores: bool = False,
+) -> list[str] | list[dict[str, Any]]:
     """Answers in row order, computed in `data.ordering.answering_plan` order: every distinct image encoded once
-    per chunk, questions batched with others of the same text (answers of similar length)."""
+    per chunk, questions batched with others of the same text (answers of similar length).
+
+    ``row_sets[i]`` names the candidate list of `candidates` that row i is ranked against (None: generated). With
+    `return_scores`, one dict per row (question, answer, answer_scores -- candidate probabilities, highest first, or
+    None --, question_type from `question_types`) instead of the answer strings.
+    """
     tokenizer = processor.tokenizer
     parameter = next(model.parameters())
-    answers: list[str | None] = [None] * len(questions)
-    if not hasattr(model, "text_decoder"):  # BLIP-2 / InstructBLIP: prompts with image placeholders
-        return _answer_prompts(model, processor, image_keys, questions, load, batch_size, generation_kwargs, progress)
-    for image_rows, batches in answering_plan(image_keys, questions, batch_size, images_per_chunk):
-        encoded = []
-        for start in range(0, len(image_rows), batch_size):
-            images = load(image_rows[start : start + batch_size])
-            pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-            encoded.append(encode_images(model, pixel_values.to(device=parameter.device, dtype=parameter.dtype)))
-        image_embeds = torch.cat(encoded)
-        for rows, positions in batches:
-            # Truncated as in training: run_vqa.py saves --max_question_length as the tokenizer's model_max_length.
-            text = tokenizer(
-                [questions[row].strip() for row in rows],
-                padding=True,
-                truncation=True,
-                return_token_type_ids=False,
-                return_tensors="pt",
-            )
-            generated = generate_answers(
-                model,
-                pixel_values=None,
-                image_embeds=image_embeds,
-                image_index=torch.tensor(positions, device=parameter.device),
-                input_ids=text["input_ids"].to(parameter.device),
-                attention_mask=text["attention_mask"].to(parameter.device),
-                **generation_kwargs,
-            )
-            for row, answer in zip(rows, decode_ids(tokenizer, generated.cpu()), strict=True):
-                answers[row] = answer
-            if progress is not None:
-                progress.update(len(rows))
-    return answers
+    types = list(question_types) if question_types is not None else [None] * len(questions)
+    layout = None if hasattr(model, "text_decoder") else PromptLayout.from_model(model.config, processor)
+    # Candidates are cut like generated answers: at most max_new_tokens tokens, end token included.
+    ranking = _Ranking(candidates, row_sets, types, processor, layout, generation_kwargs.get("max_new_tokens"), top_k)
+    if layout is not None:  # BLIP-2 / InstructBLIP: prompts with image placeholders
+        _answer_prompts(
+            model, processor, layout, image_keys, questions, load, batch_size, generation_kwargs, ranking, progress
+        )
+    else:
+        for image_rows, batches in answering_plan(image_keys, questions, batch_size, images_per_chunk):
+            encoded = []
+            for start in range(0, len(image_rows), batch_size):
+                images = load(image_rows[start : start + batch_size])
+                pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+                encoded.append(encode_images(model, pixel_values.to(device=parameter.device, dtype=parameter.dtype)))
+            image_embeds = torch.cat(encoded)
+            for rows, positions in batches:
+                # Truncated as in training: run_vqa.py saves --max_question_length as the tokenizer's model_max_length.
+                text = tokenizer(
+                    [questions[row].strip() for row in rows],
+                    padding=True,
+                    truncation=True,
+                    return_token_type_ids=False,
+                    return_tensors="pt",
+                )
+                input_ids = text["input_ids"].to(parameter.device)
+                attention_mask = text["attention_mask"].to(parameter.device)
+                image_index = torch.tensor(positions, device=parameter.device)
+                generated_rows, ranked_rows = ranking.split(rows)
+                if generated_rows:
+                    generated = generate_answers(
+                        model,
+                        pixel_values=None,
+                        image_embeds=image_embeds,
+                        image_index=_rows(image_index, generated_rows),
+                        input_ids=_rows(input_ids, generated_rows),
+                        attention_mask=_rows(attention_mask, generated_rows),
+                        **generation_kwargs,
+                    )
+                    for k, answer in zip(generated_rows, decode_ids(tokenizer, generated.cpu()), strict=True):
+                        ranking.record(rows[k], questions[rows[k]], answer)
+                if ranked_rows:
+                    prefix = blip_prefix(
+                        model,
+                        _rows(input_ids, ranked_rows),
+                        _rows(attention_mask, ranked_rows),
+                        image_embeds=image_embeds,
+                        image_index=_rows(image_index, ranked_rows),
+                    )
+                    ranking.rank(prefix, [rows[k] for k in ranked_rows], questions)
+                if progress is not None:
+                    progress.update(len(rows))
+    if return_scores:
+        return ranking.results
+    return [result["answer"] for result in ranking.results]
 
 
 def prompt_batch(
@@ -151,27 +265,52 @@ def prompt_batch(
 def _answer_prompts(
     model: Any,
     processor: Any,
+    layout: PromptLayout,
     image_keys: Sequence[Hashable],
     questions: Sequence[str],
     load: Callable[[list[int]], list[PILImage.Image]],
     batch_size: int,
     generation_kwargs: dict[str, Any],
+    ranking: _Ranking,
     progress: tqdm | None = None,
-) -> list[str]:
+) -> None:
     """BLIP-2 / InstructBLIP: the prompt the model was trained with (saved in its config by run_vqa.py), the
-    same tokenisation and collator as training, answers cut from the generated sequences."""
-    layout = PromptLayout.from_model(model.config, processor)
-    answers: list[str | None] = [None] * len(questions)
+    same tokenisation and collator as training, answers cut from the generated sequences (or ranked)."""
     for _, batches in answering_plan(image_keys, questions, batch_size):
         for rows, _ in batches:
             batch = prompt_batch(model, processor, [questions[row] for row in rows], load(list(rows)), layout=layout)
-            settings = {k: v for k, v in generation_kwargs.items() if k != "max_length"}
-            generated = generate_prompt_answers(model, layout, **batch, **settings)
-            for row, answer in zip(rows, decode_ids(processor.tokenizer, generated.cpu()), strict=True):
-                answers[row] = answer
+            generated_rows, ranked_rows = ranking.split(rows)
+            if generated_rows:
+                settings = {k: v for k, v in generation_kwargs.items() if k != "max_length"}
+                subset = {k: _rows(v, generated_rows) for k, v in batch.items()}
+                generated = generate_prompt_answers(model, layout, **subset, **settings)
+                for k, answer in zip(generated_rows, decode_ids(processor.tokenizer, generated.cpu()), strict=True):
+                    ranking.record(rows[k], questions[rows[k]], answer)
+            if ranked_rows:
+                prefix = prompt_prefix(model, layout, **{k: _rows(v, ranked_rows) for k, v in batch.items()})
+                ranking.rank(prefix, [rows[k] for k in ranked_rows], questions)
             if progress is not None:
                 progress.update(len(rows))
-    return answers
+
+
+def resolve_answer_candidates(
+    model: Any, answer_candidates: AnswerCandidates | Mapping[str, Sequence[str]] | Sequence[str] | str | None
+) -> AnswerCandidates | None:
+    """`answer_candidates` as `AnswerCandidates`: given as such, as ``{question_type: [answers]}``, as one list for
+    every question, or as a path (an ``answer_candidates.json``, a model folder, or an ``--answer_list`` file);
+    None: the lists saved with the model (``answer_candidates.json`` in its folder), if any."""
+    if answer_candidates is None:
+        name = getattr(model, "name_or_path", None)
+        return load_answer_candidates(name) if name else None
+    if isinstance(answer_candidates, AnswerCandidates):
+        return answer_candidates
+    if isinstance(answer_candidates, (str, os.PathLike)):
+        if os.path.isdir(answer_candidates):
+            return AnswerCandidates.load(answer_candidates)
+        return AnswerCandidates.from_file(answer_candidates)
+    if isinstance(answer_candidates, Mapping):
+        return AnswerCandidates(answers={str(k): tuple(v) for k, v in answer_candidates.items()})
+    return AnswerCandidates(answers={"*": tuple(answer_candidates)})
 
 
 def answer_questions(
@@ -184,7 +323,12 @@ def answer_questions(
     batch_size: int = 32,
     max_image_side: int | None = DEFAULT_MAX_IMAGE_SIDE,
     images_per_chunk: int = 256,
-) -> list[str]:
+    answer_mode: str = "generate",
+    answer_candidates: AnswerCandidates | Mapping[str, Sequence[str]] | Sequence[str] | str | None = None,
+    return_scores: bool = False,
+    question_types: Sequence[str | None] | None = None,
+    top_k: int | None = DEFAULT_TOP_K,
+) -> list[str] | list[dict[str, Any]]:
     """Answer ``questions[i]`` about ``images[i]``, in batches; one answer string per question.
 
     Args:
@@ -200,9 +344,21 @@ def answer_questions(
             and the questions about a chunk's images are answered grouped by question text (answers of
             similar length together); memory grows with it.
         max_image_side: very large photographs are downsized on load to this longer side (None: never).
+        answer_mode: ``"generate"`` (default: every answer generated), ``"rank"`` (every question with a candidate
+            list is answered with the most likely of its candidates) or ``"auto"`` (rank the closed question types,
+            generate the open ones). See `retina_vqa.models.ranking`.
+        answer_candidates: the candidate lists (`AnswerCandidates`, ``{question_type: [answers]}``, one list for
+            every question, or a path); default: those saved with the model (`load_answer_candidates`).
+        return_scores: return one dict per question instead of the answer strings: ``{"question", "answer",
+            "answer_scores", "question_type"}``, with ``answer_scores`` the candidates' probabilities (temperature
+            scaled when the model was calibrated), highest first, for ranked answers and None for generated ones.
+        question_types: the type of each question, where known (a dataset's ``question_type`` column); else
+            the type of its wording in the candidates.
+        top_k: longer candidate lists are pre-selected by the first token's probability (BLIP's k).
 
     Raises:
         ImageLoadError: an image cannot be read; the message names it (``image 3 (file 'x.jpg')``).
+        ValueError: ranking was asked for, but there are no candidate lists.
     """
     if isinstance(questions, str):
         questions = [questions]
@@ -218,10 +374,44 @@ def answer_questions(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if answer_mode not in ANSWER_MODES:
+        raise ValueError(f"answer_mode must be one of {ANSWER_MODES}, got {answer_mode!r}.")
+    if question_types is not None and len(question_types) != len(questions):
+        raise ValueError(f"{len(question_types)} question types for {len(questions)} questions.")
     settings = generation_kwargs(model, max_new_tokens, num_beams)
+    candidates, row_sets, types = None, None, list(question_types or [None] * len(questions))
+    if answer_mode != "generate" or return_scores:
+        candidates = resolve_answer_candidates(model, answer_candidates)
+    if answer_mode != "generate":
+        if candidates is None:
+            raise ValueError(
+                f"answer_mode={answer_mode!r} ranks known answers, but none were given and the model has no "
+                "answer_candidates.json: pass answer_candidates (a list, {question_type: [answers]} or a file), or "
+                "use a model trained by run_vqa.py."
+            )
+        row_sets = [candidates.set_for(q, t, answer_mode) for q, t in zip(questions, types, strict=True)]
+        unranked = sum(name is None for name in row_sets)
+        if answer_mode == "rank" and unranked:
+            logger.warning("%d of %d questions have no candidate list and are generated.", unranked, len(questions))
+    if candidates is not None:
+        types = [t if t is not None else candidates.question_type(q) for q, t in zip(questions, types, strict=True)]
 
     def load(rows: list[int]) -> list[PILImage.Image]:
         return [load_image(images[row], where=f"image {row}", max_side=max_image_side) for row in rows]
 
     keys = [image_key(image) for image in images]
-    return answer_planned(model, processor, keys, questions, load, batch_size, settings, images_per_chunk)
+    return answer_planned(
+        model,
+        processor,
+        keys,
+        questions,
+        load,
+        batch_size,
+        settings,
+        images_per_chunk,
+        candidates=candidates,
+        row_sets=row_sets,
+        question_types=types,
+        top_k=top_k,
+        return_scores=return_scores,
+    )

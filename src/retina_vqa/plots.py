@@ -1,6 +1,7 @@
-"""Pictures of a run that need no model: sample predictions, training curves and the diagnosis confusion matrix.
+"""Pictures of a run that need no model: sample predictions, training curves, the diagnosis confusion matrix and
+the reliability of ranked answers' probabilities.
 
-`plot_run` draws all three into a finished run's output folder (``run_vqa.py`` calls it at the end of a run);
+`plot_run` draws them into a finished run's output folder (``run_vqa.py`` calls it at the end of a run);
 ``python -m retina_vqa.visualize samples|curves|confusion`` draws them by hand. Grad-CAM maps, which need the
 model, live in `retina_vqa.explain`.
 
@@ -29,11 +30,13 @@ from matplotlib.ticker import MaxNLocator
 
 from .data.images import load_image
 from .metrics import DEFAULT_DIAGNOSIS_LABELS, OTHER_LABEL, confusion_matrix
+from .metrics.calibration import NUM_BINS, expected_calibration_error, reliability_bins
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DPI",
+    "plot_calibration",
     "plot_confusion",
     "plot_curves",
     "plot_run",
@@ -47,6 +50,7 @@ SAMPLE_CELL_INCHES = (3.2, 4.2)
 SAMPLE_COLUMNS = 4
 CURVES_PANEL_INCHES = (5.5, 5.5)
 CONFUSION_INCHES = (7.0, 6.0)
+CALIBRATION_INCHES = (11.0, 5.0)
 RIGHT, WRONG, UNKNOWN = "#1a7f37", "#cf222e", "#000000"
 
 # Keys of the Trainer's eval logs that are not quality metrics.
@@ -229,6 +233,73 @@ def plot_confusion(
 
 
 # ---------------------------------------------------------------------------------------------------------
+# calibration
+# ---------------------------------------------------------------------------------------------------------
+
+
+def plot_calibration(
+    records: Sequence[Mapping[str, Any]],
+    output: str | Path,
+    question_type: str = "diagnosis",
+    num_bins: int = NUM_BINS,
+    uncalibrated: Sequence[Mapping[str, Any]] | None = None,
+) -> tuple[int, int]:
+    """Reliability diagram of the ranked answers in `records` (rows of ``predictions.jsonl`` with
+    ``answer_scores`` and a reference): accuracy against the top probability in `num_bins` equal-width bins, for all
+    ranked questions (bars) and the `question_type` ones, next to how many answers fall in each bin. The
+    probabilities are those written (temperature-scaled when the model was calibrated); `uncalibrated` (the same
+    rows at temperature 1) adds their curve, to show what temperature scaling changed."""
+    ranked = [r for r in records if r.get("answer_scores") and "correct" in r]
+    if not ranked:
+        raise ValueError("No ranked answers with references: run with --answer_mode rank or auto on labelled data.")
+    scaled = " (temperature-scaled)" if uncalibrated else ""
+    groups = [(f"all ranked questions{scaled}", ranked, "#4c72b0")]
+    chosen = [r for r in ranked if r.get("question_type") == question_type]
+    if chosen:
+        groups.append((f"{question_type}{scaled}", chosen, "#dd8452"))
+    before = [r for r in uncalibrated or () if r.get("answer_scores") and "correct" in r]
+    if before:
+        groups.append(("all ranked questions, temperature 1", before, "#c44e52"))
+    fig = Figure(figsize=CALIBRATION_INCHES)
+    reliability, counts = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    reliability.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    width = 1.0 / num_bins
+    for k, (name, rows, colour) in enumerate(groups):
+        confidence = [max(r["answer_scores"].values()) for r in rows]
+        correct = [bool(r["correct"]) for r in rows]
+        bins = reliability_bins(confidence, correct, num_bins)
+        ece = expected_calibration_error(confidence, correct, num_bins)
+        filled = [b for b in bins if b["count"]]
+        label = f"{name}: {len(rows)}, ECE {ece:.3f}"
+        if k == 0:
+            centres = [b["lower"] + width / 2 for b in filled]
+            accuracy = [b["accuracy"] for b in filled]
+            reliability.bar(centres, accuracy, width=width * 0.9, color=colour, alpha=0.6, label=label)
+        else:
+            points = ([b["confidence"] for b in filled], [b["accuracy"] for b in filled])
+            reliability.plot(*points, "o-", color=colour, label=label)
+        share = 0.8 / len(groups)
+        offset = (k - (len(groups) - 1) / 2) * width * share
+        centres = [b["lower"] + width / 2 + offset for b in bins]
+        counts.bar(centres, [b["count"] for b in bins], width=width * share, label=name, color=colour)
+    reliability.set_xlim(0, 1)
+    reliability.set_ylim(0, 1.02)
+    reliability.set_xlabel("top probability (confidence)")
+    reliability.set_ylabel("accuracy")
+    reliability.set_title(f"reliability, {num_bins} equal-width bins", fontsize=10)
+    reliability.legend(fontsize=8, loc="upper left")
+    reliability.grid(alpha=0.3)
+    counts.set_xlim(0, 1)
+    counts.set_xlabel("top probability (confidence)")
+    counts.set_ylabel("answers")
+    counts.set_title("answers per bin", fontsize=10)
+    counts.legend(fontsize=8, loc="upper left")
+    counts.grid(alpha=0.3)
+    fig.subplots_adjust(left=0.07, right=0.98, top=0.92, bottom=0.12, wspace=0.22)
+    return _save(fig, output)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # End of a run
 # ---------------------------------------------------------------------------------------------------------
 
@@ -241,7 +312,8 @@ def plot_run(
     seed: int = 0,
 ) -> list[Path]:
     """The end-of-run pictures in `output_dir`: ``curves.png`` (from ``trainer_state.json``), and, when
-    ``predictions.jsonl`` exists, ``confusion.png`` and (given the predicted split) ``samples.png``.
+    ``predictions.jsonl`` exists, ``confusion.png``, (given the predicted split) ``samples.png`` and (when it holds
+    ranked answers) ``calibration.png``.
 
     A picture that fails is logged and skipped, so a finished run is never lost to plotting. Returns the
     paths written.
@@ -254,6 +326,8 @@ def plot_run(
     if predictions.exists():
         records = read_jsonl(predictions)
         jobs.append(("confusion.png", lambda path: plot_confusion(records, path)))
+        if any(r.get("answer_scores") for r in records):
+            jobs.append(("calibration.png", lambda path: plot_calibration(records, path)))
         if predict_dataset is not None:
             jobs.append(
                 (

@@ -20,6 +20,16 @@ the data has answers)::
     python -m retina_vqa.predict --model_name_or_path outputs/demo --data_file my_images/  # imagefolder
     python -m retina_vqa.predict --model_name_or_path outputs/demo --data_file questions.jsonl
 
+Ranked answers with probabilities (``--answer_mode auto``: the closed question types are answered with the most
+likely of their known answers, saved with the model as ``answer_candidates.json``; ``rank``: every type with a
+list; ``--answer_list FILE``: other lists), printed as::
+
+    Question: what is the diagnosis?
+    Answer: moderate dr
+    Probabilities: moderate dr 0.712, severe dr 0.181, mild dr 0.094, proliferative dr 0.011, healthy retina 0.002
+
+and written to the JSON lines as ``answer_scores``.
+
 This module is the command line only; the Python API (`load_for_inference`, `answer_questions`) lives in
 `retina_vqa.inference`.
 """
@@ -32,6 +42,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 from datasets import Dataset, Image
 from PIL import Image as PILImage
 from tqdm.auto import tqdm
@@ -41,6 +52,9 @@ from .arguments import DataTrainingArguments
 from .data.images import ImageLoadError, image_key, load_image
 from .data.loading import check_columns, load_raw_datasets
 from .inference import DEFAULT_MAX_IMAGE_SIDE, answer_planned, answer_questions, generation_kwargs, load_for_inference
+from .metrics.calibration import ScoredAnswer, calibration_metrics
+from .metrics.grading import format_grading, grading_metrics
+from .models.ranking import ANSWER_MODES, DEFAULT_TOP_K, AnswerCandidates, load_answer_candidates
 from .training.outputs import prediction_records, write_predictions
 
 __all__ = ["main"]
@@ -113,6 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_IMAGE_SIDE,
         help="Very large photographs are downsized on load to this longer side (0: never); default 2048.",
     )
+    ranking = parser.add_argument_group("ranked answers")
+    ranking.add_argument(
+        "--answer_mode",
+        choices=ANSWER_MODES,
+        default="generate",
+        help="'generate' (default: free generation), 'auto' (rank the closed question types over the answers saved "
+        "with the model, answer_candidates.json, with a probability per candidate; generate the open ones) or "
+        "'rank' (rank every question type that has a list).",
+    )
+    ranking.add_argument(
+        "--answer_list",
+        metavar="FILE",
+        help="Candidate answers instead of the model's: a JSON list (for every question), "
+        '{"question_type": ["answer", ...]}, or an answer_candidates.json.',
+    )
+    ranking.add_argument(
+        "--question_type_column",
+        default="question_type",
+        help="Dataset column naming each question's type (else the type of its wording in the candidates).",
+    )
+    ranking.add_argument(
+        "--top_k",
+        type=int,
+        default=DEFAULT_TOP_K,
+        help=f"Longer candidate lists are pre-selected by their first token's probability (default {DEFAULT_TOP_K}).",
+    )
     generation.add_argument("--device", help="cuda, cuda:1, cpu, ...; default: cuda if available.")
     generation.add_argument(
         "--attn_implementation",
@@ -139,7 +179,9 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             _fail(parser, "give at least one --question to ask about the image(s).")
         if any(not question.strip() for question in args.question):
             _fail(parser, "--question must not be empty.")
-    for name in ("batch_size", "max_new_tokens", "num_beams", "max_samples"):
+    if args.answer_list is not None and args.answer_mode == "generate":
+        _fail(parser, "--answer_list gives answers to rank: add --answer_mode auto (or rank).")
+    for name in ("batch_size", "max_new_tokens", "num_beams", "max_samples", "top_k"):
         value = getattr(args, name)
         if value is not None and value < 1:
             _fail(parser, f"--{name} must be at least 1, got {value}.")
@@ -156,6 +198,29 @@ def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Bl
         _fail(parser, f"cannot load a model from {args.model_name_or_path!r}: {error}")
 
 
+def _candidates(parser: argparse.ArgumentParser, args: argparse.Namespace) -> AnswerCandidates | None:
+    """The lists to rank against: --answer_list (question wordings from the model's lists), else the model's."""
+    if args.answer_mode == "generate":
+        return None
+    try:
+        saved = load_answer_candidates(args.model_name_or_path)
+        candidates = AnswerCandidates.from_file(args.answer_list, base=saved) if args.answer_list else saved
+    except (OSError, ValueError) as error:
+        _fail(parser, str(error))
+    if candidates is None:
+        _fail(
+            parser,
+            f"--answer_mode {args.answer_mode}: {args.model_name_or_path!r} has no answer_candidates.json (run_vqa.py "
+            "saves one with every trained model); pass --answer_list FILE.",
+        )
+    return candidates
+
+
+def _format_scores(scores: dict[str, float], shown: int = 5) -> str:
+    text = ", ".join(f"{answer} {p:.3f}" for answer, p in list(scores.items())[:shown])
+    return text + (f", ... ({len(scores) - shown} more)" if len(scores) > shown else "")
+
+
 def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
     images = []
     for path in args.image:
@@ -163,6 +228,7 @@ def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, m
             images.append(load_image(path, max_side=max_side))
         except ImageLoadError as error:
             _fail(parser, str(error))
+    candidates = _candidates(parser, args)
     model, processor = _load(parser, args)
     pairs = [(image, question) for image in images for question in args.question]
     answers = answer_questions(
@@ -174,14 +240,21 @@ def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, m
         num_beams=args.num_beams,
         batch_size=args.batch_size,
         max_image_side=max_side,
+        answer_mode=args.answer_mode,
+        answer_candidates=candidates,
+        return_scores=True,
+        top_k=args.top_k,
     )
     answers_iter = iter(answers)
     for path in args.image:
         if len(args.image) > 1:
             print(f"Image: {path}")
         for question in args.question:
+            answer = next(answers_iter)
             print(f"Question: {question}")
-            print(f"Answer: {next(answers_iter)}")
+            print(f"Answer: {answer['answer']}")
+            if answer["answer_scores"] is not None:
+                print(f"Probabilities: {_format_scores(answer['answer_scores'])}")
 
 
 def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Dataset, str]:
@@ -225,6 +298,7 @@ def _default_output_file(model_name_or_path: str, name: str) -> str:
 def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
     dataset, name = _load_dataset(parser, args)
     output_file = args.output_file or _default_output_file(args.model_name_or_path, name)
+    candidates = _candidates(parser, args)
     model, processor = _load(parser, args)
     settings = generation_kwargs(model, args.max_new_tokens, args.num_beams)
 
@@ -244,17 +318,42 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         ]
 
     questions = rows.select_columns([args.question_column]).to_dict()[args.question_column]
+    types = [None] * len(questions)
+    if args.question_type_column in dataset.column_names:
+        types = dataset.select_columns([args.question_type_column]).to_dict()[args.question_type_column]
+    row_sets = None
+    if candidates is not None:
+        row_sets = [candidates.set_for(q, t, args.answer_mode) for q, t in zip(questions, types, strict=True)]
+        types = [t if t is not None else candidates.question_type(q) for q, t in zip(questions, types, strict=True)]
     with tqdm(total=len(rows), desc=f"Answering {name}", unit="question") as progress:
         try:
-            predictions = answer_planned(
-                model, processor, keys, questions, load, args.batch_size, settings, progress=progress
+            answered = answer_planned(
+                model,
+                processor,
+                keys,
+                questions,
+                load,
+                args.batch_size,
+                settings,
+                progress=progress,
+                candidates=candidates,
+                row_sets=row_sets,
+                question_types=types,
+                top_k=args.top_k,
+                return_scores=True,
             )
         except ImageLoadError as error:
             progress.close()
             _fail(parser, str(error))
 
     answer_column = args.answer_column if args.answer_column in dataset.column_names else None
-    records = prediction_records(dataset, predictions, args.question_column, answer_column)
+    records = prediction_records(
+        dataset,
+        [a["answer"] for a in answered],
+        args.question_column,
+        answer_column,
+        answer_scores=[a["answer_scores"] for a in answered],
+    )
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output_file, records)
     summary = f"Answered {len(records)} questions of {name!r}"
@@ -262,6 +361,32 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         correct = sum(record["correct"] for record in records)
         summary += f": exact match {correct / len(records):.4f} ({correct}/{len(records)})"
     print(f"{summary}; predictions written to {output_file}")
+    # The diagnosis question's grading metrics (kappa, referable / any DR sensitivity and specificity), as
+    # run_vqa.py reports them, when the data says which rows are diagnosis questions.
+    diagnosis = [r for r in records if r.get("question_type") == "diagnosis" and "reference" in r]
+    grading = grading_metrics([r["reference"] for r in diagnosis], [r["prediction"] for r in diagnosis])
+    lines = format_grading(grading)
+    if lines:
+        plural = "" if len(diagnosis) == 1 else "s"
+        print(f"Diagnosis ({len(diagnosis)} question{plural}): " + "\n  ".join(lines))
+    if row_sets is not None and answer_column is not None:
+        ranked = []
+        for record, set_name in zip(records, row_sets, strict=True):
+            if set_name is not None:
+                scores = record["answer_scores"]
+                with np.errstate(divide="ignore"):  # log-probabilities: a candidate never scored has probability 0
+                    log_probs = np.log(np.array(list(scores.values())))
+                ranked.append(
+                    ScoredAnswer(set_name, tuple(scores), log_probs, record["reference"], record.get("question_type"))
+                )
+        if ranked:
+            # The probabilities written (temperature-scaled when the model was calibrated).
+            numbers = calibration_metrics(ranked)
+            auc = numbers.get("diagnosis_referable_auc")
+            print(
+                f"Ranked {len(ranked)} questions: accuracy {numbers['ranked_accuracy']:.4f}, ECE {numbers['ece']:.4f}"
+                + ("" if auc is None else f", referable-DR ROC AUC {auc:.4f}")
+            )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

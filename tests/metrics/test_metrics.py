@@ -261,6 +261,23 @@ def test_compute_vqa_metrics_hand_example() -> None:
     }
     assert all(type(v) is int for v in confusion.values())
 
+    # Grading (metrics/grading.py) of the diagnosis rows: references 1 3 3 0, answers 1 2 3 and one off the scale,
+    # scored as grade 4 (farthest from 0) for kappa. Observed weighted disagreement 0 + 1 + 0 + 16 = 17; expected
+    # from the marginals (refs 0, 1, 3, 3 x answers 1, 2, 3, 4) (30 + 14 + 2 * 6) / 4 = 14: kappa 1 - 17/14.
+    assert metrics["diagnosis_qwk"] == pytest.approx(-3 / 14)
+    assert metrics["diagnosis_non_grade_answers"] == 1
+    # Referable: both severe eyes flagged (moderate, severe); the healthy eye's off-scale answer is a false alarm.
+    assert metrics["diagnosis_referable_sensitivity"] == 1.0
+    assert metrics["diagnosis_referable_specificity"] == pytest.approx(1 / 2)
+    assert metrics["diagnosis_any_dr_sensitivity"] == 1.0
+    assert metrics["diagnosis_any_dr_specificity"] == 0.0
+    assert (
+        0.0
+        < metrics["diagnosis_referable_specificity_ci_low"]
+        < 0.5
+        < metrics["diagnosis_referable_specificity_ci_high"]
+    )
+
 
 def test_compute_vqa_metrics_values_are_json_numbers() -> None:
     metrics = compute_vqa_metrics(PREDICTIONS, REFERENCES, QUESTION_TYPES, ANSWER_TYPES)

@@ -79,3 +79,35 @@ def test_empty_or_malformed_training_split():
         QuestionPriorBaseline().fit([], [])
     with pytest.raises(ValueError, match="answer"):
         score_prior(datasets.Dataset.from_dict({"question": ["q"]}), _ds(TRAIN))
+
+
+def test_prior_grading_metrics_are_the_floor_of_one_constant_grade():
+    # The prior answers every diagnosis question with the training majority grade ("severe dr", referable): it
+    # never disagrees more than chance (kappa 0) and flags every eye (sensitivity 1, specificity 0).
+    grades = ["healthy retina", "mild dr", "moderate dr", "severe dr", "proliferative dr", "healthy retina"]
+    test = [("what is the diagnosis?", grade, "diagnosis") for grade in grades]
+    scores = score_prior(_ds(TRAIN), _ds(test))
+    assert scores["diagnosis_qwk"] == 0.0
+    for task in ("referable", "any_dr"):
+        assert scores[f"diagnosis_{task}_sensitivity"] == 1.0
+        assert scores[f"diagnosis_{task}_specificity"] == 0.0
+        assert scores[f"diagnosis_{task}_specificity_ci_low"] == 0.0 < scores[f"diagnosis_{task}_specificity_ci_high"]
+    assert scores["diagnosis_non_grade_answers"] == 0
+    # A healthy majority is the other end: nothing flagged.
+    healthy_train = [("what is the diagnosis?", "healthy retina", "diagnosis")] * 2 + TRAIN
+    healthy = score_prior(_ds(healthy_train), _ds(test))
+    assert healthy["diagnosis_qwk"] == 0.0
+    assert healthy["diagnosis_referable_sensitivity"] == healthy["diagnosis_any_dr_sensitivity"] == 0.0
+    assert healthy["diagnosis_referable_specificity"] == healthy["diagnosis_any_dr_specificity"] == 1.0
+
+
+def test_prior_metrics_of_a_run_carry_the_grading_metrics():
+    from retina_vqa.metrics import GRADING_KEYS
+    from retina_vqa.training.outputs import prior_metrics
+
+    test = [("what is the diagnosis?", grade, "diagnosis") for grade in ("mild dr", "severe dr", "healthy retina")]
+    reported = prior_metrics(_ds(TRAIN), _ds(test), "eval")
+    scores = score_prior(_ds(TRAIN), _ds(test))
+    for key in GRADING_KEYS:
+        assert reported[f"eval_prior_diagnosis_{key}"] == scores[f"diagnosis_{key}"], key
+    assert not any("confusion" in key for key in reported)

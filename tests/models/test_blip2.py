@@ -147,3 +147,59 @@ def test_load_model_builds_blip2_from_a_config_with_live_query_tokens_and_refuse
     assert trainable == {"query_tokens", "qformer", "language_projection"}
     with pytest.raises(ValueError, match=r"--label_smoothing .*not available for blip-2"):
         load_model(ModelArguments(model_name_or_path="", config_name=args.config_name, label_smoothing=0.1), processor)
+
+
+def test_a_blip2_built_around_a_pretrained_image_encoder_takes_its_weights_and_checks_its_pixels(tmp_path):
+    """--vision_model_name_or_path (the BLIP-2 demo's frozen image encoder): architecture and weights come from the
+    BLIP checkpoint, the Q-Former reads it at its width, the answer depends on it; bad combinations are refused."""
+    from retina_vqa.arguments import ModelArguments
+    from retina_vqa.models.loading import load_model, load_processor
+
+    from ..conftest import TINY_CONFIG, make_tiny_model
+
+    blip = make_tiny_model(init_range=0.1, seed=3)
+    blip.save_pretrained(tmp_path / "blip")
+    AutoProcessor.from_pretrained(TINY_CONFIG).save_pretrained(tmp_path / "blip")
+    config_name = str(ROOT / "configs" / FAMILIES["opt"])
+    args = ModelArguments(
+        model_name_or_path="",
+        config_name=config_name,
+        vision_model_name_or_path=str(tmp_path / "blip"),
+        freeze_vision_encoder=True,
+    )
+    processor = load_processor(args)
+    model = load_model(args, processor)
+    theirs, ours = blip.vision_model.state_dict(), model.vision_model.state_dict()
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in theirs)
+    assert model.config.vision_config.hidden_size == blip.config.vision_config.hidden_size != 64  # the tiny BLIP-2's
+    assert model.config.qformer_config.encoder_hidden_size == blip.config.vision_config.hidden_size
+    assert not any(p.requires_grad for p in model.vision_model.parameters())
+    model.eval()
+    batch = collator(processor, PromptLayout.from_model(model.config, processor))(
+        rows(processor, PromptLayout.from_model(model.config, processor))
+    )
+    loss = model(**batch).loss
+    assert torch.isfinite(loss)
+    assert abs(loss.item() - model(**{**batch, "pixel_values": batch["pixel_values"].flip(0)}).loss.item()) > 1e-5
+
+    with pytest.raises(ValueError, match="needs --config_name"):
+        ModelArguments(model_name_or_path=str(tmp_path / "blip"), vision_model_name_or_path=str(tmp_path / "blip"))
+    with pytest.raises(ValueError, match="BLIP VQA config"):
+        load_model(
+            ModelArguments(
+                model_name_or_path="", config_name=str(TINY_CONFIG), vision_model_name_or_path=str(tmp_path)
+            ),
+            AutoProcessor.from_pretrained(TINY_CONFIG),
+        )
+    with pytest.raises(OSError, match="vision_model_name_or_path"):
+        load_model(
+            ModelArguments(
+                model_name_or_path="", config_name=config_name, vision_model_name_or_path=str(tmp_path / "x")
+            ),
+            processor,
+        )
+    other = AutoProcessor.from_pretrained(TINY_CONFIG)
+    other.image_processor.image_mean = [0.5, 0.5, 0.5]
+    other.save_pretrained(tmp_path / "blip")
+    with pytest.raises(ValueError, match="image_mean"):
+        load_model(args, processor)

@@ -3,7 +3,13 @@
 Answer every question with the most frequent training answer for its question type (or, without a
 ``question_type`` column, for its normalised question). `score_prior` scores it with exactly the metrics
 and references of the model (`vqa.compute_vqa_metrics`), so the two sit side by side in
-``all_results.json``, the model card and ``python -m retina_vqa.baselines``.
+``all_results.json``, the model card and ``python -m retina_vqa.baselines``. It answers every diagnosis
+question with one grade, so its quadratic weighted kappa is 0 and its screening sensitivity / specificity are
+1 / 0 (that grade is positive for the task) or 0 / 1: the floor for the grading metrics of `grading.py`.
+
+Scored, its answers are the training answers as written (the first spelling of the winning answer), not their
+normalised keys: for a findings report that is the most common report with its punctuation, which the finding
+extractor of `findings.py` needs to tell a negated finding from a present one.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ class QuestionPriorBaseline:
         self.answers: dict[str, str] = {}
         self.default_answer: str = ""
         self.keyed_by: str = "question_type"
+        # The winning answers as first written in training ("Severe DR", a report with its full stops).
+        self.written: dict[str, str] = {}
+        self.default_written: str = ""
 
     def fit(
         self,
@@ -43,12 +52,17 @@ class QuestionPriorBaseline:
         self.keyed_by = "question_type" if question_types is not None else "question"
         keys = self._keys(questions, question_types)
         per_key: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+        spellings: dict[str, str] = {}
         for key, answer in zip(keys, answers, strict=True):
-            per_key[key][normalize_answer(str(answer))] += 1
+            normalised = normalize_answer(str(answer))
+            per_key[key][normalised] += 1
+            spellings.setdefault(normalised, str(answer).strip())
         # Ties go to the answer seen first, so the baseline does not depend on hash order.
         self.answers = {key: counts.most_common(1)[0][0] for key, counts in per_key.items()}
         overall = collections.Counter(normalize_answer(str(a)) for a in answers)
         self.default_answer = overall.most_common(1)[0][0]
+        self.written = {key: spellings[answer] for key, answer in self.answers.items()}
+        self.default_written = spellings[self.default_answer]
         return self
 
     def _keys(self, questions: Sequence[str], question_types: Sequence[str] | None) -> list[str]:
@@ -58,10 +72,15 @@ class QuestionPriorBaseline:
             return [str(t) for t in question_types]
         return [normalize_answer(str(q)) for q in questions]
 
-    def predict(self, questions: Sequence[str], question_types: Sequence[str] | None = None) -> list[str]:
+    def predict(
+        self, questions: Sequence[str], question_types: Sequence[str] | None = None, as_written: bool = False
+    ) -> list[str]:
+        """The prior answer of each question: normalised, or ``as_written`` in the training data."""
         # A model fit on question types but asked without them falls back to the question text,
         # which then mostly hits the overall default.
         types = question_types if self.keyed_by == "question_type" else None
+        if as_written:
+            return [self.written.get(k, self.default_written) for k in self._keys(questions, types)]
         return [self.answers.get(k, self.default_answer) for k in self._keys(questions, types)]
 
 
@@ -92,7 +111,9 @@ def score_prior(
     prior = QuestionPriorBaseline().fit(
         train[question_column], train[answer_column], train[question_type_column] if typed else None
     )
-    answers = prior.predict(evaluated[question_column], evaluated[question_type_column] if typed else None)
+    answers = prior.predict(
+        evaluated[question_column], evaluated[question_type_column] if typed else None, as_written=True
+    )
     return compute_vqa_metrics(
         answers,
         evaluated[answer_column],

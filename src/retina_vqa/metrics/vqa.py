@@ -2,7 +2,7 @@
 
 * :func:`compute_vqa_metrics` aggregates the scores of `scores.py` into the flat ``dict`` of numbers that the
   Hugging Face ``Trainer`` logs (with an ``eval_`` prefix), by closed/open answer, question type and
-  diagnosis;
+  diagnosis (with the grading metrics of `grading.py`: kappa, screening sensitivity / specificity);
 * ``evaluate_metric.RetinaVQAMetric`` is an ``evaluate.Metric`` wrapper around it;
 * :func:`build_compute_metrics` is the ``compute_metrics`` callback of a ``Seq2SeqTrainer`` run with
   ``predict_with_generate=True``. It scores the generated answers against the dataset's **raw** answer
@@ -17,11 +17,14 @@ datasets have a single reference answer per question, so it could only ever be 0
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .findings import multidisease_metrics
+from .grading import grading_metrics
 from .normalize import normalize_answer
 from .scores import (
     DEFAULT_DIAGNOSIS_LABELS,
@@ -87,7 +90,13 @@ def compute_vqa_metrics(
         ``exact_match/<question_type>`` per question type; and, when ``diagnosis_type`` occurs among the
         question types, ``diagnosis_accuracy``, ``diagnosis_macro_f1`` (see `scores.macro_f1`) and the ints
         ``diagnosis_confusion/<reference>-><prediction>`` for every label pair plus ``-><other>`` (see
-        :func:`confusion_matrix`). Keys of empty groups are left out rather than reported as 0.
+        :func:`confusion_matrix`), with the grading metrics of `grading.grading_metrics` (``diagnosis_qwk``,
+        ``diagnosis_referable_sensitivity`` / ``_specificity`` and ``diagnosis_any_dr_...`` with 95% intervals,
+        ``diagnosis_non_grade_answers``; the labels are the grades, lowest first); and for the multi-disease
+        question types, `findings.multidisease_metrics`: ``report_*`` (findings reports scored by their findings,
+        impression and recommendation, with ROUGE-L / BLEU), ``<type>_set_*`` (set answers, order-free) and
+        ``cup_to_disc_*`` (absolute error). Keys of empty groups and undefined values are left out rather than
+        reported as 0.
     """
     n = len(predictions)
     _check_length("references", references, n)
@@ -137,7 +146,7 @@ def compute_vqa_metrics(
             if unlabelled:
                 logger.warning(
                     "%d %s references are not among the diagnosis labels %s and are left out of the "
-                    "confusion counts and macro F1.",
+                    "confusion counts, macro F1 and grading metrics.",
                     unlabelled,
                     diagnosis_type,
                     labels,
@@ -147,6 +156,10 @@ def compute_vqa_metrics(
             for ref_label, row in zip(labels, matrix, strict=True):
                 for pred_label, count in zip((*labels, OTHER_LABEL), row, strict=True):
                     metrics[f"diagnosis_confusion/{ref_label}->{pred_label}"] = int(count)
+            metrics.update(grading_metrics(refs, preds, labels))
+        # Multi-disease rows: findings reports scored by their findings, set answers as sets, the cup-to-disc
+        # ratio by absolute error (`findings.py`); nothing for datasets without those question types.
+        metrics.update(multidisease_metrics(predictions, references, [str(t) for t in question_types]))
     return metrics
 
 
@@ -172,7 +185,12 @@ def decode_ids(tokenizer: Any, ids: Any, pad_token_id: int | None = None) -> lis
     # The Trainer pads ragged batches with -100 when it concatenates them; -100 is not a valid token id.
     array = np.where(array == -100, pad_token_id, array).astype(np.int64)
     texts = tokenizer.batch_decode(array.tolist(), skip_special_tokens=True)
-    return [text.strip() for text in texts]
+    # WordPiece decoding spaces out a decimal point ("0.7" -> "0. 7"), which normalisation would then read as two
+    # numbers; put decimals back together.
+    return [_DECODED_DECIMAL.sub(r"\1.\2", text.strip()) for text in texts]
+
+
+_DECODED_DECIMAL = re.compile(r"(\d)\. (\d)")
 
 
 def _dataset_column(eval_dataset: Any, column: str, expected: int) -> list[str] | None:

@@ -118,6 +118,11 @@ def load_model(model_args: ModelArguments, processor: BlipProcessor) -> Any:
     family = checkpoint_family(model_args)
     if family != "blip":
         return _load_prompt_model(model_args, processor, family)
+    if model_args.vision_model_name_or_path is not None:
+        raise ValueError(
+            "--vision_model_name_or_path builds a BLIP-2 / InstructBLIP around a pretrained image encoder; "
+            f"{model_args.config_name} is a BLIP VQA config. Drop the flag (or fine-tune a BLIP checkpoint)."
+        )
     hub_kwargs = _hub_kwargs(model_args)
     if model_args.model_name_or_path is not None:
         model = AutoModelForVisualQuestionAnswering.from_pretrained(model_args.model_name_or_path, **hub_kwargs)
@@ -171,12 +176,24 @@ def _load_prompt_model(model_args: ModelArguments, processor: Any, family: str) 
         model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **_hub_kwargs(model_args))
     else:
         config = AutoConfig.from_pretrained(model_args.config_name, **_hub_kwargs(model_args))
-        if model_args.image_size is not None:
+        vision_source = None
+        if model_args.vision_model_name_or_path is not None:
+            vision_source = _pretrained_vision_model(model_args, processor)
+            _take_vision_config(config, vision_source.config, model_args.vision_model_name_or_path)
+            if model_args.image_size not in (None, config.vision_config.image_size):
+                raise ValueError(
+                    f"--image_size {model_args.image_size}, but the image encoder of --vision_model_name_or_path "
+                    f"was trained at {config.vision_config.image_size} px: drop --image_size."
+                )
+        elif model_args.image_size is not None:
             config.vision_config.image_size = model_args.image_size
         model = AutoModelForImageTextToText.from_config(config)
         # transformers starts the query tokens at zero: identical queries, and a Q-Former LayerNorm of zero whose
         # gradient swamps every other under clipping (models/tiny_blip2.py).
         init_query_tokens(model)
+        if vision_source is not None:
+            model.vision_model.load_state_dict(vision_source.state_dict(), strict=True)
+            logger.info("Image encoder taken from %s", model_args.vision_model_name_or_path)
         logger.info("Training a new %s from scratch: %.2fM parameters", family, model.num_parameters() / 1e6)
     prepare_model(model, processor, model_args.attn_implementation, name=model_args.model_name_or_path)
     freeze(
@@ -186,6 +203,63 @@ def _load_prompt_model(model_args: ModelArguments, processor: Any, family: str) 
         qformer=model_args.freeze_qformer,
     )
     return model
+
+
+# The image-encoder settings a BLIP-2 vision config takes from a pretrained BLIP or BLIP-2 image encoder.
+_VISION_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "layer_norm_eps",
+    "patch_size",
+    "image_size",
+    "hidden_act",
+    "attention_dropout",
+)
+
+
+def _pretrained_vision_model(model_args: ModelArguments, processor: Any) -> torch.nn.Module:
+    """The image encoder of `--vision_model_name_or_path` (BLIP VQA or BLIP-2/InstructBLIP), checked against the
+    run's image processor: features learnt on differently normalised pixels would be silently wrong."""
+    name = model_args.vision_model_name_or_path
+    hub_kwargs = _hub_kwargs(model_args)
+    try:
+        family = model_family(AutoConfig.from_pretrained(name, **hub_kwargs))
+        source_processor = AutoProcessor.from_pretrained(name, **hub_kwargs).image_processor
+    except (OSError, ValueError) as error:
+        raise OSError(
+            f"--vision_model_name_or_path {name!r}: {error}\nGive a BLIP VQA or BLIP-2 checkpoint folder (e.g. the "
+            "--output_dir of a BLIP run such as outputs/demo) or hub id, with its processor files."
+        ) from error
+    ours = processor.image_processor
+    for key in ("image_mean", "image_std"):
+        theirs, mine = list(getattr(source_processor, key)), list(getattr(ours, key))
+        if not torch.allclose(torch.tensor(theirs), torch.tensor(mine)):
+            raise ValueError(
+                f"--vision_model_name_or_path {name!r} was trained on pixels normalised with {key}={theirs}, this "
+                f"run's processor uses {mine}: its features would not fit. Use a processor with the same "
+                "normalisation (--processor_name) or another image encoder."
+            )
+    model_class = AutoModelForVisualQuestionAnswering if family == "blip" else AutoModelForImageTextToText
+    return model_class.from_pretrained(name, **hub_kwargs).vision_model
+
+
+def _take_vision_config(config: Any, vision_config: Any, name: str) -> None:
+    """Give the new model `vision_config`'s image encoder, and its Q-Former cross-attention the matching width."""
+    for key in _VISION_FIELDS:
+        setattr(config.vision_config, key, getattr(vision_config, key))
+    # BLIP's qkv always has a bias; BLIP-2's config says whether it has one.
+    config.vision_config.qkv_bias = getattr(vision_config, "qkv_bias", True)
+    config.qformer_config.encoder_hidden_size = vision_config.hidden_size
+    logger.info(
+        "Image encoder of %s: %d layers of width %d at %d px, patch %d",
+        name,
+        vision_config.num_hidden_layers,
+        vision_config.hidden_size,
+        vision_config.image_size,
+        vision_config.patch_size,
+    )
 
 
 def load_for_inference(

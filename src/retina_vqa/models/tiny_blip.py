@@ -1,10 +1,15 @@
 """Build the small BLIP used by the demo and the tests: config, WordPiece tokenizer and image processor.
 
     python -m retina_vqa.models.tiny_blip --output_dir configs/blip-tiny
+    python -m retina_vqa.models.tiny_blip --output_dir configs/blip-tiny-multidisease --vocabulary multidisease \
+        --max_text_positions 192
 
 Nothing is downloaded: the vocabulary is every word the synthetic RetinaVQA generator can produce, plus
 single characters and ``##`` continuations so that any other lowercase text still tokenises (into
-characters) instead of turning into ``[UNK]``. The special tokens mirror Salesforce/blip-vqa-base:
+characters) instead of turning into ``[UNK]``; ``--vocabulary multidisease`` adds the words of the multi-disease
+questions and findings reports (a separate folder: the word ids are ordered by frequency, so new words would
+renumber the DR vocabulary), and findings reports need more text positions. The special tokens mirror
+Salesforce/blip-vqa-base:
 ``[DEC]`` is the bos token that starts every answer, ``[SEP]`` ends it, ``[PAD]`` pads.
 """
 
@@ -87,8 +92,14 @@ def build_vocab(texts: Iterable[str]) -> list[str]:
     return vocab
 
 
-def build_tiny_blip(output_dir: str | Path, texts: Iterable[str], image_size: int = 128) -> BlipProcessor:
-    """Write config.json, tokenizer files and preprocessor_config.json to `output_dir`."""
+def build_tiny_blip(
+    output_dir: str | Path, texts: Iterable[str], image_size: int = 128, max_text_positions: int | None = None
+) -> BlipProcessor:
+    """Write config.json, tokenizer files and preprocessor_config.json to `output_dir`.
+
+    ``max_text_positions`` (default ``TINY_TEXT``'s 64) bounds question and answer lengths in tokens.
+    """
+    positions = max_text_positions or TINY_TEXT["max_position_embeddings"]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     vocab = build_vocab(texts)
@@ -99,7 +110,7 @@ def build_tiny_blip(output_dir: str | Path, texts: Iterable[str], image_size: in
         do_lower_case=True,
         bos_token="[DEC]",
         additional_special_tokens=["[ENC]"],
-        model_max_length=TINY_TEXT["max_position_embeddings"],
+        model_max_length=positions,
     )
     image_processor = BlipImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_mean=FUNDUS_MEAN, image_std=FUNDUS_STD
@@ -109,6 +120,7 @@ def build_tiny_blip(output_dir: str | Path, texts: Iterable[str], image_size: in
 
     text_config = dict(
         TINY_TEXT,
+        max_position_embeddings=positions,
         vocab_size=len(vocab),
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -125,13 +137,32 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default="configs/blip-tiny", help="Folder to write the files to.")
     parser.add_argument("--image_size", type=int, default=128, help="Square input size of the vision encoder.")
+    parser.add_argument(
+        "--vocabulary",
+        choices=("dr", "multidisease"),
+        default="dr",
+        help="dr: the DR-only synthetic texts (configs/blip-tiny); multidisease: also the multi-disease questions "
+        "and findings reports (configs/blip-tiny-multidisease).",
+    )
+    parser.add_argument(
+        "--max_text_positions",
+        type=int,
+        default=None,
+        help=f"Longest question or answer in tokens (default {TINY_TEXT['max_position_embeddings']}; findings "
+        "reports need up to about 165).",
+    )
     args = parser.parse_args(argv)
     if args.image_size < 16 or args.image_size % TINY_VISION["patch_size"]:
         parser.error(f"--image_size must be a positive multiple of {TINY_VISION['patch_size']}.")
-    from ..questions import all_texts
+    from ..questions import all_texts, condition_texts
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    build_tiny_blip(args.output_dir, all_texts(paraphrase=True), image_size=args.image_size)
+    texts = all_texts(paraphrase=True)
+    if args.vocabulary == "multidisease":
+        from ..synthetic.reports import report_texts
+
+        texts = texts + condition_texts(paraphrase=True) + report_texts()
+    build_tiny_blip(args.output_dir, texts, image_size=args.image_size, max_text_positions=args.max_text_positions)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ This module owns the CLI (``build_parser`` and ``main``)::
 
     python -m retina_vqa.synthetic --output_dir data/retinavqa-synthetic
     python -m retina_vqa.synthetic --preview preview.png --image_size 384
+    python -m retina_vqa.synthetic --output_dir data/retinavqa-multidisease --conditions all
+    python -m retina_vqa.synthetic --preview preview.png --conditions all --image_size 128
 
 Errors in the arguments (bad numbers, an occupied ``--output_dir``) exit with status 2 and a message
 naming the flag, before any image is drawn.
@@ -17,8 +19,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..questions import QUESTION_TYPES
+from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES
 from .build import generate_dataset, validate_grade_weights
+from .conditions import CONDITIONS, DEFAULT_PREVALENCE, parse_conditions, parse_prevalence
 from .export import FORMATS, check_output_dir, render_preview, save_dataset
 
 
@@ -47,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--question_types",
         default=None,
-        help=f"comma-separated subset of question types (default all: {','.join(QUESTION_TYPES)})",
+        help=f"comma-separated subset of question types (default all: {','.join(QUESTION_TYPES)}; with other "
+        f"conditions also {','.join(CONDITION_QUESTION_TYPES)} for the conditions drawn, without blindness,cause)",
+    )
+    p.add_argument(
+        "--conditions",
+        default="dr",
+        help=f"conditions to draw: dr (default, the DR-only dataset), all, or a comma list of {','.join(CONDITIONS)}"
+        "; dr is always drawn, its grades follow --grade_weights",
+    )
+    p.add_argument(
+        "--prevalence",
+        default=None,
+        help="share of images with each other condition, e.g. glaucoma=0.2,amd=0.4 (default "
+        + ",".join(f"{k}={v}" for k, v in DEFAULT_PREVALENCE.items())
+        + "); conditions are drawn independently, so they co-occur",
     )
     p.add_argument("--num_workers", type=int, default=None, help="rendering processes (default up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
@@ -61,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     argv_used = sys.argv[1:] if argv is None else list(argv)
     try:
+        conditions = parse_conditions(args.conditions)
+        parse_prevalence(args.prevalence, conditions)  # a bad --prevalence fails before any drawing
         if args.preview:
-            grid = render_preview(args.image_size, args.seed, args.quality_defect_rate)
+            grid = render_preview(args.image_size, args.seed, args.quality_defect_rate, conditions)
             Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
             grid.save(args.preview)
             print(f"wrote preview {args.preview} ({grid.width}x{grid.height})")
@@ -84,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
             quality_defect_rate=args.quality_defect_rate,
             question_types=question_types,
             num_workers=args.num_workers,
+            conditions=conditions,
+            prevalence=args.prevalence,
         )
         command = "python -m retina_vqa.synthetic " + shlex.join(argv_used)
         save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command)

@@ -3,7 +3,15 @@
 This module owns everything between a drawn image and a ``datasets.DatasetDict``: the per-image random
 generators, the grades of each split, argument checks, the column types (``dataset_features``), one
 question/answer row per (image, question type) and ``generate_dataset`` itself. Pixels come from
-:mod:`.render`, question wordings and answers from :mod:`retina_vqa.questions`.
+:mod:`.render`, question wordings and answers from :mod:`retina_vqa.questions`, findings reports from
+:mod:`.reports`.
+
+Each image has its generators keyed by (seed, split, index, stream): stream 0 draws the DR eye, 1 the question
+paraphrases, 2 the other conditions (:mod:`.conditions`), 4 the report wording, 10-13 the signs of glaucoma,
+AMD, hypertensive retinopathy and vein occlusion. A DR-only dataset (``conditions=("dr",)``, the default, with
+DR question types) touches streams 0 and 1 only and has the columns it always had, so it is byte-identical to
+the output of the generator before the other conditions; asking for another condition or one of
+``questions.CONDITION_QUESTION_TYPES`` adds a ``conditions`` column (stages, cup-to-disc ratio, findings).
 """
 
 from __future__ import annotations
@@ -22,19 +30,37 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..questions import QUESTION_TYPES, answer_for
-from .render import LATERALITIES, MIN_IMAGE_SIZE, QUALITIES, render_fundus
+from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES, REPORT_QUESTION_TYPE, answer_for, condition_answer_for
+from .conditions import OTHER_CONDITIONS, parse_conditions, parse_prevalence, sample_conditions
+from .render import LATERALITIES, MIN_IMAGE_SIZE, QUALITIES, render_eye, render_fundus
+from .reports import write_report
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["SPLITS", "dataset_features", "generate_dataset", "render_example", "validate_grade_weights"]
+__all__ = [
+    "SPLITS",
+    "condition_question_types",
+    "dataset_features",
+    "generate_dataset",
+    "render_example",
+    "validate_grade_weights",
+]
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 # Bump when the drawing or the rows change, so that dataset fingerprints (cache keys) change with it.
 _GENERATOR_VERSION = 2
+
+
+# Streams of an image's generators (see the module docstring); 0 and 1 are the DR-only generator's.
+_STREAM_CONDITIONS = 2
+_STREAM_REPORT = 4
+_STREAM_SIGNS = 10
+# DR notebook questions whose answers speak of diabetic retinopathy alone ("can this condition cause blindness?"
+# would answer "no" for an eye blinded by a vein occlusion): not asked by default when other conditions are drawn.
+_DR_ONLY_TYPES = ("blindness", "cause")
 
 
 def _image_rng(seed: int, split: str, index: int, stream: int) -> np.random.Generator:
@@ -50,20 +76,42 @@ def _draw_quality(rng: np.random.Generator, defect_rate: float) -> str:
     return "good"
 
 
-def render_example(task: tuple[int, str, int, int, int, float]) -> dict[str, Any]:
-    """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate)``.
+def render_example(task: tuple) -> dict[str, Any]:
+    """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate[, conditions])``.
 
     Returns its PNG bytes and metadata (``image_id``, ``grade``, ``laterality``, ``quality``, ``lesions``).
+    The optional seventh item ``(enabled conditions, prevalence items, forced ConditionState or None)`` draws
+    the other conditions too and adds ``conditions`` (stages, cup-to-disc ratio, branch quadrant, findings).
     One tuple argument, so that ``Pool.map`` can call it; the result depends on nothing else.
     """
-    seed, split, index, grade, image_size, defect_rate = task
+    seed, split, index, grade, image_size, defect_rate = task[:6]
+    spec = task[6] if len(task) > 6 else None
     rng = _image_rng(seed, split, index, 0)
     laterality = LATERALITIES[int(rng.integers(0, 2))]
     quality = _draw_quality(rng, defect_rate)
-    image, lesions = render_fundus(rng, image_size, grade, laterality, quality)
+    meta = None
+    if spec is None:
+        image, lesions = render_fundus(rng, image_size, grade, laterality, quality)
+    else:
+        enabled, prevalence, forced = spec
+        state = forced or sample_conditions(
+            _image_rng(seed, split, index, _STREAM_CONDITIONS), enabled, dict(prevalence)
+        )
+        sign_rngs = {
+            c: _image_rng(seed, split, index, _STREAM_SIGNS + i) for i, c in enumerate(OTHER_CONDITIONS) if c in enabled
+        }
+        eye = render_eye(rng, image_size, grade, laterality, quality, state, sign_rngs)
+        image, lesions = eye.image, eye.lesions
+        meta = {
+            "diseases": (["dr"] if grade > 0 else []) + list(state.present()),
+            **{c: state.stage(c) for c in OTHER_CONDITIONS},
+            "cup_to_disc": eye.cup_to_disc,
+            "rvo_quadrant": state.rvo_quadrant,
+            "findings": list(eye.findings),
+        }
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=6)
-    return {
+    example = {
         "png": buf.getvalue(),
         "image_id": f"{split}-{index:05d}",
         "grade": grade,
@@ -71,6 +119,10 @@ def render_example(task: tuple[int, str, int, int, int, float]) -> dict[str, Any
         "quality": quality,
         "lesions": lesions,
     }
+    if meta is not None:
+        example["conditions"] = meta
+        example["enabled"] = tuple(enabled)
+    return example
 
 
 def _split_grades(n: int, weights: Sequence[float], rng: np.random.Generator) -> list[int]:
@@ -107,11 +159,28 @@ def validate_grade_weights(grade_weights: Sequence[float] | str | None) -> tuple
     return values
 
 
+def condition_question_types(enabled: Sequence[str]) -> list[str]:
+    """The default question types of a dataset drawing ``enabled`` conditions (all DR types when DR only)."""
+    enabled = parse_conditions(enabled)
+    if enabled == ("dr",):
+        return list(QUESTION_TYPES)
+    types = [q for q in QUESTION_TYPES if q not in _DR_ONLY_TYPES]
+    for q in CONDITION_QUESTION_TYPES:
+        condition = q.rpartition("_")[0]
+        if condition in OTHER_CONDITIONS and condition not in enabled:
+            continue
+        if q == "cup_to_disc" and "glaucoma" not in enabled:
+            continue
+        types.append(q)
+    return types
+
+
 def _validate_args(
     counts: Mapping[str, int],
     image_size: int,
     quality_defect_rate: float,
     question_types: Sequence[str] | None,
+    enabled: Sequence[str] = ("dr",),
 ) -> None:
     for name, n in counts.items():
         if int(n) != n or n < 0:
@@ -123,15 +192,18 @@ def _validate_args(
     if not 0.0 <= quality_defect_rate <= 1.0:
         raise ValueError(f"--quality_defect_rate must be between 0 and 1, got {quality_defect_rate}")
     if question_types is not None:
-        unknown = [q for q in question_types if q not in QUESTION_TYPES]
+        known = [*QUESTION_TYPES, *CONDITION_QUESTION_TYPES]
+        unknown = [q for q in question_types if q not in known]
         if unknown or not question_types:
+            raise ValueError(f"--question_types has unknown or no types {unknown}; choose from {', '.join(known)}")
+        if "cup_to_disc" in question_types and "glaucoma" not in enabled:
             raise ValueError(
-                f"--question_types has unknown or no types {unknown}; choose from {', '.join(QUESTION_TYPES)}"
+                "--question_types cup_to_disc needs the drawn cup: add glaucoma to --conditions (e.g. dr,glaucoma)"
             )
 
 
-def dataset_features() -> datasets.Features:
-    """The explicit column types of every split."""
+def dataset_features(multidisease: bool = False) -> datasets.Features:
+    """The explicit column types of every split; ``multidisease`` adds the ``conditions`` column."""
     # Imported here: rendering workers only need numpy and Pillow.
     import datasets
 
@@ -142,20 +214,27 @@ def dataset_features() -> datasets.Features:
         "x1": datasets.Value("int32"),
         "y1": datasets.Value("int32"),
     }
-    return datasets.Features(
-        {
-            "image": datasets.Image(),
-            "question": datasets.Value("string"),
-            "answer": datasets.Value("string"),
-            "image_id": datasets.Value("string"),
-            "question_type": datasets.Value("string"),
-            "answer_type": datasets.Value("string"),
-            "grade": datasets.Value("int32"),
-            "laterality": datasets.Value("string"),
-            "quality": datasets.Value("string"),
-            "lesions": datasets.List(box),
+    columns = {
+        "image": datasets.Image(),
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "image_id": datasets.Value("string"),
+        "question_type": datasets.Value("string"),
+        "answer_type": datasets.Value("string"),
+        "grade": datasets.Value("int32"),
+        "laterality": datasets.Value("string"),
+        "quality": datasets.Value("string"),
+        "lesions": datasets.List(box),
+    }
+    if multidisease:
+        columns["conditions"] = {
+            "diseases": datasets.List(datasets.Value("string")),
+            **{c: datasets.Value("string") for c in OTHER_CONDITIONS},
+            "cup_to_disc": datasets.Value("float32"),
+            "rvo_quadrant": datasets.Value("string"),
+            "findings": datasets.List(datasets.Value("string")),
         }
-    )
+    return datasets.Features(columns)
 
 
 def _rows_for(
@@ -170,12 +249,14 @@ def _rows_for(
     rng = _image_rng(seed, split, index, 1)
     rows: dict[str, list] = collections.defaultdict(list)
     for qt in question_types:
-        info = QUESTION_TYPES[qt]
+        info = QUESTION_TYPES[qt] if qt in QUESTION_TYPES else CONDITION_QUESTION_TYPES[qt]
         options = info["paraphrases"]
         question = options[int(rng.integers(0, len(options)))] if paraphrase else info["question"]
         rows["question"].append(question)
-        rows["answer"].append(
-            answer_for(
+        if "conditions" in example:
+            answer = _condition_answer(example, qt, seed, split, index, image_size)
+        else:
+            answer = answer_for(
                 qt,
                 example["grade"],
                 example["laterality"],
@@ -183,7 +264,7 @@ def _rows_for(
                 example["lesions"],
                 image_size,
             )
-        )
+        rows["answer"].append(answer)
         rows["image_id"].append(example["image_id"])
         rows["question_type"].append(qt)
         rows["answer_type"].append(info["answer_type"])
@@ -191,7 +272,34 @@ def _rows_for(
         rows["laterality"].append(example["laterality"])
         rows["quality"].append(example["quality"])
         rows["lesions"].append(example["lesions"])
+        if "conditions" in example:
+            rows["conditions"].append(example["conditions"])
     return rows
+
+
+def _condition_answer(example: Mapping[str, Any], qt: str, seed: int, split: str, index: int, image_size: int) -> str:
+    """The answer of a multi-disease row: the DR questions see every condition, the others read the stages."""
+    meta = example["conditions"]
+    grade = example["grade"]
+    stages = {c: meta[c] for c in OTHER_CONDITIONS}
+    if qt == "abnormality":
+        return "yes" if meta["diseases"] else "no"
+    if qt in QUESTION_TYPES:
+        return answer_for(qt, grade, example["laterality"], example["quality"], example["lesions"], image_size)
+    if qt == REPORT_QUESTION_TYPE:
+        # A generator of its own: the wording does not depend on which other questions the rows ask.
+        return write_report(
+            _image_rng(seed, split, index, _STREAM_REPORT),
+            grade,
+            meta["findings"],
+            stages,
+            example["enabled"],
+            meta["cup_to_disc"],
+            meta["rvo_quadrant"],
+        )
+    return condition_answer_for(
+        qt, grade, example["laterality"], example["lesions"], image_size, stages, meta["cup_to_disc"]
+    )
 
 
 def _default_workers() -> int:
@@ -209,11 +317,16 @@ def generate_dataset(
     quality_defect_rate: float = 0.1,
     question_types: Sequence[str] | None = None,
     num_workers: int | None = None,
+    conditions: Sequence[str] | str | None = None,
+    prevalence: Mapping[str, float] | str | None = None,
 ) -> datasets.DatasetDict:
     """Generate train/validation/test splits with one row per (image, question type).
 
     Images are split-disjoint; every image and every paraphrase choice is determined by
     (seed, split, image index) alone, so the same arguments always give the same dataset.
+    ``conditions`` ("dr", the default, "all", or a list of ``conditions.CONDITIONS``) adds the other
+    conditions, each present with its ``prevalence`` (``conditions.DEFAULT_PREVALENCE`` for those not given);
+    the default question types then become ``condition_question_types(conditions)``.
     """
     import datasets
 
@@ -222,16 +335,23 @@ def generate_dataset(
         "num_validation_images": num_validation_images,
         "num_test_images": num_test_images,
     }
-    _validate_args(counts, image_size, quality_defect_rate, question_types)
+    enabled = parse_conditions(conditions)
+    prevalence_of = parse_prevalence(prevalence, enabled)
+    _validate_args(counts, image_size, quality_defect_rate, question_types, enabled)
     weights = validate_grade_weights(grade_weights)
-    qtypes = list(question_types) if question_types is not None else list(QUESTION_TYPES)
+    qtypes = list(question_types) if question_types is not None else condition_question_types(enabled)
     workers = _default_workers() if num_workers is None else max(1, int(num_workers))
-    features = dataset_features()
+    # DR only and DR questions only: the rows and columns of before, drawn exactly as before.
+    multidisease = enabled != ("dr",) or any(q in CONDITION_QUESTION_TYPES for q in qtypes)
+    features = dataset_features(multidisease)
+    spec = (enabled, tuple(sorted(prevalence_of.items())), None) if multidisease else None
 
     tasks: dict[str, list[tuple]] = {}
     for split, n in zip(SPLITS, counts.values(), strict=True):
         grades = _split_grades(int(n), weights, np.random.default_rng([seed, SPLITS.index(split), 2**31]))
         tasks[split] = [(seed, split, i, g, image_size, quality_defect_rate) for i, g in enumerate(grades)]
+        if spec is not None:
+            tasks[split] = [(*t, spec) for t in tasks[split]]
     flat = [t for split in SPLITS for t in tasks[split]]
     logger.info("Rendering %d images at %d px with %d worker(s)", len(flat), image_size, workers)
     if workers > 1 and len(flat) > 8:
@@ -252,6 +372,9 @@ def generate_dataset(
         dict(counts),
         _GENERATOR_VERSION,
     ]
+    if multidisease:
+        # Only here, so that DR-only datasets keep their cache keys.
+        params.append([list(enabled), sorted(prevalence_of.items())])
     splits = {}
     offset = 0
     for split in SPLITS:

@@ -2,8 +2,9 @@
 
 This module owns what leaves memory: ``save_dataset`` (``save_to_disk`` or ``imagefolder``), the
 output-directory checks that keep ``--overwrite`` from deleting the wrong folder, the README.md dataset
-card with per-split counts, and ``render_preview`` (a captioned grid of images for eyeballing the
-drawing).
+card with per-split counts (and per-condition stages when other conditions are drawn), and ``render_preview``
+(a captioned grid of images for eyeballing the drawing: the DR grades, or each condition at two or more
+stages).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..questions import DIAGNOSIS_ANSWERS, QUESTION_TYPES
 from .build import render_example
+from .conditions import CUP_TO_DISC, OTHER_CONDITIONS, ConditionState, parse_conditions
 from .render import MIN_IMAGE_SIZE, QUALITIES
 
 if TYPE_CHECKING:
@@ -217,16 +219,86 @@ vertical and horizontal lines through the image centre.
 ## Rows per answer
 
 {answer_table}
-"""
+{_conditions_section(dataset_dict)}"""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(card, encoding="utf-8")
     return path
 
 
+def _conditions_section(dataset_dict: datasets.DatasetDict) -> str:
+    """Images per stage of each other condition, and how many images have two or more diseases."""
+    splits = [s for s in dataset_dict if "conditions" in dataset_dict[s].column_names]
+    if not splits:
+        return ""
+    per_split: dict[str, dict[str, collections.Counter]] = {}
+    multi: dict[str, int] = {}
+    for split in splits:
+        meta = dataset_dict[split].select_columns(["image_id", "conditions"]).to_dict()
+        by_image = dict(zip(meta["image_id"], meta["conditions"], strict=True))
+        per_split[split] = {c: collections.Counter(m[c] for m in by_image.values()) for c in OTHER_CONDITIONS}
+        multi[split] = sum(len(m["diseases"]) >= 2 for m in by_image.values())
+    rows = [
+        [condition, stage, *(per_split[s][condition].get(stage, 0) for s in splits)]
+        for condition in OTHER_CONDITIONS
+        for stage in sorted({k for s in splits for k in per_split[s][condition]})
+    ]
+    table = _markdown_table(["condition", "stage", *splits], rows)
+    both = ", ".join(f"{s}: {multi[s]}" for s in splits)
+    return f"""
+## Other conditions
+
+Drawn beside diabetic retinopathy (the `conditions` column holds each image's stages, cup-to-disc ratio and
+findings). In these datasets "is there any abnormality?" answers "yes" for any condition, "what is the
+diagnosis?" stays the DR grade, and the DR-only "blindness" and "cause" questions are not asked by default.
+Images with two or more diseases: {both}.
+
+{table}
+"""
+
+
 # --------------------------------------------------------------------------------------------------
 # Preview
 # --------------------------------------------------------------------------------------------------
+
+# Tiles of the multi-disease preview: (caption, short caption, DR grade, other conditions and their stages).
+_CONDITION_TILES: tuple[tuple[str, str, int, dict[str, str]], ...] = (
+    ("healthy", "healthy", 0, {}),
+    ("moderate DR", "DR 2", 2, {}),
+    ("proliferative DR", "DR 4", 4, {}),
+    ("DR 2 + glaucoma", "DR2+G", 2, {"glaucoma": "moderate"}),
+    ("glaucoma early", "G early", 0, {"glaucoma": "early"}),
+    ("glaucoma advanced", "G adv", 0, {"glaucoma": "advanced"}),
+    ("AMD early", "AMD 1", 0, {"amd": "early"}),
+    ("AMD intermediate", "AMD 2", 0, {"amd": "intermediate"}),
+    ("AMD late dry", "AMD dry", 0, {"amd": "late dry"}),
+    ("AMD late wet", "AMD wet", 0, {"amd": "late wet"}),
+    ("hypertensive 1", "HR 1", 0, {"hypertensive": "grade 1"}),
+    ("hypertensive 2", "HR 2", 0, {"hypertensive": "grade 2"}),
+    ("hypertensive 3", "HR 3", 0, {"hypertensive": "grade 3"}),
+    ("hypertensive 4", "HR 4", 0, {"hypertensive": "grade 4"}),
+    ("branch RVO", "BRVO", 0, {"rvo": "branch"}),
+    ("central RVO", "CRVO", 0, {"rvo": "central"}),
+)
+
+
+def _condition_tiles(enabled: Sequence[str]) -> list[tuple[str, str, int, ConditionState]]:
+    tiles = []
+    for caption, short, grade, stages in _CONDITION_TILES:
+        if any(c not in enabled for c in stages):
+            continue
+        glaucoma = stages.get("glaucoma", "none")
+        state = ConditionState(
+            enabled=tuple(enabled),
+            # The extremes of each stage's range, so the preview shows the spread: 0.3 healthy, 0.9 advanced.
+            cup_to_disc=CUP_TO_DISC[glaucoma][0 if glaucoma == "none" else -1] if "glaucoma" in enabled else None,
+            rvo_quadrant="superior-temporal" if stages.get("rvo") == "branch" else None,
+            **{c: stages.get(c, "none") for c in OTHER_CONDITIONS},
+        )
+        if state.cup_to_disc is not None:
+            caption, short = f"{caption} c/d {state.cup_to_disc:.1f}", f"{short} {state.cup_to_disc:.1f}"
+        tiles.append((caption, short, grade, state))
+    return tiles
 
 
 def preview_label_height(image_size: int) -> int:
@@ -234,12 +306,24 @@ def preview_label_height(image_size: int) -> int:
     return max(14, image_size // 14)
 
 
-def render_preview(image_size: int = 384, seed: int = 0, quality_defect_rate: float = 0.1) -> Image.Image:
-    """A 4x4 grid of samples cycling through the grades, each captioned with grade, eye and quality."""
+def render_preview(
+    image_size: int = 384,
+    seed: int = 0,
+    quality_defect_rate: float = 0.1,
+    conditions: Sequence[str] | str | None = None,
+) -> Image.Image:
+    """A 4x4 grid of samples cycling through the grades, each captioned with grade, eye and quality.
+
+    With ``conditions`` beyond "dr", the grid shows each enabled condition at two or more stages instead
+    (good-quality images, captioned with the stages and, when glaucoma is drawn, the cup-to-disc ratio).
+    """
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"--image_size must be at least {MIN_IMAGE_SIZE} pixels, got {image_size}")
     label_h = preview_label_height(image_size)
     n = PREVIEW_GRID
+    enabled = parse_conditions(conditions)
+    if enabled != ("dr",):
+        return _condition_preview(image_size, seed, enabled, label_h)
     grid = Image.new("RGB", (n * image_size, n * (image_size + label_h)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=max(9, label_h - 4))
@@ -256,5 +340,22 @@ def render_preview(image_size: int = 384, seed: int = 0, quality_defect_rate: fl
         if draw.textlength(text, font=font) > image_size - 4:
             # Small tiles: drop the diagnosis words, keep grade, eye and the defect.
             text = f"g{grade} {eye} {ex['quality'] if ex['quality'] != 'good' else ''}".strip()
+        draw.text((x + 3, y + image_size + 1), text, fill=(0, 0, 0), font=font)
+    return grid
+
+
+def _condition_preview(image_size: int, seed: int, enabled: Sequence[str], label_h: int) -> Image.Image:
+    tiles = _condition_tiles(enabled)
+    columns = PREVIEW_GRID
+    rows = -(-len(tiles) // columns)
+    grid = Image.new("RGB", (columns * image_size, rows * (image_size + label_h)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default(size=max(9, label_h - 4))
+    for i, (caption, short, grade, state) in enumerate(tiles):
+        ex = render_example((seed, "preview", i, grade, image_size, 0.0, (tuple(enabled), (), state)))
+        tile = Image.open(io.BytesIO(ex["png"]))
+        x, y = (i % columns) * image_size, (i // columns) * (image_size + label_h)
+        grid.paste(tile, (x, y))
+        text = caption if draw.textlength(caption, font=font) <= image_size - 4 else short
         draw.text((x + 3, y + image_size + 1), text, fill=(0, 0, 0), font=font)
     return grid

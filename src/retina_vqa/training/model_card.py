@@ -69,7 +69,8 @@ def _metrics_table(metrics: dict[str, Any], prefix: str) -> str:
         for key, value in sorted(metrics.items())
         if key.startswith(prefix)
         and isinstance(value, (int, float))
-        and not any(part in key for part in ("confusion", "/", "_prior_", "runtime", "per_second"))
+        # Intervals are shown in the grading table, next to their value.
+        and not any(part in key for part in ("confusion", "/", "_prior_", "runtime", "per_second", "_ci_"))
     ]
     if not rows:
         return ""
@@ -89,6 +90,84 @@ def _per_type_table(metrics: dict[str, Any], prefix: str) -> str:
         prior_text = _format(prior) if prior is not None else "-"
         rows.append(f"| {question_type} | {_format(metrics[key_prefix + question_type])} | {prior_text} |")
     return header + "\n".join(rows) + "\n"
+
+
+# Rows of the grading table: (label, key after "<split>_diagnosis_"), see metrics.grading.
+_GRADING_ROWS = (
+    ("quadratic weighted kappa", "qwk"),
+    ("referable DR (moderate or worse) sensitivity", "referable_sensitivity"),
+    ("referable DR specificity", "referable_specificity"),
+    ("any DR (mild or worse) sensitivity", "any_dr_sensitivity"),
+    ("any DR specificity", "any_dr_specificity"),
+    ("answers that are not a grade", "non_grade_answers"),
+)
+
+
+def _grading_value(metrics: dict[str, Any], key: str) -> str:
+    if key not in metrics:
+        return "-"
+    low, high = metrics.get(f"{key}_ci_low"), metrics.get(f"{key}_ci_high")
+    interval = f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+    value = metrics[key]
+    return (f"{value:.3f}" if isinstance(value, float) else str(value)) + interval
+
+
+def _grading_table(metrics: dict[str, Any], prefix: str) -> str:
+    if f"{prefix}diagnosis_non_grade_answers" not in metrics:
+        return ""
+    lines = ["| metric | model | question prior |", "| --- | --- | --- |"]
+    for label, key in _GRADING_ROWS:
+        model = _grading_value(metrics, f"{prefix}diagnosis_{key}")
+        prior = _grading_value(metrics, f"{prefix}prior_diagnosis_{key}")
+        lines.append(f"| {label} | {model} | {prior} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ranking_table(metrics: dict[str, Any], prefix: str) -> str:
+    """Ranked answers (--answer_mode rank/auto): ECE and the referable-DR AUC, before and after temperature scaling."""
+    if f"{prefix}ece" not in metrics:
+        return ""
+    lines = ["| ranked answers | temperature 1 | temperature-scaled |", "| --- | --- | --- |"]
+    for label, key in (
+        ("expected calibration error (10 bins)", "ece"),
+        ("referable DR ROC AUC (P(moderate or worse))", "diagnosis_referable_auc"),
+    ):
+        if f"{prefix}{key}" in metrics:
+            scaled = metrics.get(f"{prefix}{key}_calibrated")
+            lines.append(
+                f"| {label} | {_format(metrics[prefix + key])} | {'-' if scaled is None else _format(scaled)} |"
+            )
+    count, accuracy = metrics.get(f"{prefix}ranked_questions"), metrics.get(f"{prefix}ranked_accuracy")
+    if count is not None and accuracy is not None:
+        lines.append(f"| accuracy of the {count} ranked questions | {_format(accuracy)} | {_format(accuracy)} |")
+    return "\n".join(lines) + "\n"
+
+
+# Rows of the findings-report table: (label, key after "<split>_"), see metrics.findings.
+_REPORT_ROWS = (
+    ("finding F1, micro (pooled over findings)", "report_finding_micro_f1"),
+    ("finding F1, macro (mean over findings)", "report_finding_macro_f1"),
+    ("finding precision, micro", "report_finding_micro_precision"),
+    ("finding recall, micro", "report_finding_micro_recall"),
+    ("impression: DR grade right", "report_impression_dr_grade_accuracy"),
+    ("impression: other diagnoses F1", "report_impression_diagnosis_f1"),
+    ("impression: every diagnosis and stage right", "report_impression_exact_match"),
+    ("recommendation right", "report_recommendation_accuracy"),
+    ("ROUGE-L", "report_rouge_l"),
+    ("BLEU-4", "report_bleu"),
+)
+
+
+def _report_table(metrics: dict[str, Any], prefix: str) -> str:
+    if f"{prefix}report_finding_micro_f1" not in metrics:
+        return ""
+    lines = ["| metric | model | most common report |", "| --- | --- | --- |"]
+    for label, key in _REPORT_ROWS:
+        model, prior = metrics.get(f"{prefix}{key}"), metrics.get(f"{prefix}prior_{key}")
+        lines.append(
+            f"| {label} | {'-' if model is None else _format(model)} | {'-' if prior is None else _format(prior)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def render_model_card(
@@ -144,6 +223,29 @@ def render_model_card(
             parts.append(
                 f"Exact match per question type, next to a text-only baseline that answers each "
                 f"question type with its most frequent training answer:\n\n{per_type}"
+            )
+        grading = _grading_table(metrics, prefix)
+        if grading:
+            parts.append(
+                "Grading metrics of the diagnosis question, with 95% Wilson score intervals; an answer that is not "
+                "a grade counts as wrong (the farthest grade for kappa, the wrong call for sensitivity and "
+                f"specificity):\n\n{grading}"
+            )
+        reports = _report_table(metrics, prefix)
+        if reports:
+            parts.append(
+                "Findings reports scored by their findings (`retina_vqa.metrics.findings`: a rule-based extractor "
+                "reads the findings, with negation, the impression and the recommendation from the generated and "
+                "the reference report), next to the text-only baseline that writes the most common training report:"
+                f"\n\n{reports}"
+            )
+        ranking = _ranking_table(metrics, prefix)
+        if ranking:
+            parts.append(
+                "Ranked answers (`--answer_mode rank/auto`): questions of the types with known answers "
+                "(`answer_candidates.json`) get the most likely of them, each candidate a probability; the reliability "
+                "plot is `calibration.png`:"
+                f"\n\n{ranking}"
             )
     if not metrics:
         parts.append("No evaluation was run.\n")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..metrics import normalize_answer, score_prior
+from ..metrics import GRADING_KEYS, PRIOR_REPORTED_KEYS, normalize_answer, score_prior
 
 
 def in_row_order(answers: Sequence[str], order: Sequence[int] | None) -> list[str]:
@@ -23,8 +23,16 @@ def in_row_order(answers: Sequence[str], order: Sequence[int] | None) -> list[st
     return rows
 
 
-# The prior's scores reported next to the model's: the headline numbers and exact match per question type.
-PRIOR_KEYS = ("exact_match", "closed_accuracy", "token_f1", "diagnosis_accuracy")
+# The prior's scores reported next to the model's: the headline numbers, exact match per question type and the
+# diagnosis grading metrics (kappa, screening sensitivity / specificity with intervals, non-grade answers).
+PRIOR_KEYS = (
+    "exact_match",
+    "closed_accuracy",
+    "token_f1",
+    "diagnosis_accuracy",
+    *(f"diagnosis_{key}" for key in GRADING_KEYS),
+    *PRIOR_REPORTED_KEYS,  # multi-disease: the most common report scored by its findings, set and numeric answers
+)
 
 
 def prior_metrics(train_dataset: Any, eval_dataset: Any, prefix: str, **columns: str) -> dict[str, float]:
@@ -42,8 +50,12 @@ def prediction_records(
     question_column: str,
     answer_column: str | None,
     extra_columns: Sequence[str] = ("image_id", "question_type", "answer_type"),
+    answer_scores: Sequence[dict[str, float] | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per row: id, question, reference, prediction, correct (normalised exact match), extras."""
+    """One dict per row: id, question, reference, prediction, correct (normalised exact match), extras; and, for
+    ranked answers (`answer_scores`, None for generated rows), ``answer_scores``: each candidate's probability."""
+    if answer_scores is not None and len(answer_scores) != len(predictions):
+        raise ValueError(f"{len(answer_scores)} answer scores for {len(predictions)} predictions.")
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} rows: every row must be answered once.")
     columns = [question_column] + [c for c in (answer_column, *extra_columns) if c and c in dataset.column_names]
@@ -59,6 +71,8 @@ def prediction_records(
             reference = text[answer_column][row]
             record["reference"] = reference
             record["correct"] = normalize_answer(prediction) == normalize_answer(reference)
+        if answer_scores is not None and answer_scores[row] is not None:
+            record["answer_scores"] = answer_scores[row]
         records.append(record)
     return records
 

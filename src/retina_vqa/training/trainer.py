@@ -15,14 +15,15 @@ from transformers import Seq2SeqTrainer
 
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
-from ..models.blip import generate_answers
-from ..models.blip2 import PromptLayout, generate_prompt_answers
+from ..models.blip import encode_images, generate_answers
+from ..models.blip2 import PromptLayout, generate_prompt_answers, prompt_only
 from ..models.compat import (
     allow_fsdp_on_cpu_processes,
     check_trainer_hooks,
     is_deepspeed_zero3_enabled,
     is_fsdp_managed_module,
 )
+from ..models.ranking import ANSWER_SET_COLUMN, AnswerCandidates, RankingPlan, blip_prefix, prompt_prefix
 from .checkpoints import last_complete_checkpoint
 from .embedding_cache import ImageEmbeddingCache
 from .model_card import render_model_card
@@ -71,6 +72,11 @@ class VqaTrainer(Seq2SeqTrainer):
     decoder `generate` and ignores question padding. Here generation sees only pixels and the question;
     the loss is still computed from the full batch.
 
+    With a `ranking_plan` (``--answer_mode rank/auto``), the rows whose ``answer_set`` names a candidate list are
+    ranked instead (`models.ranking`): the chosen candidate's ids stand in for generated ones, and the predictions
+    become ``(token ids, candidate scores)``, the scores padded to a fixed width so that they gather across
+    processes like logits. `answer_candidates` are saved with the model and every checkpoint.
+
     `card_info` (set by the entry script) feeds the model card written by `create_model_card`, which
     `push_to_hub` also calls. With `image_embedding_cache` (a frozen image encoder), kept image-encoder
     outputs replace the pixels of images seen before; with ``--torch_compile`` the varying batch sizes are
@@ -83,6 +89,8 @@ class VqaTrainer(Seq2SeqTrainer):
         card_info: dict[str, Any] | None = None,
         image_embedding_cache: ImageEmbeddingCache | None = None,
         prompt_layout: PromptLayout | None = None,
+        ranking_plan: RankingPlan | None = None,
+        answer_candidates: AnswerCandidates | None = None,
         **kwargs,
     ) -> None:
         check_trainer_hooks()  # the hooks overridden here must still exist upstream (models/compat.py)
@@ -97,6 +105,16 @@ class VqaTrainer(Seq2SeqTrainer):
         self._evaluation_cache: ImageEmbeddingCache | None = None
         # BLIP-2 / InstructBLIP: where the image placeholders are; answers are generated from the prompts.
         self.prompt_layout = prompt_layout
+        if ranking_plan is not None and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
+            # Sharded parameters are gathered in collectives that every rank must join equally often, but how many
+            # rows a rank ranks or generates depends on its batch.
+            raise ValueError(
+                "--answer_mode rank/auto is not available with parameter sharding (FSDP, DeepSpeed ZeRO-3): train "
+                "with --answer_mode generate, then evaluate the saved model with DDP or one process, or rank with "
+                "`python -m retina_vqa.predict --answer_mode auto`."
+            )
+        self.ranking_plan = ranking_plan
+        self.answer_candidates = answer_candidates
 
     def create_accelerator_and_postprocess(self) -> None:
         # An FSDP config on CPU processes would otherwise run as DDP (models/compat.py).
@@ -186,7 +204,10 @@ class VqaTrainer(Seq2SeqTrainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
         **gen_kwargs,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None]:
+        # Which candidate list each row is ranked against (evaluation batches of a ranking run): not a model input.
+        inputs = dict(inputs)
+        answer_sets = inputs.pop(ANSWER_SET_COLUMN, None)
         if not self.args.predict_with_generate or prediction_loss_only:
             # The loss only: the forward's other outputs are image-encoder states, one per question, which the
             # Trainer would otherwise gather for every row of the set as "predictions".
@@ -223,8 +244,11 @@ class VqaTrainer(Seq2SeqTrainer):
                 register_fsdp_forward_method(unwrapped, "vqa_generate_answers")
             answer = unwrapped.vqa_generate_answers
         # Under the training's mixed precision, like the loss (and like image-encoder outputs kept by the cache).
+        scores = None
         with summon, self.accelerator.autocast():
-            if self.prompt_layout is not None:
+            if self.ranking_plan is not None:
+                generated, scores = self.rank_or_generate(unwrapped, inputs, answer_sets, gen_kwargs)
+            elif self.prompt_layout is not None:
                 generated = answer(**inputs, **gen_kwargs)
             else:
                 generated = answer(
@@ -241,24 +265,99 @@ class VqaTrainer(Seq2SeqTrainer):
         if labels is not None:
             with torch.no_grad(), self.compute_loss_context_manager():
                 loss = model(**inputs).loss.detach().mean()
-        return loss, generated, labels
+        return loss, generated if scores is None else (generated, scores), labels
+
+    def rank_or_generate(
+        self, model: torch.nn.Module, inputs: dict[str, Any], answer_sets: torch.Tensor | None, gen_kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rank the rows that have a candidate list, generate the others: ``(ids, scores)``, one row per question.
+
+        Ranked rows get the chosen candidate's ids (as `generate` would return it) and their candidate scores;
+        generated rows their generated ids and NaN scores. The image encoder runs once for both.
+        """
+        plan = self.ranking_plan
+        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        device, count = input_ids.device, input_ids.shape[0]
+        sets = [-1] * count if answer_sets is None else answer_sets.tolist()
+        ranked = [i for i, s in enumerate(sets) if s >= 0]
+        generated_rows = [i for i, s in enumerate(sets) if s < 0]
+        ranked_index = torch.tensor(ranked, dtype=torch.long, device=device)
+        generated_index = torch.tensor(generated_rows, dtype=torch.long, device=device)
+        generated = prefix = None
+        if self.prompt_layout is None:
+            pad_token_id = model.config.text_config.pad_token_id
+            image_embeds = inputs.get("image_embeds")
+            if image_embeds is None:
+                image_embeds = encode_images(model, inputs["pixel_values"])
+            image_index = inputs.get("image_index")
+            if image_index is None:
+                image_index = torch.arange(count, device=device)
+            if generated_rows:
+                generated = generate_answers(
+                    model,
+                    pixel_values=None,
+                    image_embeds=image_embeds,
+                    image_index=image_index[generated_index],
+                    input_ids=input_ids[generated_index],
+                    attention_mask=attention_mask[generated_index],
+                    **gen_kwargs,
+                )
+            if ranked:
+                prefix = blip_prefix(
+                    model,
+                    input_ids[ranked_index],
+                    attention_mask[ranked_index],
+                    image_embeds=image_embeds,
+                    image_index=image_index[ranked_index],
+                )
+        else:
+            layout = self.prompt_layout
+            pad_token_id = layout.pad_token_id
+            batch = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (count,)}
+            if generated_rows:
+                generated = generate_prompt_answers(
+                    model, layout, **{k: v[generated_index] for k, v in batch.items()}, **gen_kwargs
+                )
+            if ranked:
+                prompts = batch
+                if layout.decoder_only and "labels" in batch:  # prompt + answer: the prompts, left-padded
+                    ids, mask = prompt_only(input_ids, attention_mask, batch["labels"], layout.pad_token_id)
+                    prompts = {**batch, "input_ids": ids, "attention_mask": mask}
+                prefix = prompt_prefix(model, layout, **{k: v[ranked_index] for k, v in prompts.items()})
+        scores = torch.full((count, plan.width), float("nan"))
+        chosen: list[list[int]] = []
+        if ranked:
+            chosen, ranked_scores = plan.rank(prefix, [sets[i] for i in ranked])
+            scores[ranked] = ranked_scores
+        width = max([len(ids) for ids in chosen] + ([generated.shape[1]] if generated is not None else [1]))
+        ids = torch.full((count, width), pad_token_id, dtype=torch.long, device=device)
+        if generated is not None:
+            ids[generated_index, : generated.shape[1]] = generated
+        for row, row_ids in zip(ranked, chosen, strict=True):
+            ids[row, : len(row_ids)] = torch.tensor(row_ids, device=device)
+        return ids, scores.to(device)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         plugin = getattr(self.accelerator.state, "fsdp_plugin", None) if self.is_fsdp_enabled else None
         checkpoint = _internal_call and output_dir is not None  # _save_checkpoint; push_to_hub passes no folder
         if plugin is None or checkpoint or "FULL_STATE_DICT" in str(plugin.state_dict_type):
             super().save_model(output_dir, _internal_call)
-            return
-        # Checkpoints stay sharded (pytorch_model_fsdp_0/, what a restart resumes from), but under
-        # SHARDED_STATE_DICT the Trainer would save no model at all here. The model a run hands over (and pushes)
-        # is a full model.safetensors that from_pretrained loads: gathered from every process (each one calls
-        # save_model), written by the main one.
-        sharded = plugin.state_dict_type
-        plugin.state_dict_type = StateDictType.FULL_STATE_DICT
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            plugin.state_dict_type = sharded
+        else:
+            # Checkpoints stay sharded (pytorch_model_fsdp_0/, what a restart resumes from), but under
+            # SHARDED_STATE_DICT the Trainer would save no model at all here. The model a run hands over (and
+            # pushes) is a full model.safetensors that from_pretrained loads: gathered from every process (each one
+            # calls save_model), written by the main one.
+            sharded = plugin.state_dict_type
+            plugin.state_dict_type = StateDictType.FULL_STATE_DICT
+            try:
+                super().save_model(output_dir, _internal_call)
+            finally:
+                plugin.state_dict_type = sharded
+        # The candidate lists go with every saved model and checkpoint, so that any of them can rank answers.
+        if self.answer_candidates is not None and self.args.should_save:
+            self.answer_candidates.save(output_dir or self.args.output_dir)
 
     def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
         if not self.is_world_process_zero():
