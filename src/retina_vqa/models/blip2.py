@@ -152,6 +152,26 @@ def prompt_only(
 
 
 @torch.no_grad()
+def check_image_tokens(input_ids: torch.Tensor, layout: PromptLayout, doing: str) -> None:
+    """Refuse prompts without exactly ``num_query_tokens`` ``<image>`` placeholders each: the model would `doing`
+    without (or with a shifted) image, and say nothing."""
+    counts = (input_ids == layout.image_token_id).sum(dim=1)
+    if (counts != layout.num_query_tokens).any():
+        raise ValueError(
+            f"Every prompt needs exactly {layout.num_query_tokens} <image> tokens, got {counts.tolist()}: the model "
+            f"would {doing} without (or with a shifted) image."
+        )
+
+
+def qformer_inputs(
+    layout: PromptLayout, qformer_input_ids: torch.Tensor | None, qformer_attention_mask: torch.Tensor | None
+) -> dict[str, torch.Tensor | None]:
+    """The keyword arguments that give InstructBLIP's Q-Former the prompt (none for BLIP-2)."""
+    if not layout.instruct:
+        return {}
+    return {"qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
+
+
 def generate_prompt_answers(
     model: Any,
     layout: PromptLayout,
@@ -171,15 +191,8 @@ def generate_prompt_answers(
     """
     if layout.decoder_only and labels is not None:
         input_ids, attention_mask = prompt_only(input_ids, attention_mask, labels, layout.pad_token_id)
-    counts = (input_ids == layout.image_token_id).sum(dim=1)
-    if (counts != layout.num_query_tokens).any():
-        raise ValueError(
-            f"Every prompt needs exactly {layout.num_query_tokens} <image> tokens, got {counts.tolist()}: the model "
-            "would answer without (or with a shifted) image."
-        )
-    extra = {}
-    if layout.instruct:
-        extra = {"qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
+    check_image_tokens(input_ids, layout, "answer")
+    extra = qformer_inputs(layout, qformer_input_ids, qformer_attention_mask)
     generate_kwargs.setdefault("eos_token_id", layout.eos_token_id)
     generate_kwargs.setdefault("pad_token_id", layout.pad_token_id)
     generate_kwargs.pop("max_length", None)  # decoder-only: counts the prompt; the answer length is max_new_tokens

@@ -39,7 +39,7 @@ from transformers import DynamicCache
 from ..metrics.calibration import RankedAnswerMetrics, probabilities
 from ..metrics.normalize import normalize_answer
 from .blip import decode_answers, encode_images, encode_questions
-from .blip2 import PromptLayout
+from .blip2 import PromptLayout, check_image_tokens, qformer_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -593,15 +593,8 @@ def prompt_prefix(
     """Encode BLIP-2 / InstructBLIP prompts (``<image>`` x N + prompt; decoder-only: left-padded, as
     `blip2.prompt_only` and answering collate them) for ranking: the image features scattered into the
     placeholders, as the model's own forward does, then the prompt through the language model once."""
-    counts = (input_ids == layout.image_token_id).sum(dim=1)
-    if (counts != layout.num_query_tokens).any():
-        raise ValueError(
-            f"Every prompt needs exactly {layout.num_query_tokens} <image> tokens, got {counts.tolist()}: the model "
-            "would rank without (or with a shifted) image."
-        )
-    extra = {}
-    if layout.instruct:
-        extra = {"qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
+    check_image_tokens(input_ids, layout, "rank")
+    extra = qformer_inputs(layout, qformer_input_ids, qformer_attention_mask)
     features = model.get_image_features(pixel_values=pixel_values, **extra, return_dict=True).pooler_output
     embeds = model.get_input_embeddings()(input_ids)
     placeholders = model.get_placeholder_mask(input_ids, inputs_embeds=embeds)
