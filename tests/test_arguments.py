@@ -76,3 +76,22 @@ def test_blip2_trains_in_bf16_on_a_gpu_by_default_and_warns_about_fp16(tmp_path,
     assert not kept.bf16
     choose_precision(fp16, "instructblip")
     assert "known to produce NaN" in caplog.text and not fp16.bf16
+
+
+@pytest.mark.parametrize("name", ["demo", "demo-blip2", "demo-multidisease"])
+def test_the_shipped_demo_configs_parse(name, tmp_path):
+    """Every key of a demo config is a flag of run_vqa.py (a misspelt key fails here, not after a user's install)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"
+    config = yaml.safe_load(path.read_text())
+    config["output_dir"] = str(tmp_path / "out")
+    copy = tmp_path / f"{name}.yaml"
+    copy.write_text(yaml.safe_dump(config))
+    model_args, data_args, training_args = arguments.parse_args([str(copy)])
+    assert data_args.dataset_dir == config["dataset_dir"]
+    assert training_args.num_train_epochs == config["num_train_epochs"]
+    if name == "demo-blip2":
+        assert model_args.vision_model_name_or_path == "outputs/demo" and model_args.freeze_vision_encoder
