@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from retina_vqa.metrics import compute_vqa_metrics
@@ -171,3 +173,56 @@ def test_compute_vqa_metrics_reports_multidisease_keys_only_when_asked():
     assert metrics == {**metrics, **multidisease_metrics(predictions, references, types)}
     dr_only = compute_vqa_metrics(["yes"], ["yes"], question_types=["abnormality"])
     assert not any(k.startswith(("report_", "diseases_", "cup_to_disc")) for k in dr_only)
+
+
+def test_decoded_decimals_are_put_back_together():
+    from transformers import AutoProcessor
+
+    from retina_vqa.metrics import decode_ids
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "blip-tiny-multidisease"
+    tokenizer = AutoProcessor.from_pretrained(config).tokenizer
+    ids = tokenizer(["0.7", "the cup-to-disc ratio is 0.6."], padding=True)["input_ids"]
+    assert tokenizer.batch_decode(ids, skip_special_tokens=True)[0] == "0. 7"  # what WordPiece gives back
+    assert decode_ids(tokenizer, ids) == ["0.7", "the cup - to - disc ratio is 0.6."]
+
+
+def test_prior_answers_the_most_common_report_as_written():
+    import datasets
+
+    from retina_vqa.metrics import score_prior
+
+    normal = "There are no haemorrhages, exudates or new vessels. Impression: no retinopathy. Rescreen in 12 months."
+    sick = "There are microaneurysms. Impression: mild non-proliferative diabetic retinopathy. Rescreen in 12 months."
+    train = datasets.Dataset.from_dict(
+        {
+            "question": ["describe the findings."] * 3,
+            "answer": [normal, normal, sick],
+            "question_type": ["findings_report"] * 3,
+        }
+    )
+    test = datasets.Dataset.from_dict(
+        {"question": ["describe the findings."] * 2, "answer": [normal, sick], "question_type": ["findings_report"] * 2}
+    )
+    scores = score_prior(train, test)
+    # Read with its full stops the normal report states no finding: it gets the normal eye right and misses one.
+    assert scores["report_finding_micro_recall"] == 0.0 and scores["report_finding_micro_precision"] == 0.0
+    assert scores["report_impression_dr_grade_accuracy"] == 0.5
+    assert scores["report_recommendation_accuracy"] == 1.0
+    assert scores["exact_match"] == 0.5
+
+
+def test_model_card_shows_the_report_table(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    from retina_vqa.training.model_card import render_model_card
+
+    metrics = {"predict_report_finding_micro_f1": 0.61, "predict_prior_report_finding_micro_f1": 0.0}
+    metrics |= {"predict_report_rouge_l": 0.7, "predict_prior_report_rouge_l": 0.4}
+    (tmp_path / "all_results.json").write_text(json.dumps(metrics))
+    card = render_model_card("m", str(tmp_path), [], SimpleNamespace())
+    assert "| finding F1, micro (pooled over findings) | 0.6100 | 0.0000 |" in card
+    assert "| ROUGE-L | 0.7000 | 0.4000 |" in card
+    (tmp_path / "all_results.json").write_text(json.dumps({"predict_exact_match": 0.5}))
+    assert "most common report" not in render_model_card("m", str(tmp_path), [], SimpleNamespace())

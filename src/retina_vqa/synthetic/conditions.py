@@ -17,7 +17,8 @@ glaucoma            early, moderate, advanced              cup-to-disc ratio 0.6
 amd                 early, intermediate, late dry,         small and intermediate drusen; large drusen and
                     late wet (AREDS-like)                  pigment changes; geographic atrophy; a choroidal
                                                            neovascular membrane with macular haemorrhage
-hypertensive        grade 1-4 (Keith-Wagener-Barker-like)  arteriolar narrowing; + AV nicking; + flame
+hypertensive        grade 1-4 (Keith-Wagener-Barker-like)  arteriolar narrowing with a copper light reflex;
+                                                           + silver reflex and AV nicking; + flame
                                                            haemorrhages, cotton-wool spots, some hard exudates;
                                                            + disc swelling
 rvo                 branch, central                        flame haemorrhages in one temporal quadrant along a
