@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..questions import LABEL_QUESTION_TYPES, graded_answer_for, graded_question
+from ..synthetic.build import row_columns
 from .records import LabelRecord
 
 if TYPE_CHECKING:
@@ -35,15 +36,7 @@ def dataset_features(with_laterality: bool, with_patient: bool) -> datasets.Feat
     """Column types, in the synthetic set's order for the shared columns."""
     import datasets
 
-    columns: dict[str, Any] = {
-        "image": datasets.Image(),
-        "question": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "image_id": datasets.Value("string"),
-        "question_type": datasets.Value("string"),
-        "answer_type": datasets.Value("string"),
-        "grade": datasets.Value("int32"),
-    }
+    columns: dict[str, Any] = row_columns()
     if with_laterality:
         columns["laterality"] = datasets.Value("string")
     if with_patient:

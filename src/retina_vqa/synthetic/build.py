@@ -202,6 +202,22 @@ def _validate_args(
             )
 
 
+def row_columns() -> dict[str, Any]:
+    """The columns every RetinaVQA row has, in order, with their types: the synthetic set's and the dataset
+    builder's (`retina_vqa.build_dataset`) alike, so that run_vqa.py reads both the same way."""
+    import datasets
+
+    return {
+        "image": datasets.Image(),
+        "question": datasets.Value("string"),
+        "answer": datasets.Value("string"),
+        "image_id": datasets.Value("string"),
+        "question_type": datasets.Value("string"),
+        "answer_type": datasets.Value("string"),
+        "grade": datasets.Value("int32"),
+    }
+
+
 def dataset_features(multidisease: bool = False) -> datasets.Features:
     """The explicit column types of every split; ``multidisease`` adds the ``conditions`` column."""
     # Imported here: rendering workers only need numpy and Pillow.
@@ -215,13 +231,7 @@ def dataset_features(multidisease: bool = False) -> datasets.Features:
         "y1": datasets.Value("int32"),
     }
     columns = {
-        "image": datasets.Image(),
-        "question": datasets.Value("string"),
-        "answer": datasets.Value("string"),
-        "image_id": datasets.Value("string"),
-        "question_type": datasets.Value("string"),
-        "answer_type": datasets.Value("string"),
-        "grade": datasets.Value("int32"),
+        **row_columns(),
         "laterality": datasets.Value("string"),
         "quality": datasets.Value("string"),
         "lesions": datasets.List(box),
