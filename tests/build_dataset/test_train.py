@@ -1,4 +1,4 @@
-"""End to end: a dataset built from a source's label file trains, evaluates and predicts through run_vqa.py."""
+"""End to end: a dataset built from each source's label file trains, evaluates and predicts through run_vqa.py."""
 
 from __future__ import annotations
 
@@ -6,17 +6,31 @@ import json
 import math
 
 import datasets
+import pytest
 
 from retina_vqa.build_dataset import build_dataset
 
 from ..test_run_vqa import common_args, run_vqa
-from .conftest import make_idrid
+from .conftest import CSV_COLUMNS, MAKERS
+
+# The question types each source's labels answer beyond the grade's (laterality: named by the file or a column;
+# macular oedema: graded by the source).
+EXTRA_TYPES = {
+    "aptos": (),
+    "eyepacs": ("laterality",),
+    "idrid": ("macular_oedema",),
+    "messidor2": ("macular_oedema",),
+    "ddr": (),
+    "csv": ("laterality",),
+}
 
 
-def test_built_dataset_trains_through_run_vqa(tmp_path):
-    fixture = make_idrid(tmp_path / "in", n_train=12, n_test=4)
-    data_dir = tmp_path / "idrid-vqa"
-    build_dataset(fixture.options("idrid", data_dir, validation_fraction=0.25))
+@pytest.mark.parametrize("source", list(MAKERS))
+def test_built_dataset_trains_through_run_vqa(source, tmp_path):
+    fixture = MAKERS[source](tmp_path / "in")
+    data_dir = tmp_path / f"{source}-vqa"
+    overrides = {"validation_fraction": 0.25, **(CSV_COLUMNS if source == "csv" else {})}
+    build_dataset(fixture.options(source, data_dir, **overrides))
     built = datasets.load_from_disk(str(data_dir))
     output_dir = tmp_path / "run"
     args = common_args(data_dir, output_dir) + ["--do_train", "--do_eval", "--do_predict", "--max_steps", "2"]
@@ -26,6 +40,8 @@ def test_built_dataset_trains_through_run_vqa(tmp_path):
     assert results["eval_samples"] == built["validation"].num_rows
     assert results["predict_samples"] == built["test"].num_rows
     # Scored per question type, the new ones included, next to the question prior.
-    for key in ("exact_match/diagnosis", "exact_match/referable_dr", "exact_match/macular_oedema"):
+    for question_type in ("diagnosis", "referable_dr", *EXTRA_TYPES[source]):
+        key = f"exact_match/{question_type}"
         assert 0.0 <= results[f"predict_{key}"] <= 1.0, key
         assert f"predict_prior_{key}" in results
+    assert "predict_diagnosis_non_grade_answers" in results  # the grading metrics ran on the diagnosis rows
