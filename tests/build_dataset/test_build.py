@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 
 import datasets
 import pytest
@@ -17,6 +18,8 @@ from .conftest import (
     CSV_COLUMNS,
     MAKERS,
     fundus_image,
+    make_aptos,
+    make_csv,
     make_ddr,
     make_eyepacs,
     make_idrid,
@@ -241,13 +244,51 @@ def test_output_folder_is_replaced_only_with_overwrite_and_leftovers_are_cleared
     (output / "mine.txt").write_text("keep me")
     with pytest.raises(ValueError, match="--overwrite"):
         build_dataset(fixture.options("eyepacs", output))
+    # --overwrite replaces an earlier build only, never a folder of other files.
+    with pytest.raises(ValueError, match="no earlier build"):
+        build_dataset(fixture.options("eyepacs", output, overwrite=True))
     assert (output / "mine.txt").read_text() == "keep me"
+    (output / "mine.txt").unlink()
+    _build(fixture, "eyepacs", output)
+    (output / "train" / "stale.arrow").write_text("from the earlier build")
     leftover = tmp_path / ".out.partial"
     leftover.mkdir()
     (leftover / "half.arrow").write_text("from an interrupted build")
     _build(fixture, "eyepacs", output, overwrite=True)
-    assert not (output / "mine.txt").exists() and (output / "dataset_dict.json").exists()
+    assert not (output / "train" / "stale.arrow").exists() and (output / "dataset_dict.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+def test_an_output_folder_holding_the_inputs_is_refused_and_the_inputs_survive(tmp_path):
+    """--overwrite on the folder that holds the label file and images would have deleted them."""
+    fixture = make_aptos(tmp_path / "data")
+    _build(fixture, "aptos", tmp_path / "data" / "vqa")  # inside is fine: next to the inputs, not above them
+    (tmp_path / "data" / "dataset_dict.json").write_text("{}")  # even when it looks like an earlier build
+    with pytest.raises(ValueError, match="holds the input"):
+        build_dataset(fixture.options("aptos", tmp_path / "data", overwrite=True))
+    assert all(path.exists() for path in [*fixture.labels, *fixture.images])
+    assert len(list(fixture.images[0].iterdir())) == 10
+
+
+def test_images_no_asked_question_applies_to_are_left_out_and_counted(tmp_path):
+    """EyePACS names without _left/_right answer no laterality question: with only that type asked, no row."""
+    fixture = make_eyepacs(tmp_path / "in", patients=4)
+    (fixture.images[0] / "3_left.jpeg").rename(fixture.images[0] / "99.jpeg")
+    labels = fixture.labels[0]
+    labels.write_text(re.sub(r"(?m)^3_left,", "99,", labels.read_text()))
+    result = build_dataset(fixture.options("eyepacs", tmp_path / "out", question_types=["laterality"]))
+    assert result.dropped["no_questions"] == 1
+    assert sum(stats.images for stats in result.stats.values()) == 7
+    built = datasets.load_from_disk(str(tmp_path / "out"))
+    assert "99" not in {row["image_id"] for split in built.values() for row in split}
+    assert "none of the asked question types" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_csv_column_names_are_read_as_the_header_is_stripped(tmp_path):
+    fixture = make_csv(tmp_path / "in")
+    columns = {**CSV_COLUMNS, "grade_column": " dr_grade ", "image_column": "file "}
+    built = _build(fixture, "csv", tmp_path / "out", **columns)
+    assert sum(split.num_rows for split in built.values()) > 0
 
 
 def test_written_layout_is_what_save_to_disk_writes_in_any_number_of_shards(tmp_path, monkeypatch):

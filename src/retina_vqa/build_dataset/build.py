@@ -146,7 +146,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
     of every problem in the input, or ``ValueError`` for bad options; then nothing is written."""
     start = time.perf_counter()
     # 1. The output folder first: a bad path fails in a second, not after an hour of images.
-    check_output_dir(options.output_dir, options.overwrite)
+    check_output_dir(options.output_dir, options.overwrite, [*options.labels, *options.images])
     if options.keep_ungradable and not SOURCES[options.source].grades_gradability:
         logger.warning("--source %s marks no image ungradable; --keep_ungradable changes nothing", options.source)
 
@@ -215,6 +215,10 @@ def build_dataset(options: BuildOptions) -> BuildResult:
                 )
             for kind, count in late.counts().items():
                 dropped[kind] = dropped.get(kind, 0) + count
+        without_questions = sum(split_stats.without_questions for split_stats in stats.values())
+        if without_questions:
+            dropped["no_questions"] = without_questions
+            logger.warning("%d images answer none of the asked question types: left out", without_questions)
         write_card(
             dataset_dir,
             source=options.source,

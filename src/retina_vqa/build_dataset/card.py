@@ -43,6 +43,10 @@ _ANSWER_RULES = {
     "quality": "`no` for images the source grades ungradable, `yes` otherwise",
 }
 _UNGRADABLE_REASON = "the source grades the image ungradable (--keep_ungradable keeps them, with the quality question)"
+_REASONS = {
+    "ungradable": _UNGRADABLE_REASON,
+    "no_questions": "none of the asked question types (--question_types) applies to the image's labels",
+}
 
 
 def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -91,7 +95,7 @@ def write_card(
     )
     answer_rows = [[t, _short(a), *(stats[s].answers.get((t, a), 0) for s in splits)] for t, a in pairs]
     dropped_rows = [
-        [kind, count, _UNGRADABLE_REASON if kind == "ungradable" else PROBLEM_KINDS[kind][0]]
+        [kind, count, _REASONS[kind] if kind in _REASONS else PROBLEM_KINDS[kind][0]]
         for kind, count in dropped.items()
         if count
     ]

@@ -46,6 +46,13 @@ class CsvColumns:
     patient_column: str | None = None
     laterality_column: str | None = None
 
+    def __post_init__(self) -> None:
+        # Headers are read with their names stripped (IDRiD's trailing space): so are the names asked for.
+        for name in ("image_column", "grade_column", "patient_column", "laterality_column"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, value.strip() or None)
+
     def required(self) -> tuple[str, ...]:
         names = (self.image_column, self.grade_column, self.patient_column, self.laterality_column)
         return tuple(n for n in names if n)

@@ -80,6 +80,9 @@ class SplitStats:
     question_types: collections.Counter = field(default_factory=collections.Counter)
     answers: collections.Counter = field(default_factory=collections.Counter)
     patients: set = field(default_factory=set)
+    # Images left out because none of the asked question types applies to their labels (e.g. --question_types
+    # laterality for an image whose name says no eye): they would be encoded into no row.
+    without_questions: int = 0
 
     def add(self, record: LabelRecord, rows: Sequence[dict[str, Any]]) -> None:
         self.images += 1
@@ -92,20 +95,34 @@ class SplitStats:
             self.answers[(row["question_type"], row["answer"])] += 1
 
 
-def check_output_dir(output_dir: Path, overwrite: bool) -> None:
-    """Raise ``ValueError`` unless ``output_dir`` may be written: absent, empty, or replaceable with ``overwrite``."""
+def check_output_dir(output_dir: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Raise ``ValueError`` unless ``output_dir`` may be written: absent, empty, or an earlier build replaceable with
+    ``overwrite``. Never a folder that holds the ``inputs`` (label files, image folders): replacing it would delete
+    the data the build reads."""
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"--output_dir {output_dir} is a file; pass a folder path")
+    resolved = output_dir.resolve()
+    for path in inputs:
+        source = Path(path).resolve()
+        if source == resolved or resolved in source.parents:
+            raise ValueError(
+                f"--output_dir {output_dir} holds the input {path}: the build would replace the data it reads. "
+                "Choose an output folder outside the label files and image folders."
+            )
     if output_dir.is_dir() and any(output_dir.iterdir()):
         if not overwrite:
             raise ValueError(
                 f"--output_dir {output_dir} exists and is not empty; pass --overwrite to replace it or choose another "
                 "folder"
             )
-        resolved = output_dir.resolve()
         cwd = Path.cwd().resolve()
         if resolved in {Path("/").resolve(), Path.home().resolve(), cwd, *cwd.parents}:
             raise ValueError(f"--output_dir {output_dir} is the working, home or root folder; refusing to replace it")
+        if not (output_dir / "dataset_dict.json").is_file():
+            raise ValueError(
+                f"--output_dir {output_dir} is not empty and holds no earlier build (no dataset_dict.json): "
+                "--overwrite only replaces a dataset folder. Remove it yourself or choose another folder."
+            )
 
 
 def partial_dir(output_dir: Path) -> Path:
@@ -130,7 +147,12 @@ def publish(dataset_dir: Path, output_dir: Path, overwrite: bool) -> None:
         if replaced.exists():
             shutil.rmtree(replaced)
         output_dir.rename(replaced)
-    dataset_dir.rename(output_dir)
+    try:
+        dataset_dir.rename(output_dir)
+    except OSError:
+        if replaced is not None:  # the earlier build goes back where it was
+            replaced.rename(output_dir)
+        raise
     if replaced is not None:
         shutil.rmtree(replaced)
 
@@ -284,6 +306,9 @@ def write_splits(
                     problems.append(Problem("unreadable_image", str(record.path), detail, record.image))
                     continue
                 rows = rows_for(record, s.question_types, s.seed, s.paraphrase, s.with_laterality, s.with_patient)
+                if not rows:
+                    stats[split].without_questions += 1
+                    continue
                 stats[split].add(record, rows)
                 writer.add(data, rows)
             parts = writer.close()
