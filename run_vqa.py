@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             raw_datasets.get(data_args.train_split),
             model_args.model_name_or_path,
             training_args.max_candidate_answers,
+            training=training_args.do_train,
             question_column=data_args.question_column,
             answer_column=data_args.answer_column,
             question_type_column=data_args.question_type_column,

@@ -18,6 +18,7 @@ from retina_vqa.models.ranking import (
     RankingPlan,
     WithAnswerSets,
     blip_prefix,
+    candidates_for_run,
     load_answer_candidates,
     prompt_prefix,
     score_candidates,
@@ -260,6 +261,22 @@ def test_candidate_files_and_saved_lists(tmp_path):
     # Temperatures carry over to lists that did not change only.
     fresh = AnswerCandidates(answers={"diagnosis": ("a", "b"), "eye": ("left", "right", "both")})
     assert fresh.with_temperatures_from(saved).temperatures == {"diagnosis": 1.5}
+    # ... and never to a model a run trains: they were fitted to the starting weights.
+    import datasets
+
+    train = datasets.Dataset.from_dict(
+        {"question": ["q?", "q?"], "answer": ["a", "b"], "question_type": ["diagnosis"] * 2}
+    )
+    evaluated = candidates_for_run(None, train, str(tmp_path / "model"))
+    trained = candidates_for_run(None, train, str(tmp_path / "model"), training=True)
+    assert evaluated.temperatures == {"diagnosis": 1.5} and trained.temperatures == {}
+
+    # A list given with repeats (or spellings equal after normalisation) keeps each answer once, in its first
+    # spelling: probabilities stay one per answer and sum to 1.
+    repeated = AnswerCandidates(answers={"t": ["Yes", "no", "yes", "maybe", "no."]})
+    assert repeated.answers == {"t": ("Yes", "no", "maybe")}
+    probabilities = repeated.probabilities("t", [-1.0, -0.8, -2.0])
+    assert list(probabilities) == ["no", "Yes", "maybe"] and sum(probabilities.values()) == pytest.approx(1.0)
 
     bad = tmp_path / "bad.json"
     for content, message in (

@@ -163,3 +163,14 @@ def test_evaluation_without_generation_keeps_no_per_question_outputs(tiny_datase
     output = trainer.predict(trainer.eval_dataset.select(range(40)))
     assert output.predictions is None and output.label_ids is None
     assert output.metrics["test_loss"] > 0
+
+
+def test_evaluation_runs_in_dataset_order_whatever_the_training_sampling(tiny_dataset_dir, tmp_path):
+    """transformers groups evaluation rows by length under group_by_length; the recipe pairs outputs with rows by
+    position (metrics on the raw answers, ranking plan, predictions.jsonl), so its evaluation order is the dataset's."""
+    trainer = _trainer(tiny_dataset_dir, tmp_path, train_sampling_strategy="group_by_length", group_by_image=False)
+    sampler = trainer._get_eval_sampler(trainer.eval_dataset)
+    assert list(sampler) == list(range(len(trainer.eval_dataset)))
+    order = [i for batch in trainer.get_eval_dataloader() for i in batch["input_ids"][:, 1].tolist()]
+    expected = [row["input_ids"][1] for row in trainer.eval_dataset]
+    assert order == expected

@@ -89,6 +89,14 @@ def normalize_question(question: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _first_spellings(answers: Sequence[Any]) -> tuple[str, ...]:
+    """The answers in order, each kept in its first spelling, later ones equal after normalisation dropped."""
+    kept: dict[str, str] = {}
+    for answer in answers:
+        kept.setdefault(normalize_answer(str(answer)), str(answer))
+    return tuple(kept.values())
+
+
 @dataclass
 class AnswerCandidates:
     """The answers each question type is ranked against, how a question maps to its type, and temperatures.
@@ -113,7 +121,9 @@ class AnswerCandidates:
     source: str = ""
 
     def __post_init__(self) -> None:
-        self.answers = {str(k): tuple(str(a) for a in v) for k, v in self.answers.items()}
+        # One spelling per answer (the first): duplicates, or spellings equal after VQA normalisation ("Yes",
+        # "yes"), would split one answer's probability between dictionary keys that collapse into one.
+        self.answers = {str(k): _first_spellings(v) for k, v in self.answers.items()}
         for name, answers in self.answers.items():
             if not answers:
                 raise ValueError(f"The candidate list of {name!r}{self._where()} is empty: give at least one answer.")
@@ -337,11 +347,14 @@ def candidates_for_run(
     train_dataset: Any,
     model_name_or_path: str | None,
     max_answers: int = DEFAULT_MAX_CANDIDATES,
+    training: bool = False,
     **columns: str,
 ) -> AnswerCandidates | None:
     """The candidate lists of a run_vqa.py run: `answer_list` (a file) if given, else the training split's, else
     those saved with the starting model. Temperatures saved with the starting model are kept for the lists that did
-    not change. `columns`: ``question_column``, ``answer_column``, ``question_type_column``, ``answer_type_column``.
+    not change, unless the run is `training`: they were fitted to the starting weights, and the trained model would
+    scale its probabilities by another model's temperature (`--calibrate` fits new ones).
+    `columns`: ``question_column``, ``answer_column``, ``question_type_column``, ``answer_type_column``.
     """
     saved = None
     if model_name_or_path and os.path.isdir(model_name_or_path):
@@ -360,6 +373,14 @@ def candidates_for_run(
         candidates.source or "the starting model",
         ", ".join(f"{name} ({len(answers)})" for name, answers in candidates.answers.items()) or "none",
     )
+    if training:
+        if saved is not None and saved.temperatures:
+            logger.warning(
+                "The temperatures saved with %s were fitted to its weights, not to the model this run trains: not "
+                "carried over. Pass --calibrate to fit new ones.",
+                model_name_or_path,
+            )
+        return candidates.with_temperatures_from(None)
     return candidates.with_temperatures_from(saved)
 
 

@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, StateDictType, register_fsdp_forward_method
+from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
+from transformers.trainer_utils import has_length
 
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
@@ -138,6 +140,15 @@ class VqaTrainer(Seq2SeqTrainer):
                 max_questions_per_image=self.args.max_questions_per_image or None,
             )
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        # transformers shuffles evaluation rows into length groups under train_sampling_strategy group_by_length;
+        # the recipe's metrics, prior, ranking plan and predictions.jsonl pair outputs with the dataset's rows by
+        # position, so evaluation always runs in dataset order (one process: sequential; several: accelerate's
+        # even split, which the gathered outputs undo).
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
