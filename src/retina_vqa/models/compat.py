@@ -57,6 +57,7 @@ TESTED_TRANSFORMERS = ("5.24.0", "5.25.0")
 # Trainer internals that VqaTrainer overrides or sets, and why. A hook that upstream renames is never called.
 TRAINER_HOOKS = {
     "_get_train_sampler": "image-grouped training order (data/sampling.py)",
+    "_get_eval_sampler": "evaluation in dataset order (outputs are paired with rows by position)",
     "_prepare_inputs": "kept image-encoder outputs and torch.compile's dynamic sizes",
     "prediction_step": "generation with the real question mask, no labels handed to generate",
     "evaluation_loop": "gather_for_metrics instead of gather, and one image-encoder pass per evaluation",

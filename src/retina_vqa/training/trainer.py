@@ -13,7 +13,6 @@ import torch
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, StateDictType, register_fsdp_forward_method
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
-from transformers.trainer_utils import has_length
 
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
@@ -146,7 +145,7 @@ class VqaTrainer(Seq2SeqTrainer):
         # the recipe's metrics, prior, ranking plan and predictions.jsonl pair outputs with the dataset's rows by
         # position, so evaluation always runs in dataset order (one process: sequential; several: accelerate's
         # even split, which the gathered outputs undo).
-        if eval_dataset is None or not has_length(eval_dataset):
+        if eval_dataset is None or not hasattr(eval_dataset, "__len__"):  # an IterableDataset keeps its order
             return None
         return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
