@@ -35,7 +35,13 @@ from retina_vqa.models.ranking import ANSWER_SET_COLUMN, RankingPlan, WithAnswer
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
-from retina_vqa.training.outputs import in_row_order, prediction_records, prior_metrics, write_predictions
+from retina_vqa.training.outputs import (
+    in_row_order,
+    prediction_records,
+    prior_metrics,
+    ranked_answers,
+    write_predictions,
+)
 from retina_vqa.training.trainer import VqaTrainer
 
 logger = logging.getLogger(__name__)
@@ -97,7 +103,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = processor.tokenizer
     # BLIP-2 / InstructBLIP: the <image> placeholders and the prompt (None for BLIP VQA).
     layout = prompt_layout(model_args, processor)
-    choose_precision(training_args, "blip" if layout is None else checkpoint_family(model_args))
+    family = checkpoint_family(model_args)
+    choose_precision(training_args, family)
+    check_activation_checkpointing(
+        family,
+        model_args.lora_r,
+        training_args.activation_checkpointing,
+        training_args.activation_checkpointing_kwargs,
+    )
     # Saved with the processor: plain transformers and retina_vqa.predict truncate questions as training did.
     for text_tokenizer in (tokenizer, getattr(processor, "qformer_tokenizer", None)):
         if text_tokenizer is not None:
@@ -129,12 +142,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     results: dict[str, float] = dict(report.counts())
 
     # 5. Model; answer length and beams of evaluation, [DEC] start, [SEP] end, saved as generation_config.json.
-    check_activation_checkpointing(
-        checkpoint_family(model_args),
-        model_args.lora_r,
-        training_args.activation_checkpointing,
-        training_args.activation_checkpointing_kwargs,
-    )
     model = load_model(model_args, processor)
     if model_args.lora_r:
         model = apply_lora(
@@ -315,11 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 scores = in_row_order(list(output.predictions[1]), orders.get("do_predict"))
                 sets_column = predict_dataset.select_columns([ANSWER_SET_COLUMN]).to_dict()[ANSWER_SET_COLUMN]
                 row_sets = in_row_order(sets_column, orders.get("do_predict"))
-                answer_scores = [
-                    None if s < 0 else candidates.probabilities(plan.names[s], row[: len(plan.sets[s])])
-                    for s, row in zip(row_sets, scores, strict=True)
-                ]
-                answers = [a if p is None else next(iter(p)) for a, p in zip(answers, answer_scores, strict=True)]
+                answers, answer_scores = ranked_answers(answers, scores, row_sets, candidates, plan)
             records = prediction_records(
                 splits["do_predict"],
                 answers,

@@ -44,6 +44,20 @@ def prior_metrics(train_dataset: Any, eval_dataset: Any, prefix: str, **columns:
     return {f"{prefix}_prior_{k}": v for k, v in scores.items() if k in PRIOR_KEYS or k.startswith("exact_match/")}
 
 
+def ranked_answers(
+    answers: Sequence[str], scores: Sequence[Sequence[float]], row_sets: Sequence[int], candidates: Any, plan: Any
+) -> tuple[list[str], list[dict[str, float] | None]]:
+    """Ranked rows (``row_sets[i] >= 0``: the index of their candidate list in `plan`) get the most likely
+    candidate as their answer and every candidate's probability (`candidates`' temperatures applied); generated
+    rows keep their answer and get None. All sequences in row order."""
+    answer_scores = [
+        None if s < 0 else candidates.probabilities(plan.names[s], row[: len(plan.sets[s])])
+        for s, row in zip(row_sets, scores, strict=True)
+    ]
+    chosen = [a if p is None else next(iter(p)) for a, p in zip(answers, answer_scores, strict=True)]
+    return chosen, answer_scores
+
+
 def prediction_records(
     dataset: Any,
     predictions: Sequence[str],
