@@ -9,9 +9,8 @@ with ``--skip_invalid``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from ..questions import (
     DIAGNOSIS_ANSWERS,
@@ -20,6 +19,7 @@ from ..questions import (
     MODALITY_ANSWER,
     REFERABLE_DR_MIN_GRADE,
 )
+from ..synthetic.export import markdown_table, short_text
 from .records import PROBLEM_KINDS
 from .sources import SOURCES
 from .writer import SplitStats, WriteSettings
@@ -47,16 +47,6 @@ _REASONS = {
     "ungradable": _UNGRADABLE_REASON,
     "no_questions": "none of the asked question types (--question_types) applies to the image's labels",
 }
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _short(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_card(
@@ -93,14 +83,16 @@ def write_card(
         {pair for s in splits for pair in stats[s].answers},
         key=lambda p: (LABEL_QUESTION_TYPES.index(p[0]), p[1]),
     )
-    answer_rows = [[t, _short(a), *(stats[s].answers.get((t, a), 0) for s in splits)] for t, a in pairs]
+    answer_rows = [[t, short_text(a), *(stats[s].answers.get((t, a), 0) for s in splits)] for t, a in pairs]
     dropped_rows = [
         [kind, count, _REASONS[kind] if kind in _REASONS else PROBLEM_KINDS[kind][0]]
         for kind, count in dropped.items()
         if count
     ]
     dropped_text = (
-        _table(["reason", "images", "why"], dropped_rows) if dropped_rows else "Nothing: every labelled image is in."
+        markdown_table(["reason", "images", "why"], dropped_rows)
+        if dropped_rows
+        else "Nothing: every labelled image is in."
     )
     if settings.keep_original:
         storage = "every image file as it was (`--keep_original`)"
@@ -147,19 +139,19 @@ No lesion questions: grading labels name no lesions.
 
 {chr(10).join(f"- {note}" for note in split_notes)}
 
-{_table(["split", "images", "patients", "rows"], size_rows)}
+{markdown_table(["split", "images", "patients", "rows"], size_rows)}
 
 ## Images per grade
 
-{_table(["grade", *splits], grade_rows)}
+{markdown_table(["grade", *splits], grade_rows)}
 
 ## Rows per question type
 
-{_table(["question type", *splits], type_rows)}
+{markdown_table(["question type", *splits], type_rows)}
 
 ## Rows per answer
 
-{_table(["question type", "answer", *splits], answer_rows)}
+{markdown_table(["question type", "answer", *splits], answer_rows)}
 
 ## Images
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
+    "markdown_table",
+    "short_text",
     "check_output_dir",
     "preview_label_height",
     "render_preview",
@@ -123,13 +125,15 @@ def _save_imagefolder(dataset_dict: datasets.DatasetDict, out: Path) -> None:
                 f.write(json.dumps(record) + "\n")
 
 
-def _markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown table (the dataset cards of the synthetic set and of `retina_vqa.build_dataset`)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _short(text: str, limit: int = 60) -> str:
+def short_text(text: str, limit: int = 60) -> str:
+    """`text`, cut to `limit` characters with an ellipsis (for dataset-card tables)."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -157,7 +161,7 @@ def write_dataset_card(
         return result
 
     def table(counters: dict[str, collections.Counter], keys: Iterable, label: str, fmt=str) -> str:
-        return _markdown_table([label, *splits], [[fmt(k), *(counters[s].get(k, 0) for s in splits)] for k in keys])
+        return markdown_table([label, *splits], [[fmt(k), *(counters[s].get(k, 0) for s in splits)] for k in keys])
 
     images = {s: len(set(meta[s]["image_id"])) for s in splits}
     qt_counts = per_split("question_type")
@@ -172,9 +176,9 @@ def write_dataset_card(
         dict.fromkeys(pairs),
         key=lambda p: (list(QUESTION_TYPES).index(p[0]) if p[0] in QUESTION_TYPES else 99, p[1]),
     )
-    answer_table = _markdown_table(
+    answer_table = markdown_table(
         ["question type", "answer", *splits],
-        [[qt, _short(a), *(answer_counts[s].get((qt, a), 0) for s in splits)] for qt, a in pairs],
+        [[qt, short_text(a), *(answer_counts[s].get((qt, a), 0) for s in splits)] for qt, a in pairs],
     )
     load = (
         f'datasets.load_from_disk("{output_dir}")'
@@ -202,7 +206,7 @@ vertical and horizontal lines through the image centre.
 
 ## Size
 
-{_markdown_table(["split", "images", "rows"], [[s, images[s], dataset_dict[s].num_rows] for s in splits])}
+{markdown_table(["split", "images", "rows"], [[s, images[s], dataset_dict[s].num_rows] for s in splits])}
 
 ## Images per grade
 
@@ -243,7 +247,7 @@ def _conditions_section(dataset_dict: datasets.DatasetDict) -> str:
         for condition in OTHER_CONDITIONS
         for stage in sorted({k for s in splits for k in per_split[s][condition]})
     ]
-    table = _markdown_table(["condition", "stage", *splits], rows)
+    table = markdown_table(["condition", "stage", *splits], rows)
     both = ", ".join(f"{s}: {multi[s]}" for s in splits)
     return f"""
 ## Other conditions
