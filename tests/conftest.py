@@ -58,3 +58,23 @@ def accelerate_launch(config_file: str, port: int, *script_args: str) -> list[st
     config = ROOT / "accelerate_configs" / config_file
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config), "--main_process_port",
             str(port), str(ROOT / "run_vqa.py"), *script_args]  # fmt: skip
+
+
+def _without_version(value):
+    """A JSON value with every ``transformers_version`` left out (transformers writes the installed version)."""
+    if isinstance(value, dict):
+        return {k: _without_version(v) for k, v in value.items() if k != "transformers_version"}
+    if isinstance(value, list):
+        return [_without_version(v) for v in value]
+    return value
+
+
+def same_built_file(built: Path, shipped: Path) -> bool:
+    """Whether a file a builder wrote equals the shipped one: byte for byte, except that JSON files may differ in
+    the ``transformers_version`` that transformers stamps into them (a config built by another release)."""
+    import filecmp
+    import json
+
+    if built.suffix == ".json" and shipped.suffix == ".json" and shipped.exists():
+        return _without_version(json.loads(built.read_text())) == _without_version(json.loads(shipped.read_text()))
+    return filecmp.cmp(built, shipped, shallow=False)

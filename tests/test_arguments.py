@@ -95,3 +95,12 @@ def test_the_shipped_demo_configs_parse(name, tmp_path):
     assert training_args.num_train_epochs == config["num_train_epochs"]
     if name == "demo-blip2":
         assert model_args.vision_model_name_or_path == "outputs/demo" and model_args.freeze_vision_encoder
+
+
+def test_calibration_without_generated_evaluation_is_refused_with_both_flags(tmp_path):
+    # Without --predict_with_generate the evaluation computes no metrics: no candidate scores to fit temperatures on.
+    with pytest.raises(ValueError, match=r"--calibrate .*--predict_with_generate") as error:
+        VqaTrainingArguments(output_dir=str(tmp_path), answer_mode="auto", calibrate=True, predict_with_generate=False)
+    assert "--predict_with_generate true" in str(error.value)
+    args = VqaTrainingArguments(output_dir=str(tmp_path), answer_mode="auto", calibrate=True)
+    assert args.calibrate and args.predict_with_generate

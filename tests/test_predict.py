@@ -453,3 +453,38 @@ def test_cli_ranks_over_an_answer_list_and_prints_the_probabilities(
     ranked = [r for r in records if "answer_scores" in r]
     accuracy = sum(r["correct"] for r in ranked) / len(ranked)
     assert len(ranked) == 2 and out.splitlines()[-1].startswith(f"Ranked 2 questions: accuracy {accuracy:.4f}, ECE ")
+
+
+def test_cli_answer_list_keeps_the_temperature_of_the_models_list_in_another_order(model_dir, loaded, tmp_path, capsys):
+    import shutil
+
+    from retina_vqa.models.ranking import AnswerCandidates
+
+    folder = tmp_path / "calibrated"
+    shutil.copytree(model_dir, folder)
+    questions = {QUESTIONS[0]: "diagnosis"}
+    AnswerCandidates(
+        answers={"diagnosis": DIAGNOSIS_ANSWERS}, questions=questions, temperatures={"diagnosis": 4.0}
+    ).save(folder)
+    image_path = tmp_path / "fundus.png"
+    fundus().save(image_path)
+    # The model's diagnosis answers, listed in another order: the same list, so the same temperature.
+    reordered = [answer.upper() for answer in reversed(DIAGNOSIS_ANSWERS)]
+    lists = tmp_path / "lists.json"
+    lists.write_text(json.dumps({"diagnosis": reordered}))
+    args = ["--model_name_or_path", str(folder), "--device", "cpu", "--image", str(image_path)]
+    args += ["--question", QUESTIONS[0], "--answer_mode", "rank", "--answer_list", str(lists)]
+    printed = run_cli(args, capsys).splitlines()[2]
+
+    def shown(temperatures: dict[str, float]) -> str:
+        candidates = AnswerCandidates(
+            answers={"diagnosis": tuple(reordered)}, questions=questions, temperatures=temperatures
+        )
+        (result,) = answer_questions(
+            *loaded, str(image_path), [QUESTIONS[0]], answer_mode="rank", answer_candidates=candidates,
+            return_scores=True,
+        )  # fmt: skip
+        return "Probabilities: " + ", ".join(f"{a} {p:.3f}" for a, p in result["answer_scores"].items())
+
+    assert shown({}) != shown({"diagnosis": 4.0})  # the temperature shows in the printed probabilities
+    assert printed == shown({"diagnosis": 4.0})

@@ -398,9 +398,10 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
     calibrate: bool = field(
         default=False,
         metadata={
-            "help": "With --answer_mode rank/auto and --do_eval: fit a temperature per ranked question type on the "
-            "validation split (minimum negative log-likelihood), save it in answer_candidates.json (predict and the "
-            "Python API apply it), and report ECE and the referable-DR AUC before and after."
+            "help": "With --answer_mode rank/auto, --do_eval and --predict_with_generate (the default): fit a "
+            "temperature per ranked question type on the validation split (minimum negative log-likelihood), save it "
+            "in answer_candidates.json (predict and the Python API apply it), and report ECE and the referable-DR AUC "
+            "before and after."
         },
     )
     ddp_find_unused_parameters: bool | None = field(
@@ -453,6 +454,13 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(
                 "--calibrate fits temperatures to the probabilities of ranked answers: add --answer_mode auto "
                 "(or rank)."
+            )
+        if self.calibrate and not self.predict_with_generate:
+            # Without it the evaluation computes no metrics, so no candidate scores reach the temperature fit.
+            raise ValueError(
+                "--calibrate fits temperatures to the candidate scores of the evaluation's answers, which "
+                "--predict_with_generate false turns off: pass --predict_with_generate true (the default), or drop "
+                "--calibrate."
             )
         if self.rank_top_k < 1 or self.max_candidate_answers < 1:
             raise ValueError(

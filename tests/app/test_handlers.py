@@ -4,9 +4,13 @@ messages, the report and the batch table hold what the model says."""
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import pytest
+from PIL import Image, ImageFile
 
+from retina_vqa.app import handlers
 from retina_vqa.app.handlers import MAX_QUESTION_CHARS, Answerer, catalogue_question_type
 from retina_vqa.inference import answer_questions, load_answer_candidates
 from retina_vqa.questions import QUESTION_TYPES
@@ -161,3 +165,79 @@ def test_an_answer_list_replaces_the_saved_candidates(app_model_dir, fundus_file
     # Questions of types without a list are generated, and the page still offers every question the model knows.
     assert answerer.on_ask(str(fundus_files["second.png"]), "", "which eye is this?")[1] is None
     assert answerer.known_questions() == [spec["question"] for spec in QUESTION_TYPES.values()]
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares `width` x `height` RGB pixels but holds the data of a few rows only: it opens (header),
+    and decoding it fails."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(bytes(3 * (1 + 3 * width)))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size"),
+    [
+        (10_000, 6_000, "is 10000x6000 px (60,000,000 pixels)"),  # under Pillow's own limits: it would decode it
+        (20_000, 10_000, "has 200,000,000 pixels"),  # over twice Pillow's limit: Pillow refuses to open it
+    ],
+)
+def test_a_photograph_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch, width, height, size):
+    def decode(self):
+        raise AssertionError("the pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    path = tmp_path / "scan.png"
+    path.write_bytes(png_header(width, height))
+    answerer = Answerer(None, None, name="bare")
+    preview, message = answerer.on_upload(str(path))
+    assert preview is None
+    assert message.startswith(f"Cannot load image from the upload 'scan.png': the image {size}, over the limit of ")
+    assert "over the limit of 50,000,000 pixels (50 megapixels)." in message and handlers.MAX_IMAGE_PIXELS == 50_000_000
+    assert "Resize it to at most 50 megapixels" in message and "--max_image_pixels" in message
+    assert "decoded" not in message
+    # Every button refuses it the same way; the batch lists it with the files it skipped.
+    assert answerer.on_ask(str(path), "what is the diagnosis?", "")[3] == message
+    assert answerer.on_report(str(path))[2] == message
+    assert answerer.on_batch([str(path)], "what is the diagnosis?", "") == (
+        [],
+        f"Answered 0 of 1 images. Skipped: {message}",
+    )
+
+
+def test_the_pixel_limit_is_the_answerers(tmp_path):
+    path = tmp_path / "fundus.jpg"
+    Image.new("RGB", (64, 48), (90, 30, 10)).save(path)
+    assert Answerer(None, None, max_image_pixels=64 * 48).on_upload(str(path))[1] == "Loaded fundus.jpg (64x48 px)."
+    message = Answerer(None, None, max_image_pixels=64 * 48 - 1).on_upload(str(path))[1]
+    assert "the image is 64x48 px (3,072 pixels), over the limit of 3,071 pixels" in message
+    with pytest.raises(ValueError, match="max_image_pixels must be a positive number"):
+        Answerer(None, None, max_image_pixels=0)
+
+
+def test_old_screening_reports_are_deleted(monkeypatch):
+    monkeypatch.setattr(handlers, "REPORTS_KEPT", 3)
+    answerer = Answerer(None, None, name="bare")
+    answers = [handlers.Answer("what is the diagnosis?", "mild dr")]
+    paths = [answerer.write_report(f"eye-{k}.jpg", answers) for k in range(5)]
+    # The newest three stay, each in its own folder; the two oldest are gone, folder and all.
+    assert [path.exists() for path in paths] == [False, False, True, True, True]
+    assert sorted(answerer.report_dir.iterdir()) == sorted(path.parent for path in paths[2:])
+    assert json.loads(paths[-1].read_text())["image"] == "eye-4.jpg"
+    answerer.close()
+    assert not answerer.report_dir.exists()
+
+
+def test_the_report_folder_goes_with_the_answerer():
+    import gc
+
+    answerer = Answerer(None, None, name="bare")
+    folder = answerer.write_report("eye.jpg", []).parent.parent
+    assert folder == answerer.report_dir and folder.is_dir()
+    del answerer
+    gc.collect()
+    assert not folder.exists()

@@ -30,7 +30,7 @@ def test_the_installed_transformers_is_in_the_tested_range():
 
 
 def test_versions_outside_the_range_warn_with_the_fix_and_4_x_fails():
-    with pytest.warns(RuntimeWarning, match=r"outside the range .*pip install 'transformers>=5\.24\.0,<5\.25\.0'"):
+    with pytest.warns(RuntimeWarning, match=r"outside the range .*pip install 'transformers>=5\.24\.0,<5\.26\.0'"):
         message = compat.check_transformers_version("5.31.0")
     assert "tests/models/test_compat.py" in message
     with pytest.raises(ImportError, match="transformers 5"):

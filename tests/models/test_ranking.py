@@ -4,6 +4,7 @@ a time; BLIP's first-token pre-selection; the candidate lists (training split, f
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -291,6 +292,80 @@ def test_candidate_files_and_saved_lists(tmp_path):
         assert str(bad) in str(error.value)
     with pytest.raises(FileNotFoundError, match="no such file"):
         AnswerCandidates.from_file(tmp_path / "missing.json")
+
+
+def test_temperatures_carry_over_to_the_same_answers_in_any_order(tmp_path, caplog):
+    """A list holds the same answers when they are equal as sets after answer normalisation: order (training
+    frequency, which another split changes), spelling and tuple-or-list do not matter."""
+    import datasets
+
+    saved = AnswerCandidates(
+        answers={"diagnosis": ("healthy retina", "mild dr", "severe dr"), "eye": ("left", "right")},
+        questions={"what is the diagnosis?": "diagnosis", "which eye?": "eye"},
+        temperatures={"diagnosis": 1.5, "eye": 0.7},
+    )
+    saved.save(tmp_path / "model")
+    loaded = load_answer_candidates(tmp_path / "model")  # lists read back from JSON
+    fresh = AnswerCandidates(answers={"diagnosis": ("severe dr", "Mild DR", " healthy retina"), "eye": ("right",)})
+    fresh.answers["diagnosis"] = list(fresh.answers["diagnosis"])  # a list on one side, a tuple on the other
+    with caplog.at_level(logging.WARNING, logger="retina_vqa"):
+        assert fresh.with_temperatures_from(loaded).temperatures == {"diagnosis": 1.5}
+    # The dropped temperature is named, with why.
+    (record,) = [r for r in caplog.records if "not carried over" in r.getMessage()]
+    assert "'eye'" in record.getMessage() and "'diagnosis'" not in record.getMessage()
+    assert "only in" in record.getMessage() and "left" in record.getMessage()
+
+    # A split whose answers come in another frequency order: an evaluation keeps the saved temperatures.
+    train = datasets.Dataset.from_dict(
+        {
+            "question": ["what is the diagnosis?"] * 4 + ["which eye?"] * 3,
+            "answer": ["severe dr", "severe dr", "mild dr", "healthy retina", "right", "right", "left"],
+            "question_type": ["diagnosis"] * 4 + ["eye"] * 3,
+        }
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retina_vqa"):
+        evaluated = candidates_for_run(None, train, str(tmp_path / "model"))
+    assert evaluated.answers["diagnosis"][0] == "severe dr"
+    assert evaluated.temperatures == {"diagnosis": 1.5, "eye": 0.7}
+    assert not [r for r in caplog.records if "not carried over" in r.getMessage()]
+    # A training run still starts without them (they were fitted to the starting weights), and says so.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retina_vqa"):
+        assert candidates_for_run(None, train, str(tmp_path / "model"), training=True).temperatures == {}
+    assert "not carried over" in caplog.text
+
+
+def test_answer_list_files_keep_the_temperatures_of_the_lists_they_repeat(tmp_path, caplog):
+    model = tmp_path / "model"
+    AnswerCandidates(
+        answers={ALL_QUESTIONS: ("yes", "no"), "diagnosis": ("mild dr", "severe dr")},
+        questions={"what is the diagnosis?": "diagnosis"},
+        temperatures={ALL_QUESTIONS: 2.0, "diagnosis": 1.5},
+    ).save(model)
+    saved = load_answer_candidates(model)
+    # A plain list is the list of every question: it keeps the temperature of that list.
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(["No", "yes"]))
+    with caplog.at_level(logging.WARNING, logger="retina_vqa"):
+        assert AnswerCandidates.from_file(flat, base=saved).temperatures == {ALL_QUESTIONS: 2.0}
+    (record,) = [r for r in caplog.records if "not carried over" in r.getMessage()]
+    assert "'diagnosis'" in record.getMessage() and str(flat) in record.getMessage()
+    # Per type, in another order.
+    per_type = tmp_path / "types.json"
+    per_type.write_text(json.dumps({"diagnosis": ["severe dr", "mild dr"]}))
+    assert AnswerCandidates.from_file(per_type, base=saved).temperatures == {"diagnosis": 1.5}
+    # run_vqa.py's evaluation with --answer_list: the same, warned about once.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retina_vqa"):
+        evaluated = candidates_for_run(str(per_type), None, str(model))
+    assert evaluated.temperatures == {"diagnosis": 1.5}
+    assert len([r for r in caplog.records if "not carried over" in r.getMessage()]) == 1
+    # ... and a training run with --answer_list does not take them either.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retina_vqa"):
+        assert candidates_for_run(str(per_type), None, str(model), training=True).temperatures == {}
+    assert "not carried over" in caplog.text
 
 
 def test_evaluation_plan_and_collator(tiny_processor):

@@ -1,17 +1,15 @@
-import filecmp
-
 from transformers import AutoProcessor, BlipConfig
 
 from retina_vqa.models.tiny_blip import build_tiny_blip
 from retina_vqa.synthetic import all_texts
 
-from ..conftest import TINY_CONFIG
+from ..conftest import TINY_CONFIG, same_built_file
 
 
 def test_shipped_files_are_what_the_script_builds(tmp_path):
     build_tiny_blip(tmp_path, all_texts(paraphrase=True))
     for name in ("vocab.txt", "config.json", "tokenizer_config.json", "processor_config.json"):
-        assert filecmp.cmp(tmp_path / name, TINY_CONFIG / name, shallow=False), (
+        assert same_built_file(tmp_path / name, TINY_CONFIG / name), (
             f"configs/blip-tiny/{name} is stale: run "
             "`python -m retina_vqa.models.tiny_blip --output_dir configs/blip-tiny`"
         )

@@ -1,5 +1,3 @@
-import filecmp
-
 import numpy as np
 import pytest
 import torch
@@ -21,7 +19,7 @@ from retina_vqa.models.tiny_blip2 import (
 )
 from retina_vqa.synthetic import all_texts
 
-from ..conftest import ROOT, TINY_CONFIG
+from ..conftest import ROOT, TINY_CONFIG, same_built_file
 
 CONFIGS = ROOT / "configs"
 FOLDERS = (OPT_DIR, T5_DIR, INSTRUCTBLIP_DIR)
@@ -38,7 +36,7 @@ def test_shipped_files_are_what_the_script_builds(tmp_path):
         built, shipped = tmp_path / name, CONFIGS / name
         assert _files(built) == _files(shipped), f"configs/{name} has other files than a rebuild"
         for relative in _files(built):
-            assert filecmp.cmp(built / relative, shipped / relative, shallow=False), (
+            assert same_built_file(built / relative, shipped / relative), (
                 f"configs/{name}/{relative} is stale: run `python -m retina_vqa.models.tiny_blip2 --output_dir configs`"
             )
         assert not any(path.suffix in (".safetensors", ".bin") for path in _files(shipped))

@@ -7,7 +7,6 @@ combinations of findings and stages (every wording gets picked).
 
 from __future__ import annotations
 
-import filecmp
 import re
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from retina_vqa.questions import FINDINGS, all_texts, condition_texts
 from retina_vqa.synthetic import CONDITIONS, generate_dataset, sample_conditions
 from retina_vqa.synthetic.conditions import CUP_TO_DISC, DEFAULT_PREVALENCE, OTHER_CONDITIONS
 from retina_vqa.synthetic.reports import report_texts, urgency, write_report
+
+from ..conftest import same_built_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MULTIDISEASE = ROOT / "configs" / "blip-tiny-multidisease"
@@ -103,7 +104,7 @@ def test_shipped_multidisease_config_is_what_the_script_builds(tmp_path):
     texts = all_texts(paraphrase=True) + condition_texts(paraphrase=True) + report_texts()
     build_tiny_blip(tmp_path, texts, max_text_positions=192)
     for name in ("vocab.txt", "config.json", "tokenizer_config.json", "processor_config.json"):
-        assert filecmp.cmp(tmp_path / name, TINY_MULTIDISEASE / name, shallow=False), (
+        assert same_built_file(tmp_path / name, TINY_MULTIDISEASE / name), (
             f"configs/blip-tiny-multidisease/{name} is stale: run `python -m retina_vqa.models.tiny_blip --output_dir "
             "configs/blip-tiny-multidisease --vocabulary multidisease --max_text_positions 192`"
         )

@@ -12,8 +12,9 @@ environment variables (`retina_vqa.app.__main__` lists them; the Space sets ``GR
     from retina_vqa.app.__main__ import main
     main([])
 
-`build_demo_from_env` is the module-level way to build the page (``demo = build_demo_from_env()``) for
-``gradio app.py`` or for mounting it in another server.
+`build_demo_from_env` is the module-level way to build the page (``demo = build_demo_from_env()``, then
+``demo.launch()``) for ``gradio app.py`` or for mounting it in another server; it applies the same upload and image
+size limits as the command line, and ``launch()`` or ``gr.mount_gradio_app()`` without ``max_file_size`` keeps them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def build_demo(*args: Any, **kwargs: Any) -> Any:
 
 
 def build_demo_from_env() -> Any:
-    """The page for the model named by ``RETINA_VQA_MODEL`` (default ``outputs/demo``), queued, not launched."""
+    """The page for the model named by ``RETINA_VQA_MODEL`` (default ``outputs/demo``), queued, not launched, with
+    the command line's limits as the environment sets them (``RETINA_VQA_MAX_FILE_SIZE``, ...)."""
     from .__main__ import demo_from_env
 
     return demo_from_env()

@@ -10,16 +10,30 @@ plain values out (file paths, strings, dicts, row lists), so they run and are te
 problem a user can cause (no upload, a broken, huge or non-image file, an empty question) comes back as a line in
 the page's message box, never as a traceback; an unexpected failure is logged with its traceback on the server
 and named in one line in the page.
+
+Photographs over `MAX_IMAGE_PIXELS` (width x height; ``Answerer(max_image_pixels=...)``, ``--max_image_pixels``)
+are refused from their header, before their pixels are decoded, with a message naming their size, the limit and
+what to do. Pillow's own guard (``PIL.Image.MAX_IMAGE_PIXELS``) is left as it is for the rest of the process.
+
+Each screening report is a JSON file in a folder of its own under the answerer's report folder. The newest
+`REPORTS_KEPT` are kept (for a caller that reads the returned path a while later); writing another deletes the
+oldest, and the whole report folder goes when the answerer is closed, garbage-collected or the process exits. The
+page's download link is Gradio's own copy in its cache, which the page's cache cleanup deletes
+(`retina_vqa.app.layout.CACHE_CLEANUP`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import threading
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +53,7 @@ from ..inference import (
 from ..models.ranking import normalize_question
 from ..questions import QUESTION_TYPES
 
-__all__ = ["Answer", "Answerer", "catalogue_question_type", "display_size"]
+__all__ = ["MAX_IMAGE_PIXELS", "REPORTS_KEPT", "Answer", "Answerer", "catalogue_question_type", "display_size"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +64,13 @@ MAX_QUESTION_CHARS = 500
 MAX_BATCH_IMAGES = 32
 # Longer side of the pictures the page shows: a 128 px fundus would be a stamp, a 4000 px one a slow download.
 DISPLAY_SIDE = 512
+# Largest decoded photograph, width x height: fundus cameras give up to ~24 MP, and 50 MP still takes a full-frame
+# camera back; a 50 MP RGB image is 150 MB decoded before it is downsized to DEFAULT_MAX_IMAGE_SIDE. Pillow's own
+# guard lets ~179 MP through (with a warning above ~89 MP).
+MAX_IMAGE_PIXELS = 50_000_000
+# Screening reports kept on disk per answerer: a few users' worth, for callers reading the returned path; each is
+# a few kB, and the page serves Gradio's cached copy anyway.
+REPORTS_KEPT = 16
 
 
 def catalogue_question_type(question: str) -> str | None:
@@ -90,6 +111,7 @@ class Answerer:
         name: how the page names the model (its folder or hub id).
         wordings: the question wordings the model was trained on, ``{question: question_type}`` (saved with its
             answer candidates); default: those of `candidates`.
+        max_image_pixels: the largest photograph accepted, width x height (default `MAX_IMAGE_PIXELS`).
     """
 
     def __init__(
@@ -99,7 +121,10 @@ class Answerer:
         candidates: AnswerCandidates | None = None,
         name: str = "",
         wordings: dict[str, str] | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
+        if max_image_pixels < 1:
+            raise ValueError(f"max_image_pixels must be a positive number of pixels, got {max_image_pixels}.")
         self.model = model
         self.processor = processor
         self.candidates = candidates
@@ -107,12 +132,21 @@ class Answerer:
         if wordings is None:
             wordings = candidates.questions if candidates is not None else {}
         self.wordings = {normalize_question(q): t for q, t in wordings.items()}
+        self.max_image_pixels = max_image_pixels
         self.lock = threading.Lock()
         self.report_dir = Path(tempfile.mkdtemp(prefix="retina-vqa-reports-"))
+        self._reports: deque[Path] = deque()  # this answerer's report folders, oldest first
+        self._reports_lock = threading.Lock()
+        # Removes the report folder when the answerer is closed or collected, or at the latest when Python exits.
+        self._remove_reports = weakref.finalize(self, shutil.rmtree, self.report_dir, ignore_errors=True)
 
     @classmethod
     def load(
-        cls, model_name_or_path: str | os.PathLike, device: str | None = None, answer_list: str | None = None
+        cls,
+        model_name_or_path: str | os.PathLike,
+        device: str | None = None,
+        answer_list: str | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ) -> Answerer:
         """Load a saved model (a folder written by run_vqa.py, or a hub id) with its answer candidates, or with those
         of `answer_list` (a JSON file, as ``python -m retina_vqa.predict --answer_list`` reads it)."""
@@ -121,7 +155,19 @@ class Answerer:
         candidates = AnswerCandidates.from_file(answer_list, base=saved) if answer_list else saved
         # The questions to offer are the model's, whatever lists its answers are ranked against.
         wordings = saved.questions if saved is not None else None
-        return cls(model, processor, candidates, name=os.fspath(model_name_or_path), wordings=wordings)
+        return cls(
+            model,
+            processor,
+            candidates,
+            name=os.fspath(model_name_or_path),
+            wordings=wordings,
+            max_image_pixels=max_image_pixels,
+        )
+
+    def close(self) -> None:
+        """Delete the report folder and every report in it (also done when the answerer is collected or Python
+        exits)."""
+        self._remove_reports()
 
     # ------------------------------------------------------------------------------------------------
     # Model calls
@@ -199,11 +245,19 @@ class Answerer:
         return overlay(display_size(image), heatmap), explained
 
     def write_report(self, image_name: str, answers: Sequence[Answer]) -> Path:
-        """The screening report as JSON (model, image, every answer with its candidate probabilities); the path."""
+        """The screening report as JSON (model, image, every answer with its candidate probabilities); the path.
+
+        The file stays until `REPORTS_KEPT` newer reports are written or the answerer is closed."""
         stem = Path(image_name).stem or "image"
-        path = Path(tempfile.mkdtemp(dir=self.report_dir)) / f"screening-report-{stem}.json"
         report = {"model": self.name, "image": image_name, "answers": [asdict(answer) for answer in answers]}
-        path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        with self._reports_lock:
+            # A folder per report keeps the user's file name without two reports on the same image colliding.
+            folder = Path(tempfile.mkdtemp(dir=self.report_dir))
+            self._reports.append(folder)
+            while len(self._reports) > REPORTS_KEPT:
+                shutil.rmtree(self._reports.popleft(), ignore_errors=True)
+            path = folder / f"screening-report-{stem}.json"
+            path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
         return path
 
     # ------------------------------------------------------------------------------------------------
@@ -215,7 +269,7 @@ class Answerer:
         if not path:
             return None, ""
         try:
-            image = _load(path)
+            image = _load(path, self.max_image_pixels)
         except ImageLoadError as error:
             return None, str(error)
         return display_size(image), f"Loaded {Path(path).name} ({image.width}x{image.height} px)."
@@ -226,7 +280,7 @@ class Answerer:
         """Ask: ``(answer, candidate probabilities or None, Grad-CAM overlay, message)``."""
         try:
             question = _question(choice, typed)
-            image = _load(_need_upload(path))
+            image = _load(_need_upload(path), self.max_image_pixels)
         except (ImageLoadError, ValueError) as error:
             return "", None, None, str(error)
         try:
@@ -246,7 +300,7 @@ class Answerer:
     def on_report(self, path: str | None) -> tuple[list[list[Any]], str | None, str]:
         """Screening report: every known question about the image: ``(table rows, JSON path, message)``."""
         try:
-            image = _load(_need_upload(path))
+            image = _load(_need_upload(path), self.max_image_pixels)
         except (ImageLoadError, ValueError) as error:
             return [], None, str(error)
         try:
@@ -279,7 +333,7 @@ class Answerer:
         names, images, problems = [], [], []
         for path in paths:
             try:
-                images.append(_load(path))
+                images.append(_load(path, self.max_image_pixels))
                 names.append(Path(path).name)
             except ImageLoadError as error:
                 problems.append(str(error))
@@ -301,20 +355,52 @@ def display_size(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
     return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
 
 
-def _load(path: str) -> Image.Image:
+def _load(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """The upload at `path` as answer_questions loads a path: EXIF orientation applied, RGB, very large
-    photographs downsized. Read as bytes so that messages name the user's file, not the server's upload folder."""
+    photographs downsized; refused over `max_pixels` (width x height). Read as bytes so that messages name the user's
+    file, not the server's upload folder."""
     name = Path(path).name
     try:
         data = Path(path).read_bytes()
     except OSError as error:  # gone from the upload folder (cleaned up, or a stale page)
         raise ImageLoadError(f"the upload {name!r}", f"the file cannot be read ({error})", "Upload it again.") from None
+    _check_pixels(data, f"the upload {name!r}", max_pixels)
     try:
         return load_image(data, where=f"the upload {name!r}", max_side=DEFAULT_MAX_IMAGE_SIDE)
     except ImageLoadError as error:
         # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x...>"): name the file instead.
         error.args = (re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", repr(name), str(error)),)
         raise
+
+
+def _check_pixels(data: bytes, where: str, max_pixels: int) -> None:
+    """Refuse an image of more than `max_pixels` from its header, before any pixel is decoded. Data Pillow cannot
+    identify passes: `load_image` says what is wrong with it."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+        pixels, limit = width * height, max_pixels
+        size = f"is {width}x{height} px ({pixels:,} pixels)"
+    except Image.DecompressionBombError as error:
+        # Over twice PIL.Image.MAX_IMAGE_PIXELS Pillow refuses to open it at all; its message has the pixel count.
+        count = re.search(r"\((\d+) pixels\)", str(error))
+        limit = min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS)
+        pixels = int(count[1]) if count else limit + 1
+        size = f"has {pixels:,} pixels" if count else f"has over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+    except Exception:  # not an image Pillow can identify
+        return
+    if pixels > limit:
+        raise_it = (
+            "the server's --max_image_pixels (env RETINA_VQA_MAX_IMAGE_PIXELS) raises the limit"
+            if limit == max_pixels
+            else "this limit is Pillow's (PIL.Image.MAX_IMAGE_PIXELS in the server process)"
+        )
+        raise ImageLoadError(
+            where,
+            f"the image {size}, over the limit of {limit:,} pixels ({limit / 1e6:g} megapixels)",
+            f"Resize it to at most {limit / 1e6:g} megapixels (a fundus photograph needs no more than about 24) and "
+            f"upload it again; {raise_it}.",
+        )
 
 
 def _need_upload(path: str | None) -> str:

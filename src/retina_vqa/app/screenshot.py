@@ -143,6 +143,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         from playwright.sync_api import sync_playwright
 
+        from .__main__ import DEFAULT_MAX_FILE_SIZE
         from .handlers import Answerer
         from .layout import build_demo
 
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> Path:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    demo = build_demo(answerer)
+    demo = build_demo(answerer, max_file_size=DEFAULT_MAX_FILE_SIZE)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, ssr_mode=False)
     try:
         with tempfile.TemporaryDirectory() as folder, sync_playwright() as playwright:

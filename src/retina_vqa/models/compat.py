@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 # [lowest, first untested): the versions whose BLIP and Trainer internals the test suite has run against.
-TESTED_TRANSFORMERS = ("5.24.0", "5.25.0")
+TESTED_TRANSFORMERS = ("5.24.0", "5.26.0")
 
 # Trainer internals that VqaTrainer overrides or sets, and why. A hook that upstream renames is never called.
 TRAINER_HOOKS = {

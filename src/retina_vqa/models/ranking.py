@@ -29,7 +29,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,11 @@ def _first_spellings(answers: Sequence[Any]) -> tuple[str, ...]:
     for answer in answers:
         kept.setdefault(normalize_answer(str(answer)), str(answer))
     return tuple(kept.values())
+
+
+def _answer_set(answers: Sequence[Any]) -> frozenset[str]:
+    """A list's answers as compared when a temperature carries over: normalised (`normalize_answer`), in any order."""
+    return frozenset(normalize_answer(str(answer)) for answer in answers)
 
 
 @dataclass
@@ -247,8 +252,9 @@ class AnswerCandidates:
         """Candidate lists from a JSON file (``--answer_list``): a flat list of answers for every question
         (``["yes", "no", ...]``), ``{question_type: [answers]}``, or a saved ``answer_candidates.json``.
 
-        With the first two, the question wordings of `base` (the training split's) map questions to types, and
-        every given list is ranked in ``auto`` mode.
+        With the first two, the question wordings of `base` (the training split's, or the model's) map questions to
+        types, every given list is ranked in ``auto`` mode, and the temperatures of `base` carry over to the lists
+        that hold the same answers (`with_temperatures_from`).
         """
         path = Path(path)
         try:
@@ -276,7 +282,8 @@ class AnswerCandidates:
             # The same answer twice would split its probability.
             answers[name] = tuple(dict.fromkeys(v.strip() for v in values))
         questions = {q: t for q, t in (base.questions if base else {}).items() if t in answers}
-        return cls(answers=answers, closed=dict.fromkeys(answers, True), questions=questions, source=source)
+        candidates = cls(answers=answers, closed=dict.fromkeys(answers, True), questions=questions, source=source)
+        return candidates.with_temperatures_from(base)
 
     @classmethod
     def _from_saved(cls, data: Mapping[str, Any], source: str) -> AnswerCandidates:
@@ -319,11 +326,36 @@ class AnswerCandidates:
         return path
 
     def with_temperatures_from(self, other: AnswerCandidates | None) -> AnswerCandidates:
-        """These lists, with `other`'s temperatures for the lists the two have in common (same answers)."""
-        if other is not None:
-            for name, temperature in other.temperatures.items():
-                if name in self.answers and other.answers.get(name) == self.answers[name]:
-                    self.temperatures.setdefault(name, temperature)
+        """These lists, with `other`'s temperatures for the lists the two have in common: same question type, same
+        answers once normalised (`normalize_answer`), in any order (lists are ordered by training frequency, which
+        another split changes). A temperature of these lists' own is kept; one of `other` that does not carry over
+        is named in a warning, with the reason."""
+        if other is None:
+            return self
+        here, there = self.source or "these lists", other.source or "the earlier lists"
+        dropped = []
+        for name, temperature in other.temperatures.items():
+            if name in self.temperatures:
+                continue
+            if name not in self.answers:
+                dropped.append(f"{name!r} (no such list in {here})")
+                continue
+            ours, theirs = _answer_set(self.answers[name]), _answer_set(other.answers.get(name, ()))
+            if ours == theirs:
+                self.temperatures[name] = temperature
+                continue
+            extras = ((here, ours - theirs), (there, theirs - ours))
+            only = ", ".join(f"only in {where}: {sorted(extra)}" for where, extra in extras if extra)
+            dropped.append(f"{name!r} (different answers; {only})")
+        if dropped:
+            logger.warning(
+                "Temperatures of %s not carried over to %s: %s. A temperature holds only for the answers it was "
+                "fitted on; a list without one gives probabilities at temperature 1 (run_vqa.py --calibrate fits "
+                "new ones).",
+                there,
+                here,
+                "; ".join(dropped),
+            )
         return self
 
 
@@ -352,8 +384,10 @@ def candidates_for_run(
 ) -> AnswerCandidates | None:
     """The candidate lists of a run_vqa.py run: `answer_list` (a file) if given, else the training split's, else
     those saved with the starting model. Temperatures saved with the starting model are kept for the lists that did
-    not change, unless the run is `training`: they were fitted to the starting weights, and the trained model would
-    scale its probabilities by another model's temperature (`--calibrate` fits new ones).
+    not change (the same answers, in any order; a dropped one is named in a warning), unless the run is `training`:
+    then none is kept (the starting model's, or those of a saved ``answer_candidates.json`` given as `answer_list`),
+    since they were fitted to other weights and the trained model would scale its probabilities by another model's
+    temperature (`--calibrate` fits new ones).
     `columns`: ``question_column``, ``answer_column``, ``question_type_column``, ``answer_type_column``.
     """
     saved = None
@@ -363,7 +397,10 @@ def candidates_for_run(
     if train_dataset is not None and columns.get("answer_column", "answer") in train_dataset.column_names:
         trained = AnswerCandidates.from_dataset(train_dataset, max_answers=max_answers, **columns)
     if answer_list is not None:
-        candidates = AnswerCandidates.from_file(answer_list, base=trained or saved)
+        # The base lends its question wordings only: the temperatures are settled below, once, for every source.
+        base = trained or saved
+        wordings = None if base is None else replace(base, temperatures={})
+        candidates = AnswerCandidates.from_file(answer_list, base=wordings)
     else:
         candidates = trained or saved
     if candidates is None:
@@ -374,13 +411,20 @@ def candidates_for_run(
         ", ".join(f"{name} ({len(answers)})" for name, answers in candidates.answers.items()) or "none",
     )
     if training:
+        # Fitted to other weights: the starting model's, or those of the model an --answer_list file was saved with.
+        stale = []
         if saved is not None and saved.temperatures:
+            stale.append(f"saved with {model_name_or_path}")
+        if candidates is not saved and candidates.temperatures:
+            stale.append(f"in {candidates.source}")
+        if stale:
             logger.warning(
-                "The temperatures saved with %s were fitted to its weights, not to the model this run trains: not "
-                "carried over. Pass --calibrate to fit new ones.",
-                model_name_or_path,
+                "The temperatures %s were fitted to other weights, not to the model this run trains: not carried "
+                "over. Pass --calibrate to fit new ones.",
+                " and ".join(stale),
             )
-        return candidates.with_temperatures_from(None)
+        candidates.temperatures = {}
+        return candidates
     return candidates.with_temperatures_from(saved)
 
 

@@ -69,8 +69,11 @@ def _metrics_table(metrics: dict[str, Any], prefix: str) -> str:
         for key, value in sorted(metrics.items())
         if key.startswith(prefix)
         and isinstance(value, (int, float))
-        # Intervals are shown in the grading table, next to their value.
-        and not any(part in key for part in ("confusion", "/", "_prior_", "runtime", "per_second", "_ci_"))
+        # Intervals are shown in the grading table, next to their value; temperature-scaled numbers in the ranking
+        # table, which says which rows the temperatures were fitted on.
+        and not any(
+            part in key for part in ("confusion", "/", "_prior_", "runtime", "per_second", "_ci_", "_calibrated")
+        )
     ]
     if not rows:
         return ""
@@ -123,24 +126,73 @@ def _grading_table(metrics: dict[str, Any], prefix: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Rows of the ranking table: (label, key after "<split>_"), see metrics.calibration.
+_RANKING_ROWS = (
+    ("expected calibration error (10 bins)", "ece"),
+    ("referable DR ROC AUC (P(moderate or worse))", "diagnosis_referable_auc"),
+)
+
+
+def _has_calibrated(metrics: dict[str, Any], prefix: str) -> bool:
+    return any(f"{prefix}{key}_calibrated" in metrics for _, key in _RANKING_ROWS)
+
+
 def _ranking_table(metrics: dict[str, Any], prefix: str) -> str:
-    """Ranked answers (--answer_mode rank/auto): ECE and the referable-DR AUC, before and after temperature scaling."""
+    """Ranked answers (--answer_mode rank/auto): ECE and the referable-DR AUC, before and after temperature scaling.
+
+    run_vqa.py --calibrate fits the temperatures on the validation rows, so the validation split's scaled numbers
+    are in-sample; the test split's (``predict_``), scaled by the same temperatures, are the held-out ones and stand
+    next to them.
+    """
     if f"{prefix}ece" not in metrics:
         return ""
-    lines = ["| ranked answers | temperature 1 | temperature-scaled |", "| --- | --- | --- |"]
-    for label, key in (
-        ("expected calibration error (10 bins)", "ece"),
-        ("referable DR ROC AUC (P(moderate or worse))", "diagnosis_referable_auc"),
-    ):
+    calibrated = _has_calibrated(metrics, prefix)
+    in_sample = calibrated and prefix == "eval_"
+    held_out = "predict_" if in_sample and _has_calibrated(metrics, "predict_") else None
+    if not calibrated:
+        scaled_label = "temperature-scaled"
+    elif in_sample:
+        scaled_label = "temperature-scaled, in-sample (fitted on these rows)"
+    else:
+        scaled_label = "temperature-scaled, held out (not fitted on these rows)"
+    header = ["ranked answers", "temperature 1", scaled_label]
+    if held_out:
+        header.append("temperature-scaled, held out (test split)")
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+    def cell(key: str) -> str:
+        return "-" if key not in metrics else _format(metrics[key])
+
+    for label, key in _RANKING_ROWS:
         if f"{prefix}{key}" in metrics:
-            scaled = metrics.get(f"{prefix}{key}_calibrated")
-            lines.append(
-                f"| {label} | {_format(metrics[prefix + key])} | {'-' if scaled is None else _format(scaled)} |"
-            )
+            row = [label, cell(f"{prefix}{key}"), cell(f"{prefix}{key}_calibrated")]
+            if held_out:
+                row.append(cell(f"{held_out}{key}_calibrated"))
+            lines.append("| " + " | ".join(row) + " |")
     count, accuracy = metrics.get(f"{prefix}ranked_questions"), metrics.get(f"{prefix}ranked_accuracy")
     if count is not None and accuracy is not None:
-        lines.append(f"| accuracy of the {count} ranked questions | {_format(accuracy)} | {_format(accuracy)} |")
+        # Accuracy does not depend on the temperature; the test split's is in its own table.
+        row = [f"accuracy of the {count} ranked questions", _format(accuracy), _format(accuracy)]
+        lines.append("| " + " | ".join(row + (["-"] if held_out else [])) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _ranking_note(metrics: dict[str, Any], prefix: str) -> str:
+    """What the temperature-scaled column of `prefix`'s ranking table is measured on."""
+    if not _has_calibrated(metrics, prefix):
+        return ""
+    if prefix != "eval_":
+        return (
+            " The temperature-scaled numbers are held out: the temperatures (`--calibrate`) were fitted on "
+            "validation rows, not on these."
+        )
+    note = (
+        " The temperatures (`--calibrate`) were fitted on these validation rows, so their temperature-scaled numbers "
+        "are in-sample (optimistic)"
+    )
+    if _has_calibrated(metrics, "predict_"):
+        return note + "; the held-out ones are the test split's, with the same temperatures."
+    return note + ". No held-out numbers: the test split was not scored with them (`--do_predict`)."
 
 
 # Rows of the findings-report table: (label, key after "<split>_"), see metrics.findings.
@@ -244,7 +296,7 @@ def render_model_card(
             parts.append(
                 "Ranked answers (`--answer_mode rank/auto`): questions of the types with known answers "
                 "(`answer_candidates.json`) get the most likely of them, each candidate a probability; the reliability "
-                "plot is `calibration.png`:"
+                f"plot is `calibration.png`.{_ranking_note(metrics, prefix)}"
                 f"\n\n{ranking}"
             )
     if not metrics:
