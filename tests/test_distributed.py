@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT, accelerate_launch
 from .test_run_vqa import common_args
+
+pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
 
 
 def losses(output_dir) -> list[float]:

@@ -341,6 +341,7 @@ def test_wandb_offline_run_logs_eval_metrics(tiny_dataset_dir, tmp_path, monkeyp
     assert any("train/loss" in row for row in rows)
 
 
+@pytest.mark.e2e
 def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     # A wide random init answers each question differently, so a prediction written to the wrong row shows.
 

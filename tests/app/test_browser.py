@@ -25,6 +25,8 @@ from retina_vqa.app.screenshot import ask, find_chromium, free_port, message_sta
 from retina_vqa.inference import answer_questions, load_answer_candidates, load_for_inference
 from retina_vqa.questions import QUESTION_TYPES
 
+pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
+
 STARTUP_SECONDS = 120  # importing torch, transformers and gradio on a busy 2-core machine
 
 

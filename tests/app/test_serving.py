@@ -17,6 +17,8 @@ from PIL import Image
 from retina_vqa.app.__main__ import main
 from retina_vqa.app.screenshot import free_port
 
+pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
+
 gr = pytest.importorskip("gradio", reason="the app extra: `pip install -e .[app]`")
 httpx = pytest.importorskip("httpx", reason="comes with Gradio (`pip install -e .[app]`)")
 

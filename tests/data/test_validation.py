@@ -161,6 +161,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.e2e
 def test_only_the_main_process_decodes_and_every_rank_gets_its_report(broken_dataset_dir, tmp_path):
     script = tmp_path / "validate.py"
     script.write_text(VALIDATE_ON_TWO_RANKS)

@@ -61,6 +61,7 @@ def command(data_dir, output_dir, start=None) -> list[str]:
     return [sys.executable, str(ROOT / "run_vqa.py"), *args, *steps]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("lora", [False, True], ids=["weights", "lora_adapters"])
 def test_sigkill_after_a_checkpoint_then_same_command_resumes_to_identical_weights(lora, tiny_dataset_dir, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

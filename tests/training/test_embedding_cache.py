@@ -75,6 +75,7 @@ def test_bad_use_is_refused():
         ImageEmbeddingCache(0)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_with_kept_outputs_equals_training_without(tiny_dataset_dir, tmp_path, precision):
     # In bf16 the kept outputs come from mixed-precision passes and are read back by a bf16 forward and by

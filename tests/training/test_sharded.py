@@ -20,6 +20,8 @@ from ..conftest import ROOT, TINY_CONFIG, accelerate_launch, make_tiny_model
 from ..test_distributed import losses
 from ..test_run_vqa import common_args, read_jsonl
 
+pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
+
 # accelerate runs an FSDP or DeepSpeed config on the CPU as DDP unless run_vqa intervenes: each case names the
 # wrapper the run must log, and the checkpoint entry that only that engine writes.
 ENGINES = {

@@ -43,6 +43,7 @@ def test_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(tiny_d
     assert all(entry["loss"] == entry["loss"] for entry in state["log_history"] if "loss" in entry)
 
 
+@pytest.mark.e2e
 def test_save_total_limit_never_deletes_the_best_checkpoint(tiny_dataset_dir, tmp_path):
     output_dir = tmp_path / "out"
     args = common_args(tiny_dataset_dir, output_dir) + [
@@ -79,6 +80,7 @@ def _training_losses(output_dir) -> list[float]:
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
+@pytest.mark.e2e
 def test_torch_compile_traces_one_graph_for_batches_of_every_shape(tiny_dataset_dir, tmp_path):
     # Dynamic padding and image sharing change the batch shapes every step. The compiled model must not
     # recompile for each (the sizes are marked dynamic up front), break its graph, or change the training.
