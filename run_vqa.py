@@ -262,18 +262,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     if report.problems:
         trainer.save_metrics("data_validation", report.counts())
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if model_args.lora_r and training_args.push_to_hub and sharded:
+        raise ValueError(
+            "--push_to_hub with --lora_r under FSDP or DeepSpeed: the engine keeps the adapter model, so the push "
+            "could not hand over the merged one. Train without --push_to_hub and upload the output folder (merged "
+            "at the end of the run) with `huggingface-cli upload`, or train with DDP."
+        )
 
     # 8. Train.
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        # Also saves the processor. With LoRA: the adapter, in adapter/ (the merged model goes to the folder itself).
+        # Also saves the processor. With LoRA: the adapter, in adapter/; the folder itself gets the model handed over:
+        # merged (from here on evaluated, predicted and pushed as such) or, with --merge_lora false, the adapter.
         trainer.save_model(os.path.join(training_args.output_dir, "adapter") if model_args.lora_r else None)
         metrics = dict(train_result.metrics, train_samples=len(prepared["do_train"]), **parameter_counts(model))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         results.update({f"train_{k}" if not k.startswith("train_") else k: v for k, v in metrics.items()})
+        if model_args.lora_r and not (model_args.merge_lora and sharded):
+            if model_args.merge_lora:
+                trainer.hand_over_merged()
+            trainer.save_model()
 
     # The question-prior baseline needs the training answers: it shows which questions need the image.
     prior_train = splits.get("do_train")
@@ -342,8 +354,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("image_embedding_cache", stats, combined=False)
         results.update(stats)
 
-    # LoRA: the model handed over is the merged one, which loads and answers without peft.
-    if model_args.lora_r and model_args.merge_lora and training_args.do_train and trainer.is_world_process_zero():
+    # LoRA under FSDP / DeepSpeed: the merged model, which loads and answers without peft, saved at the end.
+    if (
+        model_args.lora_r
+        and model_args.merge_lora
+        and sharded
+        and training_args.do_train
+        and trainer.is_world_process_zero()
+    ):
         merged = merge_lora(trainer.model)
         merged.save_pretrained(training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)

@@ -541,6 +541,10 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
 
 def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_dataset_dir, tmp_path):
     from retina_vqa.inference import answer_questions, load_for_inference
+    from retina_vqa.models.attention import set_attention_implementation
+    from retina_vqa.models.lora import load_adapter
+
+    from .models.test_lora import blip_batch, blip_logits
 
     output_dir = tmp_path / "out"
     args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))
@@ -554,8 +558,21 @@ def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_datase
     test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(13))
     model, processor = load_for_inference(output_dir, device="cpu")
     merged = answer_questions(model, processor, test["image"], test["question"], max_new_tokens=11)
+    # The run evaluated and predicted with the merged model it hands over.
     assert [r["prediction"] for r in read_jsonl(output_dir / "predictions.jsonl")] == merged
     assert len(set(merged)) > 2
+    # Merging changes the outputs by float rounding only, far less than training changed them. Compared as numbers,
+    # relative to the logits' scale: this wide random model amplifies rounding (its activations are large), and its
+    # near-tied answers may flip with it.
+    base = make_tiny_model(init_range=0.5)
+    set_attention_implementation(base, "sdpa")  # as load_for_inference prepares the merged model
+    adapter = load_adapter(base, output_dir / "adapter").eval()
+    batch = blip_batch()
+    with torch.no_grad():
+        logits = blip_logits(model, batch)
+        merging = (logits - blip_logits(adapter, batch)).abs().max()
+        training = (logits - blip_logits(make_tiny_model(init_range=0.5), batch)).abs().max()
+    assert merging <= 0.01 * logits.abs().max() and training > 50 * merging, (merging, training)
 
 
 def test_blip2_trains_in_bf16_on_the_cpu_without_nans(tiny_dataset_dir, tmp_path):

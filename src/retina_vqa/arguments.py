@@ -544,8 +544,23 @@ def parse_args(
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         # A config file, optionally followed by flags that override it: run_vqa.py demo.yaml --num_train_epochs 1
-        return parser.parse_args_into_dataclasses(args=config_file_args(argv[0]) + argv[1:])
-    return parser.parse_args_into_dataclasses(args=argv)
+        argv = config_file_args(argv[0]) + argv[1:]
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    check_hub_handover(model_args, training_args)
+    return model_args, data_args, training_args
+
+
+def check_hub_handover(model_args: ModelArguments, training_args: VqaTrainingArguments) -> None:
+    """Refuse a push whose repository could not load as the trained model (flags of two dataclasses)."""
+    if not (training_args.push_to_hub and model_args.lora_r and not model_args.merge_lora):
+        return
+    if model_args.image_size is not None:
+        raise ValueError(
+            f"--push_to_hub with --lora_r and --merge_lora false pushes an adapter, which loads onto "
+            f"{model_args.model_name_or_path} as published; --image_size {model_args.image_size} changes its image "
+            "encoder (position embeddings), which the adapter does not carry. Push the merged model (drop "
+            "--merge_lora false) or drop --image_size."
+        )
 
 
 def config_file_args(path: str) -> list[str]:

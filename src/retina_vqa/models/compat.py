@@ -31,6 +31,7 @@ from transformers.integrations.fsdp import is_fsdp_managed_module
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 from transformers.models.blip.modeling_blip import BlipAttention, BlipTextVisionModelOutput
 from transformers.models.blip.modeling_blip_text import BlipTextSelfAttention
+from transformers.utils.hub import hf_api
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ __all__ = [
     "check_trainer_hooks",
     "check_transformers_version",
     "configured_attention",
+    "hf_api",
     "is_deepspeed_zero3_enabled",
     "is_fsdp_managed_module",
     "mark_generation_config_deliberate",
@@ -65,6 +67,8 @@ TRAINER_HOOKS = {
     "create_accelerator_and_postprocess": "FSDP on CPU processes (allow_fsdp_on_cpu_processes)",
     "save_model": "a full model.safetensors at the end of an FSDP run whose checkpoints are sharded",
 }
+# Trainer internals that VqaTrainer.push_to_hub calls (it replaces upstream's upload, see training/trainer.py).
+TRAINER_CALLS = ("init_hf_repo", "_finish_current_push", "create_model_card")
 # Attributes that Seq2SeqTrainer.evaluate/predict set and VqaTrainer reads or replaces.
 TRAINER_ATTRIBUTES = ("gather_function", "_gen_kwargs")
 
@@ -95,6 +99,9 @@ def check_trainer_hooks(trainer_class: type = Seq2SeqTrainer) -> None:
     """Raise when a Trainer hook that VqaTrainer overrides, or an attribute it relies on, is gone upstream."""
     missing = [
         f"{name} ({why})" for name, why in TRAINER_HOOKS.items() if not callable(getattr(trainer_class, name, None))
+    ]
+    missing += [
+        f"{name} (called by push_to_hub)" for name in TRAINER_CALLS if not callable(getattr(trainer_class, name, None))
     ]
     evaluate_source = inspect.getsource(trainer_class.evaluate) + inspect.getsource(trainer_class.predict)
     missing += [

@@ -9,6 +9,7 @@ eager, always with the cross-attention mask fix.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from typing import Any
@@ -21,7 +22,9 @@ from transformers import (
     AutoProcessor,
     BlipForQuestionAnswering,
     BlipProcessor,
+    GenerationConfig,
 )
+from transformers.utils import find_adapter_config_file
 
 from ..arguments import ModelArguments
 from .attention import set_attention_implementation
@@ -262,6 +265,16 @@ def _take_vision_config(config: Any, vision_config: Any, name: str) -> None:
     )
 
 
+def adapter_base_model(model_name_or_path: str | os.PathLike) -> str | None:
+    """The base model a folder or hub repository of a LoRA adapter (``adapter_config.json``) applies to; None for a
+    full model."""
+    path = find_adapter_config_file(os.fspath(model_name_or_path))
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)["base_model_name_or_path"]
+
+
 def load_for_inference(
     model_name_or_path: str | os.PathLike,
     device: str | torch.device | None = None,
@@ -283,11 +296,17 @@ def load_for_inference(
     if looks_local and not os.path.isdir(name):
         raise OSError(f"{name!r}: no such folder (train one with run_vqa.py --output_dir).")
     processor = AutoProcessor.from_pretrained(name)
+    # A LoRA adapter (run_vqa.py --merge_lora false): its base model with the adapter applied (peft), and the answer
+    # settings of the adapter's folder.
+    adapter_base = adapter_base_model(name)
     family = model_family(AutoConfig.from_pretrained(name))
-    if family == "blip":
-        model = AutoModelForVisualQuestionAnswering.from_pretrained(name)
-    else:
-        model = AutoModelForImageTextToText.from_pretrained(name)
+    model_class = AutoModelForVisualQuestionAnswering if family == "blip" else AutoModelForImageTextToText
+    if adapter_base is None:
+        model = model_class.from_pretrained(name)
+    else:  # the base, then the adapter (from_pretrained(folder) would look for the base's weights in the folder)
+        model = model_class.from_pretrained(adapter_base)
+        model.load_adapter(name)
+        model.generation_config = GenerationConfig.from_pretrained(name)
     prepare_model(model, processor, attn_implementation, name=name)
     if family == "blip":
         apply_saved_answer_generation(model)

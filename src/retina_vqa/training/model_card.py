@@ -57,6 +57,16 @@ batches with the prompts padded on the left of their image tokens.
 """
 
 
+ADAPTER_USAGE = """\
+This repository holds a LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`), not a full model: loading
+it downloads the base model `{base}` and applies the adapter (with `peft` installed, `pip install peft`). The
+snippet below does that as it is; `PeftModel.from_pretrained(base_model, "{repo}")` does it by hand, and
+`.merge_and_unload()` turns the result into a plain model. `retina_vqa.inference.load_for_inference("{repo}")`
+loads it with the saved answer settings.
+
+"""
+
+
 def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -235,17 +245,28 @@ def render_model_card(
     tags: list[str] | None = None,
     prompt_template: str | None = None,
     decoder_only: bool = True,
+    repo_id: str | None = None,
+    adapter_base: str | None = None,
     **_: Any,
 ) -> str:
-    """Markdown with hub metadata, results next to the question-prior baseline, usage and settings."""
+    """Markdown with hub metadata, results next to the question-prior baseline, usage and settings.
+
+    `repo_id`: the hub repository the card is pushed to (the usage snippet loads it); default: ``--hub_model_id``,
+    else the output folder. `adapter_base`: the folder holds a LoRA adapter on this base model (``--merge_lora
+    false``): the card says so and how it loads.
+    """
     results_path = os.path.join(output_dir, "all_results.json")
     metrics: dict[str, Any] = {}
     if os.path.exists(results_path):
         with open(results_path, encoding="utf-8") as f:
             metrics = json.load(f)
-    repo = getattr(training_args, "hub_model_id", None) or output_dir
+    repo = repo_id or getattr(training_args, "hub_model_id", None) or output_dir
     all_tags = ["retina-vqa", "blip", "visual-question-answering", "ophthalmology", "fundus"] + list(tags or [])
-    front = ["---", "library_name: transformers", "pipeline_tag: visual-question-answering"]
+    if adapter_base:
+        all_tags += ["lora", "peft"]
+        finetuned_from = finetuned_from or adapter_base
+    library = "peft" if adapter_base else "transformers"
+    front = ["---", f"library_name: {library}", "pipeline_tag: visual-question-answering"]
     if license:
         front.append(f"license: {license}")
     if language:
@@ -310,6 +331,8 @@ def render_model_card(
             else "answer_ids = out[0]"
         )
         usage = PROMPT_USAGE.format(repo=repo, prompt=prompt_template, cut=cut)
+    if adapter_base:
+        usage = ADAPTER_USAGE.format(base=adapter_base, repo=repo) + usage
     parts.append("## How to use\n\n" + usage)
     hyper = {
         name: getattr(training_args, name, None)

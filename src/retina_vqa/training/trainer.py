@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import logging
 import os
@@ -10,6 +11,7 @@ import types
 from typing import Any
 
 import torch
+from peft import PeftModel
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, StateDictType, register_fsdp_forward_method
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
@@ -21,9 +23,11 @@ from ..models.blip2 import PromptLayout, generate_prompt_answers, prompt_only
 from ..models.compat import (
     allow_fsdp_on_cpu_processes,
     check_trainer_hooks,
+    hf_api,
     is_deepspeed_zero3_enabled,
     is_fsdp_managed_module,
 )
+from ..models.lora import merge_lora
 from ..models.ranking import ANSWER_SET_COLUMN, AnswerCandidates, RankingPlan, blip_prefix, prompt_prefix
 from .checkpoints import last_complete_checkpoint
 from .embedding_cache import ImageEmbeddingCache
@@ -34,6 +38,38 @@ logger = logging.getLogger(__name__)
 # CPU memory for the image-encoder outputs kept during one evaluation (blip-vqa-base at 384 px: ~1.8 MB an
 # image in fp32, so ~1,100 images; the oldest are dropped beyond it).
 EVALUATION_CACHE_BYTES = 2 * 10**9
+
+# The two layouts a model folder (and its hub repository) can have, and the folder of a LoRA run's adapter. A folder
+# holds one layout: an adapter_config.json beside a full model makes `from_pretrained` load the adapter's base model.
+# Both keep config.json: AutoProcessor and AutoConfig read it, and for a hub id from_pretrained still loads an
+# adapter's base model from adapter_config.json.
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "pytorch_model*.bin",
+)
+ADAPTER_FOLDER = "adapter"
+
+
+def other_layout_files(adapter: bool) -> list[str]:
+    """Patterns of the files a folder holding the other layout has, and of the adapter/ copy: none of them belongs
+    in a folder (or repository) that holds a model (``adapter=False``) or an adapter (``adapter=True``)."""
+    return [*(MODEL_FILES if adapter else ADAPTER_FILES), f"{ADAPTER_FOLDER}/*"]
+
+
+def remove_other_layout(folder: str, adapter: bool) -> list[str]:
+    """Delete from `folder`'s top level what `other_layout_files` names (left there by checkpoint pushes, which copy
+    a checkpoint's files up, or by an earlier run); the names deleted."""
+    if not os.path.isdir(folder):
+        return []
+    patterns = [p for p in other_layout_files(adapter) if "/" not in p]
+    removed = sorted(n for n in os.listdir(folder) if any(fnmatch.fnmatch(n, p) for p in patterns))
+    for name in removed:
+        os.remove(os.path.join(folder, name))
+    return removed
+
 
 # Sizes that change from batch to batch: distinct images, rows (questions), question and answer lengths.
 DYNAMIC_DIMS = {
@@ -365,19 +401,97 @@ class VqaTrainer(Seq2SeqTrainer):
                 super().save_model(output_dir, _internal_call)
             finally:
                 plugin.state_dict_type = sharded
+        # The folder the run hands over holds one layout (files a checkpoint push copied up may be the other's).
+        target = output_dir or self.args.output_dir
+        if (
+            not checkpoint
+            and self.args.should_save
+            and os.path.abspath(target) == os.path.abspath(self.args.output_dir)
+        ):
+            adapter = isinstance(self.model, PeftModel)
+            remove_other_layout(target, adapter=adapter)
+            if adapter:  # peft saves neither: the model's config and its answer length and beams
+                self.model.config.save_pretrained(target)
+                self.model.generation_config.save_pretrained(target)
         # The candidate lists go with every saved model and checkpoint, so that any of them can rank answers.
         if self.answer_candidates is not None and self.args.should_save:
             self.answer_candidates.save(output_dir or self.args.output_dir)
+
+    def hand_over_merged(self) -> None:
+        """LoRA (``--merge_lora``): fold the adapters into the model, on every process, right after training.
+
+        From here on evaluation, prediction, `save_model` and `push_to_hub` use the merged model, so the metrics,
+        ``predictions.jsonl`` and the saved folder all describe the model the run hands over (a plain transformers
+        model), and the push uploads it instead of the emptied adapter wrapper. Not under FSDP or DeepSpeed, whose
+        engine keeps the wrapped model: there run_vqa.py merges on the main process at the end (and refuses
+        ``--push_to_hub``).
+        """
+        if not isinstance(self.model, PeftModel):
+            raise TypeError(f"hand_over_merged needs a LoRA model (a PeftModel), not {type(self.model).__name__}.")
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            raise ValueError("hand_over_merged does not run under FSDP or DeepSpeed: merge at the end of the run.")
+        self.model = merge_lora(self.model)
+        self.model_wrapped = self.model
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Upload the model the run hands over, and only it, in one commit.
+
+        Upstream's push uploads the output folder as it stands and deletes nothing in the repository. After a LoRA
+        run that left the repository serving the base model: the checkpoint pushes (``--hub_strategy``) put an
+        ``adapter_config.json`` at its top, which the final push of the merged model kept, so that
+        ``from_pretrained("owner/repo")`` loaded the base model the adapter names. Here the folder's model is saved
+        (merged model, full model or, with ``--merge_lora false``, the adapter), files of the other layout are
+        removed from the folder and from the repository, and the ``adapter/`` copy and checkpoints stay local.
+        """
+        self.callback_handler.on_push_begin(self.args, self.state, self.control)
+        model_name = kwargs.pop("model_name", None)
+        if model_name is None and self.args.should_save:
+            model_name = (self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))).split("/")[
+                -1
+            ]
+        token = token if token is not None else self.args.hub_token
+        if self.hub_model_id is None:
+            self.init_hf_repo(token=token, private=private)
+        self.save_model(_internal_call=True)
+        if not self.is_world_process_zero():
+            return None
+        adapter = isinstance(self.model, PeftModel)
+        removed = remove_other_layout(self.args.output_dir, adapter)
+        if removed:
+            logger.info("Not part of the %s handed over, removed: %s", "adapter" if adapter else "model", removed)
+        self.create_model_card(model_name=model_name, **kwargs)
+        self._finish_current_push()  # a checkpoint push still uploading would land after this one
+        return hf_api().upload_folder(
+            repo_id=self.hub_model_id,
+            folder_path=self.args.output_dir,
+            commit_message=commit_message,
+            token=token,
+            run_as_future=not blocking,
+            ignore_patterns=["_*", "checkpoint-*", f"{ADAPTER_FOLDER}/*"],
+            delete_patterns=other_layout_files(adapter),
+            revision=revision if revision is not None else self.args.hub_revision,
+        )
 
     def create_model_card(self, model_name: str | None = None, **kwargs: Any) -> None:
         if not self.is_world_process_zero():
             return
         info = {**self.card_info, **{k: v for k, v in kwargs.items() if v is not None}}
+        if isinstance(self.model, PeftModel):  # the folder holds the adapter: the card says how to load it
+            info.setdefault("adapter_base", self.model.peft_config[self.model.active_adapter].base_model_name_or_path)
         text = render_model_card(
             model_name=model_name or os.path.basename(os.path.abspath(self.args.output_dir)),
             output_dir=self.args.output_dir,
             log_history=self.state.log_history,
             training_args=self.args,
+            repo_id=getattr(self, "hub_model_id", None),
             **info,
         )
         with open(os.path.join(self.args.output_dir, "README.md"), "w", encoding="utf-8") as f:
