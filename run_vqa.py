@@ -145,7 +145,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = load_model(model_args, processor)
     if model_args.lora_r:
         model = apply_lora(
-            model, model_args.lora_r, model_args.lora_alpha, model_args.lora_dropout, model_args.lora_target_modules
+            model,
+            model_args.lora_r,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            model_args.lora_target_modules,
+            frozen_image_encoder=model_args.freeze_vision_encoder,
         )
     results.update(parameter_counts(model))
     if training_args.generation_max_length is None:

@@ -104,3 +104,34 @@ def test_calibration_without_generated_evaluation_is_refused_with_both_flags(tmp
     assert "--predict_with_generate true" in str(error.value)
     args = VqaTrainingArguments(output_dir=str(tmp_path), answer_mode="auto", calibrate=True)
     assert args.calibrate and args.predict_with_generate
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a run prints on a machine without a GPU")
+def test_a_cpu_run_prints_no_warning_about_the_missing_gpu(tiny_dataset_dir, tmp_path):
+    """The first screen of a CPU run: no torch warning about pinned memory, no DeepSpeed notice that it fell back to
+    the CPU (a fresh process, as a user starts it, so that DeepSpeed is imported by the run)."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+    from .test_run_vqa import common_args
+
+    args = common_args(tiny_dataset_dir, tmp_path / "out") + ["--do_train", "--do_eval", "--max_steps", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"} | {"OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "run_vqa.py"), *args, "--max_eval_samples", "13", "--plot", "false"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    printed = run.stdout + run.stderr
+    assert "eval_exact_match" in printed  # the run got as far as the numbers
+    assert "pin_memory" not in printed and "Setting accelerator to CPU" not in printed
+
+
+def test_pinned_memory_is_off_without_an_accelerator(tmp_path, monkeypatch):
+    monkeypatch.setattr(arguments, "_has_accelerator", lambda: False)
+    assert VqaTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory is False
+    monkeypatch.setattr(arguments, "_has_accelerator", lambda: True)
+    assert VqaTrainingArguments(output_dir=str(tmp_path)).dataloader_pin_memory is True

@@ -439,6 +439,9 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
     )
 
     def __post_init__(self) -> None:
+        if self.dataloader_pin_memory and not _has_accelerator():
+            # Pinned memory only speeds up copies to an accelerator; without one torch warns on every dataloader.
+            self.dataloader_pin_memory = False
         if self.remove_unused_columns:
             raise ValueError(
                 "--remove_unused_columns True would drop the image column before the collator sees it; "
@@ -531,6 +534,12 @@ def deepspeed_on_cpus() -> bool:
     )
 
 
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator) to copy batches to."""
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def parse_args(
     argv: list[str] | None = None,
 ) -> tuple[ModelArguments, DataTrainingArguments, VqaTrainingArguments]:
@@ -541,6 +550,9 @@ def parse_args(
         # the torchrun launcher instead.) Must be set before the TrainingArguments pick a device.
         # Not for DeepSpeed: accelerate's CPU mode drops it and runs DDP.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    if not _has_accelerator():
+        # DeepSpeed (which the Trainer imports when it is installed) would warn on every run that it found no GPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, VqaTrainingArguments))
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         # A config file, optionally followed by flags that override it: run_vqa.py demo.yaml --num_train_epochs 1

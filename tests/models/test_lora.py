@@ -21,6 +21,7 @@ from retina_vqa.models.blip import (
     decode_answers,
     encode_images,
     encode_questions,
+    freeze,
     generate_answers,
 )
 from retina_vqa.models.lora import (
@@ -429,3 +430,18 @@ def test_reentrant_checkpointing_that_would_starve_the_qformer_adapters_is_refus
     check_activation_checkpointing("blip-2", 16, True, None)  # the default: non-reentrant
     check_activation_checkpointing("blip", 16, True, {"use_reentrant": True})  # BLIP: the hook above handles it
     check_activation_checkpointing("instructblip", 0, True, {"use_reentrant": True})  # full fine-tuning
+
+
+def test_a_frozen_image_encoder_gets_no_adapter_and_explicit_targets_inside_it_are_refused():
+    """--freeze_vision_encoder with BLIP's default targets: adapters in the question encoder and answer decoder only,
+    so the image encoder's outputs stay those of the loaded model."""
+    model = tiny_blip()
+    freeze(model, vision_model=True)
+    peft_model = apply_lora(model, r=4, alpha=8, dropout=0.0, frozen_image_encoder=True)
+    wrapped = peft_model.base_model.targeted_module_names
+    assert wrapped and not any(name.startswith("vision_model.") for name in wrapped)
+    assert set(wrapped) == {n for n in EXPECTED_TARGETS[BLIP] if not n.startswith("vision_model.")}
+    assert not any(p.requires_grad for n, p in peft_model.named_parameters() if ".vision_model." in f".{n}")
+    for targets in (["qkv", "query"], "all-linear"):
+        with pytest.raises(ValueError, match="--freeze_vision_encoder"):
+            apply_lora(tiny_blip(), r=4, alpha=8, dropout=0.0, target_modules=targets, frozen_image_encoder=True)

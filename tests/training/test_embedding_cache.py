@@ -107,3 +107,36 @@ def test_evicting_cache_drops_the_oldest_outputs():
     cache = ImageEmbeddingCache(max_bytes=2 * one_image, evict=True)
     assert torch.equal(cache.encode(model, pixels, ["a", "b", "c"]), expected)
     assert list(cache.stored) == ["b", "c"] and cache.bytes == 2 * one_image and not cache.full
+
+
+def test_the_cache_is_refused_when_any_image_encoder_parameter_trains(tmp_path):
+    """The guard reads the parameters that train, not the flags: a LoRA adapter (or anything else) left training
+    inside a 'frozen' image encoder would make the kept outputs stale."""
+    from peft import LoraConfig, get_peft_model
+
+    from retina_vqa.arguments import VqaTrainingArguments
+    from retina_vqa.models.blip import freeze
+    from retina_vqa.training.trainer import VqaTrainer
+
+    args = VqaTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    model = make_tiny_model()
+    freeze(model, vision_model=True)
+    VqaTrainer(model=model, args=args, image_embedding_cache=ImageEmbeddingCache(10**6))  # frozen: accepted
+    adapted = get_peft_model(make_tiny_model(), LoraConfig(r=2, target_modules=["qkv", "query"]))
+    with pytest.raises(ValueError, match=r"--cache_image_embeddings .* of its parameters train \(.*vision_model"):
+        VqaTrainer(model=adapted, args=args, image_embedding_cache=ImageEmbeddingCache(10**6))
+
+
+def test_lora_with_a_frozen_image_encoder_and_kept_outputs_adapts_the_text_side_only(tiny_dataset_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from ..test_run_vqa import fine_tune_args
+
+    output_dir = tmp_path / "out"
+    args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))
+    args += ["--do_train", "--max_steps", "3", "--lora_r", "4", "--freeze_vision_encoder", "true"]
+    results = run_vqa.main(args + ["--cache_image_embeddings", "true", "--plot", "false", "--save_strategy", "no"])
+    adapter = load_file(output_dir / "adapter" / "adapter_model.safetensors")
+    assert adapter and not [k for k in adapter if "vision_model" in k]
+    assert any("text_encoder" in k for k in adapter) and any("text_decoder" in k for k in adapter)
+    assert results["image_encoder_passes"] == 6  # each training image encoded once, then its kept outputs used

@@ -9,7 +9,9 @@ the image, in every part that encodes or reads it:
 
 * BLIP (``"blip"``): the image encoder's fused ``qkv``, and ``query``/``value`` of every self- and
   cross-attention of the question encoder and of the answer decoder. Never the answer decoder's vocabulary head
-  (``text_decoder.cls.predictions.*``).
+  (``text_decoder.cls.predictions.*``). With ``--freeze_vision_encoder`` the image encoder gets no adapter (the
+  question encoder and answer decoder keep theirs), and targets inside it are refused: the encoder's outputs stay
+  those of the loaded model, which ``--cache_image_embeddings`` relies on.
 * BLIP-2 (``"blip-2"``) and InstructBLIP (``"instructblip"``): the Q-Former's ``query``/``value`` (self- and
   cross-attention) and the language model's ``q_proj``/``v_proj`` (OPT, LLaMA/Vicuna) or ``q``/``v`` (T5). peft's
   own BLIP-2 default (``["q", "v", "q_proj", "v_proj"]``) adapts the language model only, so the Q-Former,
@@ -83,10 +85,11 @@ FLAGS = {
     "target_modules": "--lora_target_modules",
 }
 
-_BLIP_TARGETS = (
-    r"vision_model\.encoder\.layers\.\d+\.self_attn\.qkv"
-    r"|text_(?:encoder|decoder\.bert)\.encoder\.layer\.\d+\.(?:attention|crossattention)\.self\.(?:query|value)"
+_BLIP_VISION_TARGETS = r"vision_model\.encoder\.layers\.\d+\.self_attn\.qkv"
+_BLIP_TEXT_TARGETS = (
+    r"text_(?:encoder|decoder\.bert)\.encoder\.layer\.\d+\.(?:attention|crossattention)\.self\.(?:query|value)"
 )
+_BLIP_TARGETS = f"{_BLIP_VISION_TARGETS}|{_BLIP_TEXT_TARGETS}"
 _QFORMER_TARGETS = r"qformer\.encoder\.layer\.\d+\.(?:attention|crossattention)\.attention\.(?:query|value)"
 # OPT (language_model.model.decoder.layers.N.self_attn.q_proj), LLaMA/Vicuna (language_model.model.layers.N...)
 # and T5 (language_model.{encoder,decoder}.block.N.layer.M.{SelfAttention,EncDecAttention}.q).
@@ -105,6 +108,9 @@ VOCABULARY_HEADS: dict[str, str] = {
     "instructblip": r"language_model\.lm_head",
 }
 """The output head of each family (tied to the word embeddings), never given an adapter."""
+
+# The image encoder of every family: adapters there change its outputs, so with --freeze_vision_encoder it gets none.
+IMAGE_ENCODER = r"vision_model(?:\..+)?"
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -146,7 +152,9 @@ def _check_arguments(r: int, alpha: float, dropout: float) -> None:
         raise ValueError(f"{FLAGS['dropout']} {dropout!r}: the LoRA dropout must be in [0, 1) (e.g. 0.05).")
 
 
-def _resolve_targets(model: nn.Module, family: str, target_modules: str | Sequence[str] | None) -> str | list[str]:
+def _resolve_targets(
+    model: nn.Module, family: str, target_modules: str | Sequence[str] | None, frozen_image_encoder: bool = False
+) -> str | list[str]:
     if target_modules is None:
         if family not in DEFAULT_TARGETS:
             raise ValueError(
@@ -154,15 +162,24 @@ def _resolve_targets(model: nn.Module, family: str, target_modules: str | Sequen
                 f"{FLAGS['target_modules']} with module names, or a regex matched against full names; "
                 f"{_describe_linear_layers(model)}."
             )
+        if frozen_image_encoder and family == "blip":  # the question encoder and answer decoder only
+            return _BLIP_TEXT_TARGETS
         return DEFAULT_TARGETS[family]
     if isinstance(target_modules, str):
         return target_modules
     return list(target_modules)
 
 
-def _check_matches(model: nn.Module, family: str, config: LoraConfig) -> None:
-    """Fail before peft does, with what the model offers; refuse targets that name the vocabulary head."""
+def _check_matches(model: nn.Module, family: str, config: LoraConfig, frozen_image_encoder: bool = False) -> None:
+    """Fail before peft does, with what the model offers; refuse targets that name the vocabulary head, or the
+    image encoder when it is frozen."""
     if config.target_modules == "all-linear":  # peft expands it; there is always a linear layer
+        if frozen_image_encoder:
+            raise ValueError(
+                f"{FLAGS['target_modules']} all-linear puts adapters into the image encoder, which "
+                "--freeze_vision_encoder keeps as it is: name the layers to adapt (e.g. query value), or drop "
+                "--freeze_vision_encoder."
+            )
         return
     targets = config.target_modules if isinstance(config.target_modules, str) else sorted(config.target_modules)
     head = VOCABULARY_HEADS.get(family)
@@ -174,6 +191,14 @@ def _check_matches(model: nn.Module, family: str, config: LoraConfig) -> None:
         raise ValueError(
             f"{FLAGS['target_modules']} {targets!r} matches the vocabulary head ({', '.join(on_head)}), which is tied "
             "to the word embeddings: merging a LoRA update into it would change the embeddings too. Leave it out."
+        )
+    in_image_encoder = [name for name in matched if re.fullmatch(IMAGE_ENCODER, name)]
+    if frozen_image_encoder and in_image_encoder:
+        raise ValueError(
+            f"{FLAGS['target_modules']} {targets!r} matches layers of the image encoder ({in_image_encoder[0]}, ... "
+            f"{len(in_image_encoder)} in all), which --freeze_vision_encoder keeps as it is: adapters there would "
+            "train it after all (and make kept image-encoder outputs stale). Leave them out, or drop "
+            "--freeze_vision_encoder."
         )
     if not matched:
         raise ValueError(
@@ -189,8 +214,12 @@ def apply_lora(
     alpha: float,
     dropout: float,
     target_modules: str | Sequence[str] | None = None,
+    frozen_image_encoder: bool = False,
 ) -> PeftModel:
     """Wrap `model` in a `PeftModel` with LoRA adapters; everything else is frozen (peft does that).
+
+    `frozen_image_encoder` (``--freeze_vision_encoder``): the image encoder gets no adapter, so its outputs stay
+    those of the loaded model: BLIP's defaults leave out its ``qkv``, and targets inside it are refused.
 
     `target_modules`: None for the family's `DEFAULT_TARGETS`; a regex string (``re.fullmatch`` over full module
     names); a list of names, each matching a module whose name is it or ends in ``.name``; or ``"all-linear"``.
@@ -200,7 +229,7 @@ def apply_lora(
 
     Raises:
         ValueError: a rank, alpha or dropout out of range; no default targets for the model type; targets that
-            match nothing or name the vocabulary head.
+            match nothing, name the vocabulary head, or name the image encoder while it is frozen.
     """
     _check_arguments(r, alpha, dropout)
     family = _family(model)
@@ -209,12 +238,12 @@ def apply_lora(
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=_resolve_targets(model, family, target_modules),
+        target_modules=_resolve_targets(model, family, target_modules, frozen_image_encoder),
         exclude_modules=head,
         bias="none",
         task_type=None,
     )
-    _check_matches(model, family, config)
+    _check_matches(model, family, config, frozen_image_encoder)
     peft_model = get_peft_model(model, config)
     counts = parameter_counts(peft_model)
     logger.info(

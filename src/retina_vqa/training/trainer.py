@@ -138,6 +138,16 @@ class VqaTrainer(Seq2SeqTrainer):
                 "--cache_image_embeddings runs the image encoder outside the model's forward, which parameter "
                 "sharding (FSDP, DeepSpeed ZeRO-3) does not allow: use DDP or ZeRO-2, or drop the cache."
             )
+        if image_embedding_cache is not None:
+            # What trains decides, not the flags: any image-encoder parameter with a gradient (a LoRA adapter
+            # included) would make the kept outputs stale.
+            training = [n for n, p in self.model.named_parameters() if p.requires_grad and ".vision_model." in f".{n}"]
+            if training:
+                raise ValueError(
+                    f"--cache_image_embeddings keeps the image encoder's outputs, but {len(training)} of its "
+                    f"parameters train ({training[0]}, ...): the kept outputs would go stale. Freeze the whole encoder "
+                    "(--freeze_vision_encoder, LoRA targets outside vision_model) or drop --cache_image_embeddings."
+                )
         self.image_embedding_cache = image_embedding_cache
         self._evaluation_cache: ImageEmbeddingCache | None = None
         # BLIP-2 / InstructBLIP: where the image placeholders are; answers are generated from the prompts.
