@@ -20,6 +20,9 @@ import datasets
 import transformers
 from transformers import set_seed
 
+from retina_vqa.answering.candidates import ANSWER_SET_COLUMN, candidates_for_run
+from retina_vqa.answering.plan import RankingPlan, WithAnswerSets
+from retina_vqa.answering.records import in_row_order, prediction_records, ranked_answers, write_predictions
 from retina_vqa.arguments import VqaTrainingArguments, choose_precision, parse_args
 from retina_vqa.data.collator import PromptCollator, VqaCollator
 from retina_vqa.data.loading import load_raw_datasets, rows_to_validate, select_task_splits
@@ -29,19 +32,12 @@ from retina_vqa.data.validation import drop_invalid, validate_on_main_process
 from retina_vqa.metrics import build_compute_metrics, decode_ids
 from retina_vqa.metrics.calibration import calibration_metrics, fit_temperatures
 from retina_vqa.models.generation_config import configure_answer_generation
-from retina_vqa.models.loading import checkpoint_family, load_model, load_processor, prompt_layout
 from retina_vqa.models.lora import apply_lora, check_activation_checkpointing, merge_lora, parameter_counts
-from retina_vqa.models.ranking import ANSWER_SET_COLUMN, RankingPlan, WithAnswerSets, candidates_for_run
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
-from retina_vqa.training.outputs import (
-    in_row_order,
-    prediction_records,
-    prior_metrics,
-    ranked_answers,
-    write_predictions,
-)
+from retina_vqa.training.model_setup import checkpoint_family, load_model, load_processor, prompt_layout
+from retina_vqa.training.outputs import prior_metrics
 from retina_vqa.training.trainer import VqaTrainer
 
 logger = logging.getLogger(__name__)

@@ -29,11 +29,11 @@ import common
 import numpy as np
 import torch
 
+from retina_vqa.answering.candidates import AnswerCandidates, load_answer_candidates
 from retina_vqa.data.images import image_key, load_image
 from retina_vqa.inference import answer_planned, generation_kwargs, load_for_inference
 from retina_vqa.metrics import normalize_answer
 from retina_vqa.metrics.calibration import ScoredAnswer, calibration_metrics, fit_temperatures, probabilities
-from retina_vqa.models.ranking import AnswerCandidates, load_answer_candidates
 
 MODES = ("generate", "auto", "rank")
 

@@ -118,7 +118,7 @@ def data_args(dataset_dir: Path | str, **overrides: Any):
 def load_processor(image_size: int):
     """The tiny config's processor (the only tokenizer available offline) at the given image size."""
     from retina_vqa.arguments import ModelArguments
-    from retina_vqa.models.loading import load_processor as recipe_load_processor
+    from retina_vqa.training.model_setup import load_processor as recipe_load_processor
 
     return recipe_load_processor(
         ModelArguments(model_name_or_path="", config_name=str(TINY_CONFIG), image_size=image_size)
@@ -172,7 +172,7 @@ def recipe_model(size: str, image_size: int, processor, seed: int = 0):
     """`SharedImageBlipForQuestionAnswering` as run_vqa.py builds it (`models.loading.load_model`)."""
     import torch
 
-    from retina_vqa.models.loading import load_model
+    from retina_vqa.training.model_setup import load_model
 
     torch.manual_seed(seed)
     return load_model(model_arguments(size, image_size, processor.tokenizer), processor)

@@ -273,7 +273,7 @@ def build_blip(spec: dict[str, Any]):
     import torch
 
     from retina_vqa.data.preprocessing import prepare_split
-    from retina_vqa.models.loading import load_model
+    from retina_vqa.training.model_setup import load_model
 
     processor = common.load_processor(spec["image_size"])
     dargs = common.data_args(spec["dataset_dir"])
@@ -292,7 +292,7 @@ def build_blip2(spec: dict[str, Any]):
     from retina_vqa.arguments import ModelArguments
     from retina_vqa.data.collator import PromptCollator
     from retina_vqa.data.preprocessing import prepare_split
-    from retina_vqa.models.loading import load_model, load_processor, prompt_layout
+    from retina_vqa.training.model_setup import load_model, load_processor, prompt_layout
 
     model_args = ModelArguments(model_name_or_path="", config_name=spec["config_dir"], **freeze_flags(spec["variant"]))
     processor = load_processor(model_args)

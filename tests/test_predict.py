@@ -458,7 +458,7 @@ def test_cli_ranks_over_an_answer_list_and_prints_the_probabilities(
 def test_cli_answer_list_keeps_the_temperature_of_the_models_list_in_another_order(model_dir, loaded, tmp_path, capsys):
     import shutil
 
-    from retina_vqa.models.ranking import AnswerCandidates
+    from retina_vqa.answering.candidates import AnswerCandidates
 
     folder = tmp_path / "calibrated"
     shutil.copytree(model_dir, folder)

@@ -467,7 +467,7 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
     exactly as the run's predictions.jsonl says."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from retina_vqa.models.tiny_blip2 import init_query_tokens
+    from retina_vqa.models.blip2 import init_query_tokens
 
     # A checkpoint to fine-tune, initialised wide so that its answers differ from question to question.
     pretrained = AutoConfig.from_pretrained(ROOT / "configs" / config)

@@ -31,7 +31,7 @@ def test_remote_code_is_off_unless_asked(tmp_path):
 
     from transformers import AutoProcessor
 
-    from retina_vqa.models.loading import load_model
+    from retina_vqa.training.model_setup import load_model
 
     from .conftest import TINY_CONFIG, make_tiny_model
 

@@ -17,8 +17,9 @@ import torch
 import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
+from .answering.candidates import ANSWER_MODES, DEFAULT_MAX_CANDIDATES
 from .models.blip2 import DEFAULT_PROMPT_TEMPLATE
-from .models.ranking import ANSWER_MODES, DEFAULT_MAX_CANDIDATES, DEFAULT_TOP_K
+from .models.ranking import DEFAULT_TOP_K
 
 logger = logging.getLogger(__name__)
 

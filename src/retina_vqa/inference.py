@@ -33,22 +33,19 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 from transformers import BlipForQuestionAnswering
 
+from .answering.candidates import ANSWER_MODES, AnswerCandidates, load_answer_candidates
+from .answering.step import answer_rows
 from .data.collator import PromptCollator
 from .data.images import ImageSource, image_key, load_image
 from .data.ordering import answering_plan
 from .metrics import decode_ids
-from .models.blip import encode_images, generate_answers
-from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout, generate_prompt_answers, tokenize_prompts_and_answers
+from .models.blip import encode_images
+from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout, tokenize_prompts_and_answers
 from .models.generation_config import answer_generation_defaults
 from .models.loading import load_for_inference
 from .models.ranking import (
-    ANSWER_MODES,
     DEFAULT_TOP_K,
-    AnswerCandidates,
     TokenizedCandidates,
-    blip_prefix,
-    load_answer_candidates,
-    prompt_prefix,
     score_candidates,
     tokenize_candidates,
 )
@@ -114,12 +111,7 @@ class _Ranking:
             name: tokenize_candidates(candidates.answers[name], processor, layout, max_target_tokens) for name in names
         }
         self.results: list[dict[str, Any] | None] = [None] * len(self.row_sets)
-
-    def split(self, rows: Sequence[int]) -> tuple[list[int], list[int]]:
-        """Positions in `rows` of the generated rows and of the ranked rows."""
-        generated = [k for k, row in enumerate(rows) if self.row_sets[row] is None]
-        ranked = [k for k, row in enumerate(rows) if self.row_sets[row] is not None]
-        return generated, ranked
+        self.tokenizer = processor.tokenizer
 
     def record(self, row: int, question: str, answer: str, scores: dict[str, float] | None = None) -> None:
         self.results[row] = {
@@ -129,16 +121,28 @@ class _Ranking:
             "question_type": self.question_types[row],
         }
 
-    def rank(self, prefix: Any, rows: Sequence[int], questions: Sequence[str]) -> None:
-        names = [self.row_sets[row] for row in rows]
-        scores = score_candidates(prefix, [self.tokenized[name] for name in names], self.top_k)
-        for row, name, values in zip(rows, names, scores, strict=True):
-            probs = self.candidates.probabilities(name, values)
-            self.record(row, questions[row], next(iter(probs)), probs)
-
-
-def _rows(tensor: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
-    return tensor.index_select(0, torch.tensor(positions, device=tensor.device))
+    def answer(
+        self,
+        model: Any,
+        layout: PromptLayout | None,
+        batch: dict[str, Any],
+        rows: Sequence[int],
+        questions: Sequence[str],
+        generation_kwargs: dict[str, Any],
+    ) -> None:
+        """Answer the batch of `rows` (`answering.step.answer_rows`): generated rows decoded, ranked rows scored
+        against their lists; every answer recorded."""
+        ranked = [k for k, row in enumerate(rows) if self.row_sets[row] is not None]
+        step = answer_rows(model, layout, batch, ranked, generation_kwargs)
+        if step.generated is not None:
+            for k, answer in zip(step.generated_rows, decode_ids(self.tokenizer, step.generated.cpu()), strict=True):
+                self.record(rows[k], questions[rows[k]], answer)
+        if step.prefix is not None:
+            names = [self.row_sets[rows[k]] for k in step.ranked_rows]
+            scores = score_candidates(step.prefix, [self.tokenized[name] for name in names], self.top_k)
+            for k, name, values in zip(step.ranked_rows, names, scores, strict=True):
+                probs = self.candidates.probabilities(name, values)
+                self.record(rows[k], questions[rows[k]], next(iter(probs)), probs)
 
 
 @torch.no_grad()
@@ -171,11 +175,17 @@ def answer_planned(
     layout = None if hasattr(model, "text_decoder") else PromptLayout.from_model(model.config, processor)
     # Candidates are cut like generated answers: at most max_new_tokens tokens, end token included.
     ranking = _Ranking(candidates, row_sets, types, processor, layout, generation_kwargs.get("max_new_tokens"), top_k)
-    if layout is not None:  # BLIP-2 / InstructBLIP: prompts with image placeholders
-        _answer_prompts(
-            model, processor, layout, image_keys, questions, load, batch_size, generation_kwargs, ranking, progress
-        )
-    else:
+    if layout is not None:  # BLIP-2 / InstructBLIP: prompts with image placeholders, one image per row
+        settings = {k: v for k, v in generation_kwargs.items() if k != "max_length"}
+        for _, batches in answering_plan(image_keys, questions, batch_size):
+            for rows, _ in batches:
+                batch = prompt_batch(
+                    model, processor, [questions[row] for row in rows], load(list(rows)), layout=layout
+                )
+                ranking.answer(model, layout, batch, rows, questions, settings)
+                if progress is not None:
+                    progress.update(len(rows))
+    else:  # BLIP: every distinct image of a chunk encoded once, its questions batched by text
         for image_rows, batches in answering_plan(image_keys, questions, batch_size, images_per_chunk):
             encoded = []
             for start in range(0, len(image_rows), batch_size):
@@ -192,31 +202,13 @@ def answer_planned(
                     return_token_type_ids=False,
                     return_tensors="pt",
                 )
-                input_ids = text["input_ids"].to(parameter.device)
-                attention_mask = text["attention_mask"].to(parameter.device)
-                image_index = torch.tensor(positions, device=parameter.device)
-                generated_rows, ranked_rows = ranking.split(rows)
-                if generated_rows:
-                    generated = generate_answers(
-                        model,
-                        pixel_values=None,
-                        image_embeds=image_embeds,
-                        image_index=_rows(image_index, generated_rows),
-                        input_ids=_rows(input_ids, generated_rows),
-                        attention_mask=_rows(attention_mask, generated_rows),
-                        **generation_kwargs,
-                    )
-                    for k, answer in zip(generated_rows, decode_ids(tokenizer, generated.cpu()), strict=True):
-                        ranking.record(rows[k], questions[rows[k]], answer)
-                if ranked_rows:
-                    prefix = blip_prefix(
-                        model,
-                        _rows(input_ids, ranked_rows),
-                        _rows(attention_mask, ranked_rows),
-                        image_embeds=image_embeds,
-                        image_index=_rows(image_index, ranked_rows),
-                    )
-                    ranking.rank(prefix, [rows[k] for k in ranked_rows], questions)
+                batch = {
+                    "input_ids": text["input_ids"].to(parameter.device),
+                    "attention_mask": text["attention_mask"].to(parameter.device),
+                    "image_embeds": image_embeds,
+                    "image_index": torch.tensor(positions, device=parameter.device),
+                }
+                ranking.answer(model, None, batch, rows, questions, generation_kwargs)
                 if progress is not None:
                     progress.update(len(rows))
     if return_scores:
@@ -259,38 +251,6 @@ def prompt_batch(
     return {
         k: v.to(device, dtype=pixel_dtype if v.is_floating_point() else v.dtype) for k, v in collate(features).items()
     }
-
-
-@torch.no_grad()
-def _answer_prompts(
-    model: Any,
-    processor: Any,
-    layout: PromptLayout,
-    image_keys: Sequence[Hashable],
-    questions: Sequence[str],
-    load: Callable[[list[int]], list[PILImage.Image]],
-    batch_size: int,
-    generation_kwargs: dict[str, Any],
-    ranking: _Ranking,
-    progress: tqdm | None = None,
-) -> None:
-    """BLIP-2 / InstructBLIP: the prompt the model was trained with (saved in its config by run_vqa.py), the
-    same tokenisation and collator as training, answers cut from the generated sequences (or ranked)."""
-    for _, batches in answering_plan(image_keys, questions, batch_size):
-        for rows, _ in batches:
-            batch = prompt_batch(model, processor, [questions[row] for row in rows], load(list(rows)), layout=layout)
-            generated_rows, ranked_rows = ranking.split(rows)
-            if generated_rows:
-                settings = {k: v for k, v in generation_kwargs.items() if k != "max_length"}
-                subset = {k: _rows(v, generated_rows) for k, v in batch.items()}
-                generated = generate_prompt_answers(model, layout, **subset, **settings)
-                for k, answer in zip(generated_rows, decode_ids(processor.tokenizer, generated.cpu()), strict=True):
-                    ranking.record(rows[k], questions[rows[k]], answer)
-            if ranked_rows:
-                prefix = prompt_prefix(model, layout, **{k: _rows(v, ranked_rows) for k, v in batch.items()})
-                ranking.rank(prefix, [rows[k] for k in ranked_rows], questions)
-            if progress is not None:
-                progress.update(len(rows))
 
 
 def resolve_answer_candidates(

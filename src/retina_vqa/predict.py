@@ -48,14 +48,15 @@ from PIL import Image as PILImage
 from tqdm.auto import tqdm
 from transformers import BlipForQuestionAnswering
 
+from .answering.candidates import ANSWER_MODES, AnswerCandidates, load_answer_candidates
+from .answering.records import prediction_records, write_predictions
 from .arguments import DataTrainingArguments
 from .data.images import ImageLoadError, image_key, load_image
 from .data.loading import check_columns, load_raw_datasets
 from .inference import DEFAULT_MAX_IMAGE_SIDE, answer_planned, answer_questions, generation_kwargs, load_for_inference
 from .metrics.calibration import ScoredAnswer, calibration_metrics
 from .metrics.grading import format_grading, grading_metrics
-from .models.ranking import ANSWER_MODES, DEFAULT_TOP_K, AnswerCandidates, load_answer_candidates
-from .training.outputs import prediction_records, write_predictions
+from .models.ranking import DEFAULT_TOP_K
 
 __all__ = ["main"]
 

@@ -4,7 +4,7 @@ from transformers import AutoProcessor
 
 from retina_vqa.arguments import ModelArguments
 from retina_vqa.models.blip import check_tokenizer_matches, freeze, resize_image_size
-from retina_vqa.models.loading import load_model, load_processor
+from retina_vqa.training.model_setup import load_model, load_processor
 
 from ..conftest import TINY_CONFIG, make_tiny_model
 

@@ -12,11 +12,11 @@ from retina_vqa.models.blip2 import (
     DEFAULT_PROMPT_TEMPLATE,
     PromptLayout,
     generate_prompt_answers,
+    init_query_tokens,
     model_family,
     prompt_only,
     tokenize_prompts_and_answers,
 )
-from retina_vqa.models.tiny_blip2 import init_query_tokens
 
 from ..conftest import ROOT
 from .test_generation import QUESTIONS
@@ -131,7 +131,7 @@ def test_prompt_only_left_pads_the_prompts():
 
 def test_load_model_builds_blip2_from_a_config_with_live_query_tokens_and_refuses_blip_only_flags():
     from retina_vqa.arguments import ModelArguments
-    from retina_vqa.models.loading import load_model, load_processor
+    from retina_vqa.training.model_setup import load_model, load_processor
 
     args = ModelArguments(model_name_or_path="", config_name=str(ROOT / "configs" / FAMILIES["opt"]))
     processor = load_processor(args)
@@ -153,7 +153,7 @@ def test_a_blip2_built_around_a_pretrained_image_encoder_takes_its_weights_and_c
     """--vision_model_name_or_path (the BLIP-2 demo's frozen image encoder): architecture and weights come from the
     BLIP checkpoint, the Q-Former reads it at its width, the answer depends on it; bad combinations are refused."""
     from retina_vqa.arguments import ModelArguments
-    from retina_vqa.models.loading import load_model, load_processor
+    from retina_vqa.training.model_setup import load_model, load_processor
 
     from ..conftest import TINY_CONFIG, make_tiny_model
 

@@ -24,6 +24,7 @@ from retina_vqa.models.blip import (
     freeze,
     generate_answers,
 )
+from retina_vqa.models.blip2 import init_query_tokens
 from retina_vqa.models.lora import (
     DEFAULT_TARGETS,
     apply_lora,
@@ -34,7 +35,7 @@ from retina_vqa.models.lora import (
     parameter_counts,
     save_adapter,
 )
-from retina_vqa.models.tiny_blip2 import INSTRUCTBLIP_DIR, OPT_DIR, T5_DIR, init_query_tokens
+from retina_vqa.models.tiny_blip2 import INSTRUCTBLIP_DIR, OPT_DIR, T5_DIR
 
 from ..conftest import ROOT, TINY_CONFIG, make_tiny_model
 

@@ -11,20 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
+from retina_vqa.answering.candidates import ALL_QUESTIONS, AnswerCandidates, candidates_for_run, load_answer_candidates
+from retina_vqa.answering.plan import RankingPlan, WithAnswerSets
 from retina_vqa.inference import answer_questions, prompt_batch
 from retina_vqa.models.blip import set_label_smoothing
-from retina_vqa.models.ranking import (
-    ALL_QUESTIONS,
-    AnswerCandidates,
-    RankingPlan,
-    WithAnswerSets,
-    blip_prefix,
-    candidates_for_run,
-    load_answer_candidates,
-    prompt_prefix,
-    score_candidates,
-    tokenize_candidates,
-)
+from retina_vqa.models.ranking import blip_prefix, prompt_prefix, score_candidates, tokenize_candidates
 from retina_vqa.questions import DIAGNOSIS_ANSWERS
 
 from ..conftest import make_tiny_model

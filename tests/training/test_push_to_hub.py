@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, AutoModelForVi
 
 import run_vqa
 from retina_vqa.inference import answer_questions, load_for_inference
-from retina_vqa.models.tiny_blip2 import init_query_tokens
+from retina_vqa.models.blip2 import init_query_tokens
 
 from ..conftest import ROOT, make_tiny_model
 from ..hub_cache import USER, LocalHub

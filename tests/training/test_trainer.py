@@ -126,7 +126,7 @@ def _trainer(tiny_dataset_dir, tmp_path, **overrides):
     from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
     from retina_vqa.data.collator import VqaCollator
     from retina_vqa.data.preprocessing import prepare_split
-    from retina_vqa.models.loading import load_model, load_processor
+    from retina_vqa.training.model_setup import load_model, load_processor
     from retina_vqa.training.trainer import VqaTrainer
 
     from ..conftest import TINY_CONFIG

@@ -41,6 +41,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..answering.candidates import normalize_question
 from ..data.images import ImageLoadError, load_image
 from ..inference import (
     DEFAULT_MAX_IMAGE_SIDE,
@@ -50,7 +51,6 @@ from ..inference import (
     load_answer_candidates,
     load_for_inference,
 )
-from ..models.ranking import normalize_question
 from ..questions import QUESTION_TYPES
 
 __all__ = ["MAX_IMAGE_PIXELS", "REPORTS_KEPT", "Answer", "Answerer", "catalogue_question_type", "display_size"]

@@ -201,3 +201,16 @@ def generate_prompt_answers(
     )
     # Decoder-only models return prompt + answer; encoder-decoder ones the decoder start + answer.
     return out[:, input_ids.shape[1] :] if layout.decoder_only else out[:, 1:]
+
+
+def init_query_tokens(model: Any, std: float | None = None) -> None:
+    """Draw the Q-Former's learned queries from N(0, std) (default: the Q-Former's initializer_range), as LAVIS does.
+
+    Call it on a BLIP-2 or InstructBLIP built from a config (never on pretrained weights). transformers starts
+    the queries at zero: all queries are then the same vector, and the Q-Former's first LayerNorm, taken of a
+    zero vector with eps 1e-12, gives them gradients of ~1e10, so clipping the gradient norm to 1 shrinks every
+    other gradient to nothing for the first steps.
+    """
+    std = model.config.qformer_config.initializer_range if std is None else std
+    with torch.no_grad():
+        torch.nn.init.normal_(model.query_tokens, mean=0.0, std=std)

@@ -31,14 +31,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import (
     BertTokenizer,
     Blip2Config,
     Blip2Processor,
     InstructBlipConfig,
     InstructBlipProcessor,
-    PreTrainedModel,
     PreTrainedTokenizerFast,
 )
 
@@ -219,19 +217,6 @@ def build_all(output_dir: str | Path, texts: Iterable[str], image_size: int = 12
     build_tiny_blip2(output_dir / OPT_DIR, texts, "opt", image_size)
     build_tiny_blip2(output_dir / T5_DIR, texts, "t5", image_size)
     build_tiny_instructblip(output_dir / INSTRUCTBLIP_DIR, texts, image_size)
-
-
-def init_query_tokens(model: PreTrainedModel, std: float | None = None) -> None:
-    """Draw the Q-Former's learned queries from N(0, std) (default: the Q-Former's initializer_range), as LAVIS does.
-
-    Call it on a BLIP-2 or InstructBLIP built from a config (never on pretrained weights). transformers starts
-    the queries at zero: all queries are then the same vector, and the Q-Former's first LayerNorm, taken of a
-    zero vector with eps 1e-12, gives them gradients of ~1e10, so clipping the gradient norm to 1 shrinks every
-    other gradient to nothing for the first steps.
-    """
-    std = model.config.qformer_config.initializer_range if std is None else std
-    with torch.no_grad():
-        torch.nn.init.normal_(model.query_tokens, mean=0.0, std=std)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,10 +16,13 @@ from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel, StateDi
 from torch.utils.data import SequentialSampler
 from transformers import Seq2SeqTrainer
 
+from ..answering.candidates import ANSWER_SET_COLUMN, AnswerCandidates
+from ..answering.plan import RankingPlan
+from ..answering.step import answer_rows
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
-from ..models.blip import encode_images, generate_answers
-from ..models.blip2 import PromptLayout, generate_prompt_answers, prompt_only
+from ..models.blip import generate_answers
+from ..models.blip2 import PromptLayout, generate_prompt_answers
 from ..models.compat import (
     allow_fsdp_on_cpu_processes,
     check_trainer_hooks,
@@ -28,7 +31,6 @@ from ..models.compat import (
     is_fsdp_managed_module,
 )
 from ..models.lora import merge_lora
-from ..models.ranking import ANSWER_SET_COLUMN, AnswerCandidates, RankingPlan, blip_prefix, prompt_prefix
 from .checkpoints import last_complete_checkpoint
 from .embedding_cache import ImageEmbeddingCache
 from .model_card import render_model_card
@@ -332,60 +334,18 @@ class VqaTrainer(Seq2SeqTrainer):
         generated rows their generated ids and NaN scores. The image encoder runs once for both.
         """
         plan = self.ranking_plan
-        input_ids, attention_mask = inputs["input_ids"], inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        device, count = input_ids.device, input_ids.shape[0]
+        count, device = inputs["input_ids"].shape[0], inputs["input_ids"].device
         sets = [-1] * count if answer_sets is None else answer_sets.tolist()
-        ranked = [i for i, s in enumerate(sets) if s >= 0]
-        generated_rows = [i for i, s in enumerate(sets) if s < 0]
-        ranked_index = torch.tensor(ranked, dtype=torch.long, device=device)
-        generated_index = torch.tensor(generated_rows, dtype=torch.long, device=device)
-        generated = prefix = None
-        if self.prompt_layout is None:
-            pad_token_id = model.config.text_config.pad_token_id
-            image_embeds = inputs.get("image_embeds")
-            if image_embeds is None:
-                image_embeds = encode_images(model, inputs["pixel_values"])
-            image_index = inputs.get("image_index")
-            if image_index is None:
-                image_index = torch.arange(count, device=device)
-            if generated_rows:
-                generated = generate_answers(
-                    model,
-                    pixel_values=None,
-                    image_embeds=image_embeds,
-                    image_index=image_index[generated_index],
-                    input_ids=input_ids[generated_index],
-                    attention_mask=attention_mask[generated_index],
-                    **gen_kwargs,
-                )
-            if ranked:
-                prefix = blip_prefix(
-                    model,
-                    input_ids[ranked_index],
-                    attention_mask[ranked_index],
-                    image_embeds=image_embeds,
-                    image_index=image_index[ranked_index],
-                )
-        else:
-            layout = self.prompt_layout
-            pad_token_id = layout.pad_token_id
-            batch = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor) and v.shape[:1] == (count,)}
-            if generated_rows:
-                generated = generate_prompt_answers(
-                    model, layout, **{k: v[generated_index] for k, v in batch.items()}, **gen_kwargs
-                )
-            if ranked:
-                prompts = batch
-                if layout.decoder_only and "labels" in batch:  # prompt + answer: the prompts, left-padded
-                    ids, mask = prompt_only(input_ids, attention_mask, batch["labels"], layout.pad_token_id)
-                    prompts = {**batch, "input_ids": ids, "attention_mask": mask}
-                prefix = prompt_prefix(model, layout, **{k: v[ranked_index] for k, v in prompts.items()})
+        step = answer_rows(model, self.prompt_layout, inputs, [i for i, s in enumerate(sets) if s >= 0], gen_kwargs)
+        ranked, generated = step.ranked_rows, step.generated
+        pad_token_id = (
+            model.config.text_config.pad_token_id if self.prompt_layout is None else self.prompt_layout.pad_token_id
+        )
+        generated_index = torch.tensor(step.generated_rows, dtype=torch.long, device=device)
         scores = torch.full((count, plan.width), float("nan"))
         chosen: list[list[int]] = []
         if ranked:
-            chosen, ranked_scores = plan.rank(prefix, [sets[i] for i in ranked])
+            chosen, ranked_scores = plan.rank(step.prefix, [sets[i] for i in ranked])
             scores[ranked] = ranked_scores
         width = max([len(ids) for ids in chosen] + ([generated.shape[1]] if generated is not None else [1]))
         ids = torch.full((count, width), pad_token_id, dtype=torch.long, device=device)
