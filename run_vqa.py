@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Fine-tune BLIP (BlipForQuestionAnswering) for visual question answering on retinal fundus images.
+"""Fine-tune BLIP VQA, BLIP-2 or InstructBLIP for visual question answering on retinal fundus images.
 
     accelerate launch run_vqa.py configs/demo.yaml
     accelerate launch run_vqa.py --model_name_or_path Salesforce/blip-vqa-base --dataset_dir RetinaVQA \\
@@ -36,7 +36,7 @@ from retina_vqa.models.lora import apply_lora, check_activation_checkpointing, m
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
-from retina_vqa.training.model_setup import checkpoint_family, load_model, load_processor, prompt_layout
+from retina_vqa.training.model_setup import load_family, load_model, load_processor
 from retina_vqa.training.outputs import prior_metrics
 from retina_vqa.training.trainer import VqaTrainer
 
@@ -97,12 +97,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     splits = {task: dataset for task, (_, dataset) in selected.items()}
     processor = load_processor(model_args)
     tokenizer = processor.tokenizer
-    # BLIP-2 / InstructBLIP: the <image> placeholders and the prompt (None for BLIP VQA).
-    layout = prompt_layout(model_args, processor)
-    family = checkpoint_family(model_args)
-    choose_precision(training_args, family)
+    # The family (BLIP VQA, BLIP-2, InstructBLIP) and what differs between them; BLIP-2 / InstructBLIP: the <image>
+    # placeholders and the prompt (family.layout, None for BLIP VQA).
+    family = load_family(model_args, processor)
+    layout = family.layout
+    choose_precision(training_args, family.name)
     check_activation_checkpointing(
-        family,
+        family.name,
         model_args.lora_r,
         training_args.activation_checkpointing,
         training_args.activation_checkpointing_kwargs,
@@ -114,9 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     prepared: dict[str, datasets.Dataset] = {}
     with training_args.main_process_first(desc="tokenising questions and answers"):
         for task, dataset in splits.items():
-            prepared[task] = prepare_split(
-                dataset, tokenizer, data_args, True, description=task[3:], processor=processor, layout=layout
-            )
+            prepared[task] = prepare_split(dataset, processor, data_args, True, task[3:], family)
 
     # 4. Every row validated before any model is built: on the main process, which shares its report.
     report = validate_on_main_process(
@@ -154,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     configure_answer_generation(
         model, training_args.generation_max_length, num_beams=training_args.generation_num_beams or 1
     )
-    if layout is not None:  # saved in config.json: retina_vqa.predict asks the way training did
+    if not family.is_blip:  # saved in config.json: retina_vqa.predict asks the way training did
         model.config.prompt_template = data_args.prompt_template
 
     # Answer candidates: the known answers of each question type (training split, or --answer_list), saved with the
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             candidates,
             processor,
             layout,
-            max_target_tokens=data_args.max_answer_length - (1 if layout is None else 0),
+            max_target_tokens=family.answer_tokens(data_args.max_answer_length),
             top_k=training_args.rank_top_k,
         )
         for task in ("do_eval", "do_predict"):
@@ -212,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 6. Collator and metrics (scored against the raw answer strings of the evaluated rows).
     pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None)
-    if layout is None:
+    if family.is_blip:
         collator = VqaCollator(
             image_processor=processor.image_processor,
             pad_token_id=tokenizer.pad_token_id,
@@ -257,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             if model_args.cache_image_embeddings
             else None
         ),
-        prompt_layout=layout,
+        family=family,
         ranking_plan=plan,
         answer_candidates=candidates,
     )
@@ -377,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "dataset": data_args.dataset_name or data_args.dataset_dir or data_args.train_file,
         "tasks": "visual-question-answering",
     }
-    if layout is not None:  # BLIP-2 / InstructBLIP: the usage snippet needs the prompt
+    if not family.is_blip:  # BLIP-2 / InstructBLIP: the usage snippet needs the prompt
         card.update(prompt_template=data_args.prompt_template, decoder_only=layout.decoder_only)
     trainer.card_info = card
     if training_args.push_to_hub:

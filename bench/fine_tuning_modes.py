@@ -292,16 +292,15 @@ def build_blip2(spec: dict[str, Any]):
     from retina_vqa.arguments import ModelArguments
     from retina_vqa.data.collator import PromptCollator
     from retina_vqa.data.preprocessing import prepare_split
-    from retina_vqa.training.model_setup import load_model, load_processor, prompt_layout
+    from retina_vqa.training.model_setup import load_family, load_model, load_processor
 
     model_args = ModelArguments(model_name_or_path="", config_name=spec["config_dir"], **freeze_flags(spec["variant"]))
     processor = load_processor(model_args)
-    layout = prompt_layout(model_args, processor)
+    family = load_family(model_args, processor)
+    layout = family.layout
     dargs = common.data_args(spec["dataset_dir"])
     raw = common.load_split(Path(spec["dataset_dir"]), "train")
-    prepared = prepare_split(
-        raw, processor.tokenizer, dargs, True, description="train", processor=processor, layout=layout
-    )
+    prepared = prepare_split(raw, processor, dargs, True, "train", family)
     collator = PromptCollator.from_layout(layout, processor.image_processor, max_image_side=dargs.max_image_side)
     torch.manual_seed(0)
     return load_model(model_args, processor), prepared, processor, collator

@@ -40,7 +40,8 @@ from .data.images import ImageSource, image_key, load_image
 from .data.ordering import answering_plan
 from .metrics import decode_ids
 from .models.blip import encode_images
-from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout, tokenize_prompts_and_answers
+from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout
+from .models.family import Family, tokenize_prompts_and_answers
 from .models.generation_config import answer_generation_defaults
 from .models.loading import load_for_inference
 from .models.ranking import (
@@ -172,7 +173,7 @@ def answer_planned(
     tokenizer = processor.tokenizer
     parameter = next(model.parameters())
     types = list(question_types) if question_types is not None else [None] * len(questions)
-    layout = None if hasattr(model, "text_decoder") else PromptLayout.from_model(model.config, processor)
+    layout = Family.of(model.config, processor).layout
     # Candidates are cut like generated answers: at most max_new_tokens tokens, end token included.
     ranking = _Ranking(candidates, row_sets, types, processor, layout, generation_kwargs.get("max_new_tokens"), top_k)
     if layout is not None:  # BLIP-2 / InstructBLIP: prompts with image placeholders, one image per row
@@ -349,7 +350,7 @@ def answer_questions(
                 "answer_candidates.json: pass answer_candidates (a list, {question_type: [answers]} or a file), or "
                 "use a model trained by run_vqa.py."
             )
-        row_sets = [candidates.set_for(q, t, answer_mode) for q, t in zip(questions, types, strict=True)]
+        row_sets = candidates.assign(questions, types, answer_mode)
         unranked = sum(name is None for name in row_sets)
         if answer_mode == "rank" and unranked:
             logger.warning("%d of %d questions have no candidate list and are generated.", unranked, len(questions))

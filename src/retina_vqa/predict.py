@@ -324,7 +324,7 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         types = dataset.select_columns([args.question_type_column]).to_dict()[args.question_type_column]
     row_sets = None
     if candidates is not None:
-        row_sets = [candidates.set_for(q, t, args.answer_mode) for q, t in zip(questions, types, strict=True)]
+        row_sets = candidates.assign(questions, types, args.answer_mode)
         types = [t if t is not None else candidates.question_type(q) for q, t in zip(questions, types, strict=True)]
     with tqdm(total=len(rows), desc=f"Answering {name}", unit="question") as progress:
         try:

@@ -5,7 +5,8 @@ from transformers import AutoProcessor, BertTokenizerFast
 
 from retina_vqa.arguments import DataTrainingArguments
 from retina_vqa.data.images import image_key
-from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split, tokenize_questions_and_answers
+from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
+from retina_vqa.models.family import tokenize_questions_and_answers
 
 from ..conftest import TINY_CONFIG
 

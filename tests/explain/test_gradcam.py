@@ -15,7 +15,8 @@ from retina_vqa.data.collator import PromptCollator
 from retina_vqa.explain import gradcam
 from retina_vqa.models.attention import attention_implementation, set_attention_implementation
 from retina_vqa.models.blip import resize_image_size
-from retina_vqa.models.blip2 import generate_prompt_answers, tokenize_prompts_and_answers
+from retina_vqa.models.blip2 import generate_prompt_answers
+from retina_vqa.models.family import tokenize_prompts_and_answers
 
 from ..conftest import make_tiny_model
 from ..models.test_blip2 import build

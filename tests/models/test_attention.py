@@ -10,6 +10,7 @@ from retina_vqa.models.attention import (
 )
 
 from ..conftest import TINY_CONFIG, make_tiny_model
+from ..same_answers import StepRecorder, agreeing_steps
 
 
 def test_patches_only_cross_attention_and_keeps_the_state_dict():
@@ -141,6 +142,9 @@ def test_sdpa_keeps_the_cross_attention_mask_fix():
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_sdpa_generates_the_same_answers_as_eager_through_the_cache(num_beams):
+    """Every decoding step's scores, compared relative to their scale (`tests.same_answers`): this wide model turns
+    the two kernels' float32 rounding into ~1% of its logits, and may part where two tokens are that close. A cache
+    or mask out of place in the fused path moves them by far more."""
     from retina_vqa.models.blip import generate_answers
 
     eager = make_tiny_model()  # wide init: long answers that depend on the input
@@ -149,9 +153,18 @@ def test_sdpa_generates_the_same_answers_as_eager_through_the_cache(num_beams):
     batch = _padded_batch(eager)
     kwargs = {"max_length": 24, "num_beams": num_beams, "do_sample": False}
     inputs = {k: batch[k] for k in ("pixel_values", "input_ids", "attention_mask", "image_index")}
-    expected = generate_answers(eager, **inputs, **kwargs)
-    assert expected.shape[1] > 5  # several cached decoding steps
-    torch.testing.assert_close(generate_answers(fused, **inputs, **kwargs), expected, rtol=0, atol=0)
+    recorders, answers = [], []
+    for model in (eager, fused):
+        recorders.append(StepRecorder())
+        answers.append(generate_answers(model, **inputs, **kwargs, **recorders[-1].kwargs))
+    assert answers[0].shape[1] > 5  # several cached decoding steps
+    # Greedy search: the answers ([DEC] cut off) are the last step's choice; beam search: the running beams are.
+    ends = [a[:, 1:] if num_beams == 1 else None for a in answers]
+    compared = [
+        agreeing_steps(*(r.steps(i, num_beams, end) for r, end in zip(recorders, ends, strict=True)))
+        for i in range(len(answers[0]))
+    ]
+    assert max(compared) > 5, compared  # compared through several cached steps
 
 
 def test_switching_back_and_forth_keeps_weights_and_state_dict():

@@ -36,7 +36,7 @@ def test_batched_answers_equal_one_by_one_answers_on_a_padded_batch(tiny_process
             # Greedy search: the answers themselves ([DEC] cut off) are the last step's choice. Beam search keeps the
             # running beams of every step, which the recorder compares.
             ends = (answer[:, 1:], answers[:, 1:]) if num_beams == 1 else (None, None)
-            compared.append(agreeing_steps(alone.steps(answers=ends[0]), batched.steps(i, num_beams, ends[1])))
+            compared.append(agreeing_steps(alone.steps(0, num_beams, ends[0]), batched.steps(i, num_beams, ends[1])))
         assert sum(compared) > len(QUESTIONS), compared  # cached steps after the first one compared too
 
 

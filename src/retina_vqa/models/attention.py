@@ -13,7 +13,7 @@ as separate matrix products, with the probabilities kept for the backward pass. 
 (model, "sdpa")` swaps the vision encoder's `BlipAttention` and every text self- and cross-attention for
 subclasses that call `torch.nn.functional.scaled_dot_product_attention` with the same additive masks (flash /
 memory-efficient kernels where the device has them). Same weights, same state dict, same outputs up to
-floating-point rounding (tests/test_attention.py: logits and gradients within 1e-4 of eager in fp32). The
+floating-point rounding (tests/models/test_attention.py: logits and gradients within 1e-4 of eager in fp32). The
 fused modules return no attention probabilities: code that reads them (``output_attentions``, Grad-CAM in
 `retina_vqa.explain`) uses ``"eager"``.
 

@@ -3,8 +3,8 @@
 BLIP-2 (`Blip2ForConditionalGeneration`) sees the image only through ``num_query_tokens`` ``<image>``
 placeholder ids in ``input_ids``, whose embeddings the model overwrites with the Q-Former's outputs. Text
 tokenised without them trains a model that never sees the image, and no error says so. Here the placeholders
-are written by the recipe itself (`tokenize_prompts_and_answers`, once, in ``datasets.map``) and counted in
-every batch (`data.collator.PromptCollator`):
+are written by the recipe itself (`models.family.tokenize_prompts_and_answers`, once, in ``datasets.map``) and
+counted in every batch (`data.collator.PromptCollator`):
 
 * decoder-only language model (OPT): ``input_ids`` = ``<image>`` x N + prompt (``--prompt_template``, default
   the BLIP-2 paper's ``"Question: {question} Answer:"``) + answer + eos; ``labels`` are as long as
@@ -98,38 +98,6 @@ def format_prompts(questions: Sequence[str], prompt_template: str) -> list[str]:
     if "{question}" not in prompt_template:
         raise ValueError(f"--prompt_template {prompt_template!r} must contain {{question}}.")
     return [prompt_template.format(question=(q or "").strip()) for q in questions]
-
-
-def tokenize_prompts_and_answers(
-    examples: dict[str, list],
-    processor: Any,
-    layout: PromptLayout,
-    question_column: str,
-    answer_column: str | None,
-    prompt_template: str,
-    max_question_length: int,
-    max_answer_length: int,
-) -> dict[str, list[list[int]]]:
-    """Per row: ``input_ids`` (``<image>`` x N, then the prompt as the tokenizer frames it), ``answer_ids``
-    (answer + eos) when answers are given, and for InstructBLIP ``qformer_input_ids`` (the Q-Former's prompt).
-
-    The prompt keeps at most ``max_question_length`` tokens, the answer ``max_answer_length`` (eos included):
-    truncation never touches the placeholders.
-    """
-    tokenizer = processor.tokenizer
-    prompts = format_prompts(examples[question_column], prompt_template)
-    text = tokenizer(prompts, truncation=True, max_length=max_question_length)["input_ids"]
-    images = [layout.image_token_id] * layout.num_query_tokens
-    result: dict[str, list[list[int]]] = {"input_ids": [images + ids for ids in text]}
-    if layout.instruct:
-        result["qformer_input_ids"] = processor.qformer_tokenizer(
-            prompts, truncation=True, max_length=max_question_length
-        )["input_ids"]
-    if answer_column is not None:
-        answers = tokenizer([(a or "").strip() for a in examples[answer_column]], add_special_tokens=False)["input_ids"]
-        result["answer_ids"] = [ids[: max_answer_length - 1] + [layout.eos_token_id] for ids in answers]
-        result["length"] = [len(q) + len(a) for q, a in zip(result["input_ids"], result["answer_ids"], strict=True)]
-    return result
 
 
 def prompt_only(

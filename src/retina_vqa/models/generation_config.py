@@ -10,6 +10,7 @@ from typing import Any
 
 from transformers import BlipForQuestionAnswering, GenerationConfig
 
+from .blip2 import model_family
 from .compat import mark_generation_config_deliberate
 
 DEFAULT_MAX_ANSWER_LENGTH = 48
@@ -40,7 +41,7 @@ def configure_answer_generation(
         raise ValueError(f"max_answer_length must be at least 2 ([DEC], a token), got {max_answer_length}")
     if num_beams < 1:
         raise ValueError(f"num_beams must be at least 1, got {num_beams}.")
-    if not hasattr(model, "text_decoder"):
+    if model_family(model.config) != "blip":
         # BLIP-2 / InstructBLIP: the answer is what the language model adds, up to max_new_tokens (eos included).
         config = model.generation_config
         config.max_new_tokens, config.max_length, config.num_beams = max_answer_length, None, num_beams

@@ -2,7 +2,7 @@
 
 `load_processor` (resized to ``--image_size``), `load_model` (a checkpoint, or a config trained from scratch; a
 BLIP-2 / InstructBLIP around a pretrained image encoder with ``--vision_model_name_or_path``; frozen parts, label
-smoothing, the recipe's BLIP class), `checkpoint_family` and `prompt_layout` (read from the config before anything
+smoothing, the recipe's BLIP class), `checkpoint_family` and `load_family` (read from the config before anything
 is built). The argument-free half (`models.loading.prepare_model`, `load_for_inference`) lives with the models.
 """
 
@@ -23,7 +23,8 @@ from transformers import (
 
 from ..arguments import ModelArguments
 from ..models.blip import SharedImageBlipForQuestionAnswering, freeze, resize_image_size, set_label_smoothing
-from ..models.blip2 import PromptLayout, init_query_tokens, model_family
+from ..models.blip2 import init_query_tokens, model_family
+from ..models.family import Family
 from ..models.loading import prepare_model
 
 logger = logging.getLogger(__name__)
@@ -38,10 +39,10 @@ def _hub_kwargs(model_args: ModelArguments) -> dict:
     }
 
 
-def prompt_layout(model_args: ModelArguments, processor: Any) -> PromptLayout | None:
-    """Where a BLIP-2 / InstructBLIP model reads its image (None for BLIP VQA, which reads pixels)."""
-    config = _checkpoint_config(model_args)
-    return None if model_family(config) == "blip" else PromptLayout.from_model(config, processor)
+def load_family(model_args: ModelArguments, processor: Any) -> Family:
+    """The family of the model `model_args` names (BLIP-2 / InstructBLIP: with the prompt layout its processor
+    gives), read from its config before anything is built."""
+    return Family.of(_checkpoint_config(model_args), processor)
 
 
 def checkpoint_family(model_args: ModelArguments) -> str:

@@ -22,7 +22,7 @@ from ..answering.step import answer_rows
 from ..data.preprocessing import IMAGE_KEY
 from ..data.sampling import ImageGroupedSampler
 from ..models.blip import generate_answers
-from ..models.blip2 import PromptLayout, generate_prompt_answers
+from ..models.blip2 import generate_prompt_answers
 from ..models.compat import (
     allow_fsdp_on_cpu_processes,
     check_trainer_hooks,
@@ -30,6 +30,7 @@ from ..models.compat import (
     is_deepspeed_zero3_enabled,
     is_fsdp_managed_module,
 )
+from ..models.family import Family
 from ..models.lora import merge_lora
 from .checkpoints import last_complete_checkpoint
 from .embedding_cache import ImageEmbeddingCache
@@ -127,7 +128,7 @@ class VqaTrainer(Seq2SeqTrainer):
         *args,
         card_info: dict[str, Any] | None = None,
         image_embedding_cache: ImageEmbeddingCache | None = None,
-        prompt_layout: PromptLayout | None = None,
+        family: Family | None = None,
         ranking_plan: RankingPlan | None = None,
         answer_candidates: AnswerCandidates | None = None,
         **kwargs,
@@ -153,7 +154,8 @@ class VqaTrainer(Seq2SeqTrainer):
         self.image_embedding_cache = image_embedding_cache
         self._evaluation_cache: ImageEmbeddingCache | None = None
         # BLIP-2 / InstructBLIP: where the image placeholders are; answers are generated from the prompts.
-        self.prompt_layout = prompt_layout
+        self.family = family or Family("blip")
+        self.prompt_layout = self.family.layout
         if ranking_plan is not None and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
             # Sharded parameters are gathered in collectives that every rank must join equally often, but how many
             # rows a rank ranks or generates depends on its batch.
@@ -285,7 +287,7 @@ class VqaTrainer(Seq2SeqTrainer):
         )
 
         answer = functools.partial(generate_answers, unwrapped)
-        if self.prompt_layout is not None:
+        if not self.family.is_blip:
             # The answer budget of evaluation (generation_max_length) as new tokens: a decoder-only model's
             # max_length would count the prompt too.
             gen_kwargs["max_new_tokens"] = gen_kwargs.pop("max_length", None) or self.args.generation_max_length
@@ -306,7 +308,7 @@ class VqaTrainer(Seq2SeqTrainer):
         with summon, self.accelerator.autocast():
             if self.ranking_plan is not None:
                 generated, scores = self.rank_or_generate(unwrapped, inputs, answer_sets, gen_kwargs)
-            elif self.prompt_layout is not None:
+            elif not self.family.is_blip:
                 generated = answer(**inputs, **gen_kwargs)
             else:
                 generated = answer(
@@ -338,9 +340,7 @@ class VqaTrainer(Seq2SeqTrainer):
         sets = [-1] * count if answer_sets is None else answer_sets.tolist()
         step = answer_rows(model, self.prompt_layout, inputs, [i for i, s in enumerate(sets) if s >= 0], gen_kwargs)
         ranked, generated = step.ranked_rows, step.generated
-        pad_token_id = (
-            model.config.text_config.pad_token_id if self.prompt_layout is None else self.prompt_layout.pad_token_id
-        )
+        pad_token_id = self.family.pad_token_id(model)
         generated_index = torch.tensor(step.generated_rows, dtype=torch.long, device=device)
         scores = torch.full((count, plan.width), float("nan"))
         chosen: list[list[int]] = []
