@@ -20,23 +20,25 @@ import datasets
 import transformers
 from transformers import set_seed
 
-from retina_vqa.answering.candidates import ANSWER_SET_COLUMN, candidates_for_run
-from retina_vqa.answering.plan import RankingPlan, WithAnswerSets
-from retina_vqa.answering.records import in_row_order, prediction_records, ranked_answers, write_predictions
 from retina_vqa.arguments import VqaTrainingArguments, choose_precision, parse_args
-from retina_vqa.data.collator import PromptCollator, VqaCollator
 from retina_vqa.data.loading import load_raw_datasets, rows_to_validate, select_task_splits
-from retina_vqa.data.ordering import answering_order
-from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
+from retina_vqa.data.preprocessing import prepare_split
 from retina_vqa.data.validation import drop_invalid, validate_on_main_process
-from retina_vqa.metrics import build_compute_metrics, decode_ids
-from retina_vqa.metrics.calibration import calibration_metrics, fit_temperatures
-from retina_vqa.models.generation_config import configure_answer_generation
-from retina_vqa.models.lora import apply_lora, check_activation_checkpointing, merge_lora, parameter_counts
+from retina_vqa.models.lora import check_activation_checkpointing, merge_lora, parameter_counts
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
-from retina_vqa.training.model_setup import load_family, load_model, load_processor
+from retina_vqa.training.evaluation import (
+    add_answer_sets,
+    build_collator,
+    build_metrics,
+    calibrate,
+    metric_columns,
+    put_in_answering_order,
+    run_candidates,
+    write_run_predictions,
+)
+from retina_vqa.training.model_setup import load_family, load_processor, load_training_model
 from retina_vqa.training.outputs import prior_metrics
 from retina_vqa.training.trainer import VqaTrainer
 
@@ -136,113 +138,30 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             prepared[task] = drop_invalid(prepared[task], report.bad_rows(split))
     results: dict[str, float] = dict(report.counts())
 
-    # 5. Model; answer length and beams of evaluation, [DEC] start, [SEP] end, saved as generation_config.json.
-    model = load_model(model_args, processor)
-    if model_args.lora_r:
-        model = apply_lora(
-            model,
-            model_args.lora_r,
-            model_args.lora_alpha,
-            model_args.lora_dropout,
-            model_args.lora_target_modules,
-            frozen_image_encoder=model_args.freeze_vision_encoder,
-        )
-    results.update(parameter_counts(model))
+    # 5. Model (with LoRA adapters under --lora_r); the answer length and beams of evaluation saved with it.
     if training_args.generation_max_length is None:
         training_args.generation_max_length = data_args.max_answer_length
-    configure_answer_generation(
-        model, training_args.generation_max_length, num_beams=training_args.generation_num_beams or 1
+    model = load_training_model(
+        model_args,
+        processor,
+        family,
+        training_args.generation_max_length,
+        training_args.generation_num_beams or 1,
+        data_args.prompt_template,
     )
-    if not family.is_blip:  # saved in config.json: retina_vqa.predict asks the way training did
-        model.config.prompt_template = data_args.prompt_template
+    results.update(parameter_counts(model))
 
-    # Answer candidates: the known answers of each question type (training split, or --answer_list), saved with the
-    # model so that predict and the app can rank them. With --answer_mode rank/auto, each evaluated row names the
-    # list it is ranked against (column answer_set, -1: generated), added before the rows are reordered.
-    candidates = plan = None
-    if training_args.do_train or training_args.answer_mode != "generate":
-        candidates = candidates_for_run(
-            training_args.answer_list,
-            raw_datasets.get(data_args.train_split),
-            model_args.model_name_or_path,
-            training_args.max_candidate_answers,
-            training=training_args.do_train,
-            question_column=data_args.question_column,
-            answer_column=data_args.answer_column,
-            question_type_column=data_args.question_type_column,
-            answer_type_column=data_args.answer_type_column,
-        )
-    if training_args.answer_mode != "generate":
-        if candidates is None:
-            raise ValueError(
-                f"--answer_mode {training_args.answer_mode} ranks known answers, but there is no training split "
-                f"({data_args.train_split!r}) to take them from and no --answer_list: pass --answer_list FILE."
-            )
-        # Candidates are cut as training cut answers (BLIP: [DEC] + answer + [SEP] in max_answer_length tokens).
-        plan = RankingPlan.build(
-            candidates,
-            processor,
-            layout,
-            max_target_tokens=family.answer_tokens(data_args.max_answer_length),
-            top_k=training_args.rank_top_k,
-        )
-        for task in ("do_eval", "do_predict"):
-            if task in prepared:
-                wanted = (data_args.question_column, data_args.question_type_column)
-                rows = prepared[task].select_columns([c for c in wanted if c in prepared[task].column_names]).to_dict()
-                row_sets = plan.row_sets(
-                    candidates,
-                    rows[data_args.question_column],
-                    rows.get(data_args.question_type_column),
-                    training_args.answer_mode,
-                )
-                prepared[task] = prepared[task].add_column(ANSWER_SET_COLUMN, row_sets)
-                logger.info("%s: %d of %d rows ranked", task[3:], sum(s >= 0 for s in row_sets), len(row_sets))
-
-    # Evaluation sets in answering order: questions with the same text (answers of similar length) batched
-    # together, chunk of images by chunk. `orders[task][i]` is the split row of prepared row i.
-    orders: dict[str, list[int]] = {}
-    if training_args.group_eval_by_question:
-        for task in ("do_eval", "do_predict"):
-            if task in prepared:
-                columns = prepared[task].select_columns([IMAGE_KEY, data_args.question_column]).to_dict()
-                orders[task] = answering_order(columns[IMAGE_KEY], columns[data_args.question_column])
-                prepared[task] = prepared[task].select(orders[task])
-
-    # 6. Collator and metrics (scored against the raw answer strings of the evaluated rows).
-    pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None)
-    if family.is_blip:
-        collator = VqaCollator(
-            image_processor=processor.image_processor,
-            pad_token_id=tokenizer.pad_token_id,
-            image_column=data_args.image_column,
-            max_image_side=data_args.max_image_side,
-            pad_to_multiple_of=pad_to_multiple_of,
-            return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
-        )
-    else:
-        collator = PromptCollator.from_layout(
-            layout,
-            processor.image_processor,
-            image_column=data_args.image_column,
-            max_image_side=data_args.max_image_side,
-            pad_to_multiple_of=pad_to_multiple_of,
-        )
-    metric_columns = {
-        "answer_column": data_args.answer_column,
-        "question_type_column": data_args.question_type_column,
-        "answer_type_column": data_args.answer_type_column,
-    }
-    if plan is not None:  # evaluation batches carry each row's candidate list
-        collator = WithAnswerSets(collator)
+    # 6. Answering: the candidate lists (saved with the model) and, with --answer_mode rank/auto, the list of each
+    # evaluated row; evaluated rows in answering order (`orders[task][i]`: the split row of prepared row i); the
+    # collator and the metrics (scored against the raw answer strings of the evaluated rows).
+    candidates = run_candidates(model_args, data_args, training_args, raw_datasets)
+    plan = add_answer_sets(prepared, candidates, processor, family, data_args, training_args)
+    orders = put_in_answering_order(prepared, data_args.question_column) if training_args.group_eval_by_question else {}
+    collator = build_collator(family, processor, data_args, training_args, ranking=plan is not None)
     eval_dataset = prepared.get("do_eval")
-    compute_metrics = build_compute_metrics(tokenizer, eval_dataset, **metric_columns) if eval_dataset else None
-    if plan is not None and compute_metrics is not None:  # ECE, referable-DR AUC of the ranked rows
-        compute_metrics = plan.metrics(
-            compute_metrics, eval_dataset, data_args.answer_column, data_args.question_type_column
-        )
+    compute_metrics = build_metrics(tokenizer, eval_dataset, data_args, plan)
 
-    # 7. Trainer.
+    # 7. Trainer (the hooks it overrides are checked against transformers first).
     trainer = VqaTrainer(
         model=model,
         args=training_args,
@@ -291,20 +210,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     prior_train = splits.get("do_train")
     if prior_train is None and data_args.train_split in raw_datasets:
         prior_train = raw_datasets[data_args.train_split]
-    prior_columns = {"question_column": data_args.question_column, **metric_columns}
+    prior_columns = {"question_column": data_args.question_column, **metric_columns(data_args)}
 
     # 9. Evaluate.
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         metrics["eval_samples"] = len(eval_dataset)
         metrics.update(prior_metrics(prior_train, splits["do_eval"], "eval", **prior_columns))
-        if training_args.calibrate:
-            # Temperatures fitted on the validation split's candidate scores, saved with the model; the numbers with
-            # them here are in-sample (the test split's, below, are not).
-            rows = compute_metrics.last_rows if plan is not None and compute_metrics is not None else []
-            candidates.temperatures.update(fit_temperatures(rows))
-            calibrated = calibration_metrics(rows, candidates.temperatures)
-            metrics.update({f"eval_{k}": v for k, v in calibrated.items() if "_calibrated" in k or "temperature/" in k})
+        if training_args.calibrate:  # temperatures fitted on these rows: in-sample numbers
+            metrics.update(calibrate(compute_metrics, candidates))
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
@@ -312,15 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     # 10. Predict: answers for every test question, written next to their references.
     if training_args.do_predict:
         predict_dataset = prepared["do_predict"]
-        trainer.compute_metrics = build_compute_metrics(tokenizer, predict_dataset, **metric_columns)
-        if plan is not None:
-            trainer.compute_metrics = plan.metrics(
-                trainer.compute_metrics,
-                predict_dataset,
-                data_args.answer_column,
-                data_args.question_type_column,
-                temperatures=candidates.temperatures,
-            )
+        temperatures = candidates.temperatures if plan is not None else None
+        trainer.compute_metrics = build_metrics(tokenizer, predict_dataset, data_args, plan, temperatures)
         output = trainer.predict(predict_dataset, metric_key_prefix="predict")
         metrics = dict(output.metrics, predict_samples=len(predict_dataset))
         metrics.update(prior_metrics(prior_train, splits["do_predict"], "predict", **prior_columns))
@@ -328,21 +235,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         trainer.save_metrics("predict", metrics)
         results.update(metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
-            answers = in_row_order(decode_ids(tokenizer, output.predictions), orders.get("do_predict"))
-            answer_scores = None
-            if plan is not None:  # ranked rows: the chosen candidate, and every candidate's probability
-                scores = in_row_order(list(output.predictions[1]), orders.get("do_predict"))
-                sets_column = predict_dataset.select_columns([ANSWER_SET_COLUMN]).to_dict()[ANSWER_SET_COLUMN]
-                row_sets = in_row_order(sets_column, orders.get("do_predict"))
-                answers, answer_scores = ranked_answers(answers, scores, row_sets, candidates, plan)
-            records = prediction_records(
+            write_run_predictions(
+                output,
+                predict_dataset,
                 splits["do_predict"],
-                answers,
-                data_args.question_column,
-                data_args.answer_column,
-                answer_scores=answer_scores,
+                orders.get("do_predict"),
+                tokenizer,
+                data_args,
+                plan,
+                candidates,
+                training_args.output_dir,
             )
-            write_predictions(os.path.join(training_args.output_dir, "predictions.jsonl"), records)
 
     if candidates is not None and trainer.is_world_process_zero():  # with the temperatures, once fitted
         candidates.save(training_args.output_dir)

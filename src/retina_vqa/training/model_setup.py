@@ -25,7 +25,9 @@ from ..arguments import ModelArguments
 from ..models.blip import SharedImageBlipForQuestionAnswering, freeze, resize_image_size, set_label_smoothing
 from ..models.blip2 import init_query_tokens, model_family
 from ..models.family import Family
+from ..models.generation_config import configure_answer_generation
 from ..models.loading import prepare_model
+from ..models.lora import apply_lora
 
 logger = logging.getLogger(__name__)
 
@@ -230,3 +232,25 @@ def _take_vision_config(config: Any, vision_config: Any, name: str) -> None:
         vision_config.image_size,
         vision_config.patch_size,
     )
+
+
+def load_training_model(
+    model_args: ModelArguments, processor: Any, family: Family, max_answer_length: int, num_beams: int, prompt: str
+) -> Any:
+    """`load_model`, wrapped in LoRA adapters with ``--lora_r``, carrying what it saves for answering: the answer
+    length and beams of evaluation (``generation_config.json``; BLIP: ``[DEC]`` start, ``[SEP]`` end) and, for
+    BLIP-2 / InstructBLIP, the prompt template in ``config.json`` (predict asks the way training did)."""
+    model = load_model(model_args, processor)
+    if model_args.lora_r:
+        model = apply_lora(
+            model,
+            model_args.lora_r,
+            model_args.lora_alpha,
+            model_args.lora_dropout,
+            model_args.lora_target_modules,
+            frozen_image_encoder=model_args.freeze_vision_encoder,
+        )
+    configure_answer_generation(model, max_answer_length, num_beams=num_beams)
+    if not family.is_blip:
+        model.config.prompt_template = prompt
+    return model

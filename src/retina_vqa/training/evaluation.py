@@ -1,0 +1,195 @@
+"""How a run evaluates and predicts, from its flags: candidate lists and each row's list, rows in answering order,
+the collator, the metrics, temperature scaling, and the answers written to ``predictions.jsonl``.
+
+run_vqa.py calls these in its phases; what they put together lives below (`answering`, `data`, `metrics`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from datasets import Dataset
+
+from ..answering.candidates import ANSWER_SET_COLUMN, AnswerCandidates, candidates_for_run
+from ..answering.plan import RankingPlan, WithAnswerSets
+from ..answering.records import in_row_order, prediction_records, ranked_answers, write_predictions
+from ..arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
+from ..data.collator import PromptCollator, VqaCollator
+from ..data.ordering import answering_order
+from ..data.preprocessing import IMAGE_KEY
+from ..metrics import build_compute_metrics, decode_ids
+from ..metrics.calibration import calibration_metrics, fit_temperatures
+from ..models.family import Family
+
+logger = logging.getLogger(__name__)
+
+EVALUATED = ("do_eval", "do_predict")
+
+
+def metric_columns(data_args: DataTrainingArguments) -> dict[str, str]:
+    return {
+        "answer_column": data_args.answer_column,
+        "question_type_column": data_args.question_type_column,
+        "answer_type_column": data_args.answer_type_column,
+    }
+
+
+def run_candidates(
+    model_args: ModelArguments,
+    data_args: DataTrainingArguments,
+    training_args: VqaTrainingArguments,
+    raw_datasets: Any,
+) -> AnswerCandidates | None:
+    """The known answers of each question type (training split, or ``--answer_list``), saved with the model so that
+    predict and the app can rank them; None when the run neither trains nor ranks."""
+    if not (training_args.do_train or training_args.answer_mode != "generate"):
+        return None
+    candidates = candidates_for_run(
+        training_args.answer_list,
+        raw_datasets.get(data_args.train_split),
+        model_args.model_name_or_path,
+        training_args.max_candidate_answers,
+        training=training_args.do_train,
+        question_column=data_args.question_column,
+        answer_column=data_args.answer_column,
+        question_type_column=data_args.question_type_column,
+        answer_type_column=data_args.answer_type_column,
+    )
+    if candidates is None and training_args.answer_mode != "generate":
+        raise ValueError(
+            f"--answer_mode {training_args.answer_mode} ranks known answers, but there is no training split "
+            f"({data_args.train_split!r}) to take them from and no --answer_list: pass --answer_list FILE."
+        )
+    return candidates
+
+
+def add_answer_sets(
+    prepared: dict[str, Dataset],
+    candidates: AnswerCandidates | None,
+    processor: Any,
+    family: Family,
+    data_args: DataTrainingArguments,
+    training_args: VqaTrainingArguments,
+) -> RankingPlan | None:
+    """With ``--answer_mode rank/auto``: the ranking plan, and on each evaluated split the list every row is ranked
+    against (column ``answer_set``, -1: generated), added before the rows are reordered. None when generating."""
+    if training_args.answer_mode == "generate":
+        return None
+    # Candidates are cut as training cut answers (BLIP: [DEC] + answer + [SEP] in max_answer_length tokens).
+    plan = RankingPlan.build(
+        candidates,
+        processor,
+        family.layout,
+        max_target_tokens=family.answer_tokens(data_args.max_answer_length),
+        top_k=training_args.rank_top_k,
+    )
+    for task in EVALUATED:
+        if task in prepared:
+            wanted = [c for c in (data_args.question_column, data_args.question_type_column) if c]
+            rows = prepared[task].select_columns([c for c in wanted if c in prepared[task].column_names]).to_dict()
+            row_sets = plan.row_sets(
+                candidates,
+                rows[data_args.question_column],
+                rows.get(data_args.question_type_column),
+                training_args.answer_mode,
+            )
+            prepared[task] = prepared[task].add_column(ANSWER_SET_COLUMN, row_sets)
+            logger.info("%s: %d of %d rows ranked", task[3:], sum(s >= 0 for s in row_sets), len(row_sets))
+    return plan
+
+
+def put_in_answering_order(prepared: dict[str, Dataset], question_column: str) -> dict[str, list[int]]:
+    """Evaluated sets in answering order: questions with the same text (answers of similar length) batched
+    together, chunk of images by chunk. Returns ``{task: order}``, ``order[i]`` the split row of prepared row i."""
+    orders = {}
+    for task in EVALUATED:
+        if task in prepared:
+            columns = prepared[task].select_columns([IMAGE_KEY, question_column]).to_dict()
+            orders[task] = answering_order(columns[IMAGE_KEY], columns[question_column])
+            prepared[task] = prepared[task].select(orders[task])
+    return orders
+
+
+def build_collator(
+    family: Family,
+    processor: Any,
+    data_args: DataTrainingArguments,
+    training_args: VqaTrainingArguments,
+    ranking: bool,
+) -> Any:
+    """The family's collator (pixels, padding, targets per batch); with `ranking`, evaluation batches also carry
+    each row's candidate list."""
+    pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None)
+    if family.is_blip:
+        collator = VqaCollator(
+            image_processor=processor.image_processor,
+            pad_token_id=processor.tokenizer.pad_token_id,
+            image_column=data_args.image_column,
+            max_image_side=data_args.max_image_side,
+            pad_to_multiple_of=pad_to_multiple_of,
+            return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
+        )
+    else:
+        collator = PromptCollator.from_layout(
+            family.layout,
+            processor.image_processor,
+            image_column=data_args.image_column,
+            max_image_side=data_args.max_image_side,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+    return WithAnswerSets(collator) if ranking else collator
+
+
+def build_metrics(
+    tokenizer: Any,
+    dataset: Dataset | None,
+    data_args: DataTrainingArguments,
+    plan: RankingPlan | None,
+    temperatures: dict[str, float] | None = None,
+) -> Any:
+    """`compute_metrics` of an evaluated set (scored against its raw answer strings), with the calibration numbers
+    of its ranked rows (ECE, referable-DR AUC) when the run ranks; None without a set."""
+    if dataset is None:
+        return None
+    compute_metrics = build_compute_metrics(tokenizer, dataset, **metric_columns(data_args))
+    if plan is None:
+        return compute_metrics
+    return plan.metrics(
+        compute_metrics, dataset, data_args.answer_column, data_args.question_type_column, temperatures=temperatures
+    )
+
+
+def calibrate(compute_metrics: Any, candidates: AnswerCandidates) -> dict[str, float]:
+    """``--calibrate``: temperatures fitted on the validation split's candidate scores (kept in `candidates`, saved
+    with the model), and the validation numbers with them, in-sample (the test split's are not)."""
+    rows = getattr(compute_metrics, "last_rows", None) or []
+    candidates.temperatures.update(fit_temperatures(rows))
+    calibrated = calibration_metrics(rows, candidates.temperatures)
+    return {f"eval_{k}": v for k, v in calibrated.items() if "_calibrated" in k or "temperature/" in k}
+
+
+def write_run_predictions(
+    output: Any,
+    predicted: Dataset,
+    split: Dataset,
+    order: list[int] | None,
+    tokenizer: Any,
+    data_args: DataTrainingArguments,
+    plan: RankingPlan | None,
+    candidates: AnswerCandidates | None,
+    output_dir: str,
+) -> None:
+    """``predictions.jsonl``: every row of `split` once, in row order, next to its reference; ranked rows with the
+    chosen candidate and every candidate's probability. `predicted` is the set as answered (in `order`)."""
+    answers = in_row_order(decode_ids(tokenizer, output.predictions), order)
+    answer_scores = None
+    if plan is not None:
+        scores = in_row_order(list(output.predictions[1]), order)
+        row_sets = in_row_order(predicted.select_columns([ANSWER_SET_COLUMN]).to_dict()[ANSWER_SET_COLUMN], order)
+        answers, answer_scores = ranked_answers(answers, scores, row_sets, candidates, plan)
+    records = prediction_records(
+        split, answers, data_args.question_column, data_args.answer_column, answer_scores=answer_scores
+    )
+    write_predictions(os.path.join(output_dir, "predictions.jsonl"), records)
