@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+from pathlib import Path
 
 import datasets
 import pytest
@@ -314,3 +316,53 @@ def test_written_layout_is_what_save_to_disk_writes_in_any_number_of_shards(tmp_
     files = sorted(p.name for p in (tmp_path / "sharded" / "train").glob("data-*.arrow"))
     assert len(files) > 3 and files[-1] == f"data-{len(files) - 1:05d}-of-{len(files):05d}.arrow"
     assert _digest(sharded) == _digest(built)
+
+
+def _outside_row(root, source, how):
+    """One source's fixture whose label file gains a row naming a file outside --images: by '..', by an
+    absolute path, or through a symlink in the folder that points out of it. The label line, row's name."""
+    fixture = MAKERS[source](root)
+    secret = root / "outside" / "secret.jpeg"
+    secret.parent.mkdir()
+    fundus_image(99).save(secret, quality=90)
+    if how == "symlink":
+        (fixture.images[0] / "link.jpeg").symlink_to(secret)
+        name = "link.jpeg"
+    else:
+        name = str(secret) if how == "absolute" else os.path.relpath(secret, fixture.images[0])  # "../.."
+    labels = fixture.labels[0]
+    text = labels.read_text()
+    row = {"ddr": f"{name} 2\n", "eyepacs": f"{name.removesuffix('.jpeg')},2\n", "csv": f"{name},2,P99,OD\n"}
+    labels.write_text(text + row[source])
+    return fixture, f"{labels.name} line {text.count(chr(10)) + 1}", name
+
+
+@pytest.mark.parametrize(
+    "source, how",
+    [("csv", "dotdot"), ("csv", "absolute"), ("csv", "symlink"), ("ddr", "dotdot"), ("eyepacs", "symlink")],
+)
+def test_image_paths_leading_outside_the_images_folder_are_refused_or_skipped(tmp_path, source, how):
+    fixture, where, name = _outside_row(tmp_path / "in", source, how)
+    overrides = CSV_COLUMNS if source == "csv" else {}
+    with pytest.raises(InputError) as error:
+        build_dataset(fixture.options(source, tmp_path / "out", **overrides))
+    assert error.value.report.counts() == {"outside_images_folder": 1}
+    message = str(error.value)
+    assert f"{where}: {name}" in message
+    said = "is an absolute path, not a path inside" if how == "absolute" else "outside"
+    assert f"{said} {fixture.images[0]}" in message
+    assert "--skip_invalid" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    built = _build(fixture, source, tmp_path / "out", skip_invalid=True)
+    assert {r["image_id"] for r in _rows(built)} == {k for k, g in fixture.grades.items() if g is not None}
+    assert "| outside_images_folder | 1 |" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_symlink_inside_the_images_folder_pointing_inside_builds(tmp_path):
+    fixture = make_csv(tmp_path / "in", patients=4)
+    photos = fixture.images[0]
+    (photos / "originals").mkdir()
+    (photos / "p00od.jpg").rename(photos / "originals" / "p00od.jpg")
+    (photos / "p00od.jpg").symlink_to(Path("originals") / "p00od.jpg")
+    built = _build(fixture, "csv", tmp_path / "out")
+    assert {r["image_id"] for r in _rows(built)} == set(fixture.grades)

@@ -9,8 +9,9 @@ import pytest
 from retina_vqa.build_dataset import InputError, read_labels
 from retina_vqa.build_dataset.checks import ImageIndex, check_images, find_images, inspect_image
 from retina_vqa.build_dataset.images import encode_image
+from retina_vqa.build_dataset.sources import CsvColumns
 
-from .conftest import fundus_image, make_eyepacs, make_idrid, write_csv
+from .conftest import fundus_image, make_csv, make_eyepacs, make_idrid, write_csv
 
 
 def _jpeg(seed: int = 0, size=(80, 60)) -> bytes:
@@ -121,3 +122,19 @@ def test_encode_image_downsizes_large_photos_and_keeps_small_files_as_they_are(t
     assert stored.format == "JPEG" and stored.size == (100, 75)
     assert encode_image(str(small), max_side=100) == small.read_bytes()  # within the side: no re-encoding
     assert encode_image(str(big), max_side=100, keep_original=True) == big.read_bytes()
+
+
+def test_duplicates_are_found_by_the_file_a_path_resolves_to(tmp_path):
+    fixture = make_csv(tmp_path, patients=2)
+    photos = fixture.images[0]
+    (photos / "x").mkdir()
+    (photos / "alias.jpg").symlink_to("p00od.jpg")
+    labels = fixture.labels[0]
+    labels.write_text(labels.read_text() + "x/../p00od.jpg,1,P00,OD\nalias.jpg,1,P00,OD\n")
+    records, problems = read_labels("csv", [labels], fixture.images, CsvColumns("file", "dr_grade", "patient", "eye"))
+    problems += find_images(records, bad_rows=problems)
+    assert [(p.kind, p.where) for p in problems] == [
+        ("duplicate_label", "labels.csv line 6"),
+        ("duplicate_label", "labels.csv line 7"),
+    ]
+    assert all("also labelled at labels.csv line 2" in p.detail for p in problems)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import sys
 
 from ..questions import LABEL_QUESTION_TYPES
+from ..synthetic.export import dataset_command
 from .build import BuildOptions, build_dataset
 from .records import InputError
 from .sources import SOURCES
@@ -114,11 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
+    """Command-line entry point: bad flags exit with status 2, bad input with status 1 (module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else list(argv)
     try:
         options = BuildOptions(
             source=args.source,
@@ -142,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             patient_column=args.patient_column,
             laterality_column=args.laterality_column,
             progress=not args.disable_tqdm,
-            command="python -m retina_vqa.build_dataset " + shlex.join(argv_used),
+            command=dataset_command(parser, argv),
         )
     except ValueError as error:
         parser.error(str(error))

@@ -4,9 +4,11 @@ This module owns:
 
 * `ImageIndex`: the files of one images folder, found by the name a label file gives, by that name in any
   case (``IM0001.JPG`` labelled ``IM0001.jpg``), or by a unique stem (an APTOS folder converted to JPEG);
-* `find_images`: label rows matched to files: images that are missing, files no label names, images labelled
-  twice; image ids made unique where two label files reuse a name (IDRiD numbers its training and testing
-  images from 1 each);
+* `find_images`: label rows matched to files: image paths that lead outside the images folder (absolute, or
+  out by ``..`` or a symlink: a third-party label file must not pull other files into a dataset that may be
+  published), images that are missing, files no label names, images labelled twice (compared by the file a
+  path resolves to, so ``x/../a.jpg`` and a symlink to ``a.jpg`` are ``a.jpg``); image ids made unique where
+  two label files reuse a name (IDRiD numbers its training and testing images from 1 each);
 * `inspect_image` / `check_images`: the up-front image check, in parallel: the header is read (not an image,
   zero size, too large) and the last bytes must hold the format's end marker (JPEG's EOI, PNG's IEND), which
   a truncated download lacks. Only files that this cannot vouch for (other formats, data after the end
@@ -47,13 +49,18 @@ class ImageIndex:
         if not folder.is_dir():
             raise InputError(f"--images {folder} is not a folder; point it at the folder that holds the images")
         self.folder = folder
+        self.real_folder = os.path.realpath(folder)
         self.files: dict[str, str] = {}
+        # file path -> the file it resolves to; only symlinks need a system call (scandir knows which they are).
+        self.real: dict[str, str] = {}
         with os.scandir(folder) as entries:
             for entry in entries:
                 if entry.name.startswith(".") or not entry.name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 if entry.is_file():
                     self.files[entry.name] = entry.path
+                    real = os.path.realpath(entry.path) if entry.is_symlink() else None
+                    self.real[entry.path] = real or os.path.join(self.real_folder, entry.name)
         self._by_lower: dict[str, list[str]] = collections.defaultdict(list)
         self._by_stem: dict[str, list[str]] = collections.defaultdict(list)
         for name, path in self.files.items():
@@ -74,6 +81,32 @@ class ImageIndex:
         same_stem = self._by_stem.get(stem, [])
         return same_stem[0] if len(same_stem) == 1 else None
 
+    def real_path(self, path: str) -> str:
+        """The file ``path`` (from `resolve`) is, after ``..`` and symlinks."""
+        return self.real.get(path) or os.path.realpath(path)
+
+    def outside(self, name: str) -> str | None:
+        """Why ``name`` leads outside the folder (absolute, or out by ``..`` or a symlink), or None if it does not."""
+        if os.path.isabs(name) or PurePosixPath(name).is_absolute():
+            return f"{name} is an absolute path, not a path inside {self.folder}"
+        path = self.resolve(name)
+        if path is None and ("/" in name or os.sep in name):
+            path = str(self.folder / name)  # refused whether the file exists or not
+        if path is None:
+            return None
+        real = self.real_path(path)
+        if _inside(real, self.real_folder):
+            return None
+        how = "is a symlink to" if os.path.islink(path) else "resolves to"
+        return f"{name} {how} {real}, outside {self.folder}"
+
+
+def _inside(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # another drive (Windows)
+        return False
+
 
 def find_images(records: Sequence[LabelRecord], bad_rows: Sequence[Problem] = ()) -> list[Problem]:
     """Set ``path`` on each record whose image exists; the problems of the others and of unlabelled files.
@@ -89,18 +122,33 @@ def find_images(records: Sequence[LabelRecord], bad_rows: Sequence[Problem] = ()
         return indexes[folder]
 
     problems: list[Problem] = []
+    # Keyed by the file a path resolves to: "x/../a.jpg", a symlink to a.jpg and "a.jpg" are one image.
     claimed: dict[str, LabelRecord] = {}
-    named_by_bad_rows = {
-        index_of(p.images_dir).resolve(p.image) for p in bad_rows if p.image is not None and p.images_dir is not None
-    }
+    named: set[str] = set()  # files named by rows that are reported: not "unlabelled" as well
+    named_links: set[str] = set()  # symlinks out of the folder that a reported row names
+    for problem in bad_rows:
+        if problem.image is not None and problem.images_dir is not None:
+            index = index_of(problem.images_dir)
+            path = index.resolve(problem.image) if index.outside(problem.image) is None else None
+            if path is not None:
+                named.add(index.real_path(path))
     for record in records:
-        path = index_of(record.images_dir).resolve(record.image)
+        index = index_of(record.images_dir)
+        outside = index.outside(record.image)
+        if outside is not None:
+            problems.append(Problem("outside_images_folder", record.where, outside, record.image))
+            found = index.resolve(record.image)
+            if found is not None:  # a symlink in the folder: reported here, not again as unlabelled
+                named_links.add(found)
+            continue
+        path = index.resolve(record.image)
         if path is None:
             problems.append(
                 Problem("missing_image", record.where, f"{record.image} is not in {record.images_dir}", record.image)
             )
             continue
-        first = claimed.get(path)
+        real = index.real_path(path)
+        first = claimed.get(real)
         if first is not None:
             conflict = ""
             if first.grade != record.grade:
@@ -109,11 +157,12 @@ def find_images(records: Sequence[LabelRecord], bad_rows: Sequence[Problem] = ()
             problems.append(Problem("duplicate_label", record.where, detail, record.image))
             continue
         record.path = path
-        claimed[path] = record
+        claimed[real] = record
     for index in indexes.values():
         for name in sorted(index.files):
             path = index.files[name]
-            if path not in claimed and path not in named_by_bad_rows:
+            real = index.real_path(path)
+            if real not in claimed and real not in named and path not in named_links:
                 problems.append(Problem("unlabelled_image", path, "no label row names this file"))
     _make_ids_unique([r for r in records if r.path is not None])
     return problems

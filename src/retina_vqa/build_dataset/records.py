@@ -61,6 +61,11 @@ PROBLEM_KINDS: dict[str, tuple[str, str]] = {
         "images labelled more than once",
         "keep one row per image, or pass --skip_invalid to keep the first row and drop the others",
     ),
+    "outside_images_folder": (
+        "label rows whose image path leads outside the images folder (an absolute path, '..', or a symlink)",
+        "name each image by its path inside --images (move or copy the files into the folder, or point --images at "
+        "a folder that holds them), or pass --skip_invalid to drop these rows",
+    ),
     "missing_image": (
         "label rows whose image file is not in the images folder",
         "put the files in the folder (or point --images at the folder that holds them; with several --labels "
