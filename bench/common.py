@@ -151,9 +151,17 @@ def model_config_dir(size: str, image_size: int, tokenizer) -> Path:
     else:
         raise ValueError(f"unknown model size {size!r}: tiny or full")
     config.vision_config.image_size = image_size
-    path = CACHE_ROOT / f"config-{size}-{image_size}px"
+    return save_config_dir(f"config-{size}-{image_size}px", config)
+
+
+def save_config_dir(name: str, config, processor=None) -> Path:
+    """``config`` (and ``processor``) written to the folder ``name`` of the bench cache, for loaders that take a
+    path; returns the folder."""
+    path = CACHE_ROOT / name
     path.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
     return path
 
 

@@ -221,7 +221,7 @@ def _scale(part, heads: int, width: int, ffn: int, layers: int, scale: int, name
 def medium_config_dir(scale: int, image_size: int) -> Path:
     """configs/blip2-opt-tiny (its tokenizer, special ids, init ranges) with the 2.7B sizes divided by ``scale``.
 
-    Written with its processor (32 image placeholders) to the bench cache, like common.model_config_dir.
+    Written with its processor (32 image placeholders) to the bench cache (`common.save_config_dir`).
     """
     from transformers import AutoConfig, AutoProcessor
 
@@ -242,11 +242,7 @@ def medium_config_dir(scale: int, image_size: int) -> Path:
     processor = AutoProcessor.from_pretrained(BLIP2_OPT_TINY)
     processor.num_query_tokens = config.num_query_tokens
     processor.image_processor.size = {"height": image_size, "width": image_size}
-    path = common.CACHE_ROOT / f"config-blip2-opt-medium-s{scale}-{image_size}px"
-    path.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return common.save_config_dir(f"config-blip2-opt-medium-s{scale}-{image_size}px", config, processor)
 
 
 def tiny_blip2_config_dir(image_size: int) -> Path:
@@ -257,11 +253,7 @@ def tiny_blip2_config_dir(image_size: int) -> Path:
     config.vision_config.image_size = image_size
     processor = AutoProcessor.from_pretrained(BLIP2_OPT_TINY)
     processor.image_processor.size = {"height": image_size, "width": image_size}
-    path = common.CACHE_ROOT / f"config-blip2-opt-tiny-{image_size}px"
-    path.mkdir(parents=True, exist_ok=True)
-    config.save_pretrained(path)
-    processor.save_pretrained(path)
-    return path
+    return common.save_config_dir(f"config-blip2-opt-tiny-{image_size}px", config, processor)
 
 
 # ------------------------------------------------------------------------------------------ training children

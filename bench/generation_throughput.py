@@ -14,8 +14,8 @@ Variants, run alternately in one process over the same test split and the same w
 
 One at a time there is no padding, so the masked batched answers must be identical: the benchmark compares
 every answer (token ids for ``batched``, the answer strings for ``planned``) and exits non-zero on any
-difference. The default model is a random tiny BLIP with a wide initialisation (``initializer_range`` 0.5,
-as tests/conftest.py ``make_tiny_model``), whose answers vary with image and question and run to the length
+difference. The default model is a random tiny BLIP with a wide initialisation (``initializer_range`` 0.5:
+``models.tiny_blip.random_tiny_blip``), whose answers vary with image and question and run to the length
 limit; ``--model_name_or_path outputs/demo`` uses the trained demo model (short answers ending at ``[SEP]``).
 Image decoding, collation and processor calls are inside the timing for every variant.
 
@@ -35,21 +35,6 @@ from typing import Any
 
 import common
 import torch
-
-
-def make_model(processor, init_range: float, seed: int):
-    """The tiny BLIP with a wide random init (answers vary), mask fix on, answer settings as run_vqa.py saves."""
-    from transformers import AutoConfig, BlipForQuestionAnswering
-
-    from retina_vqa.models.attention import apply_cross_attention_mask_fix
-
-    config = AutoConfig.from_pretrained(common.TINY_CONFIG)
-    config.text_config.initializer_range = init_range
-    config.vision_config.initializer_range = init_range
-    torch.manual_seed(seed)
-    model = BlipForQuestionAnswering(config).eval()
-    apply_cross_attention_mask_fix(model)
-    return model
 
 
 def train_model(processor, dataset_dir, steps: int, batch_size: int, seed: int):
@@ -161,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from retina_vqa.metrics import decode_ids
     from retina_vqa.models.attention import set_attention_implementation
     from retina_vqa.models.generation_config import configure_answer_generation
+    from retina_vqa.models.tiny_blip import random_tiny_blip
 
     dataset_dir = common.synthetic_dataset(args.num_train_images, args.num_test_images, args.image_size)
     raw = common.load_split(dataset_dir, "test")
@@ -177,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif args.train_steps > 0:
         model = train_model(processor, dataset_dir, args.train_steps, 32, seed=0)
     else:
-        model = make_model(processor, args.init_range, seed=0)
+        model = random_tiny_blip(common.TINY_CONFIG, args.init_range, seed=0)
     configure_answer_generation(model, args.max_answer_length)
     # The recipe answers with fused attention; the notebook side is transformers' own (eager) BLIP, same weights.
     set_attention_implementation(model, args.attn_implementation)

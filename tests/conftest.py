@@ -6,7 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# The shared comparison helpers report their values on failure, as a test's own assertions do.
+pytest.register_assert_rewrite("tests.same_answers")
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "blip-tiny"
@@ -27,17 +29,9 @@ def tiny_processor():
 
 def make_tiny_model(init_range: float = 0.5, seed: int = 0):
     """A random tiny BLIP whose answers depend on its inputs (a wide init makes untrained outputs vary)."""
-    from transformers import AutoConfig, BlipForQuestionAnswering
+    from retina_vqa.models.tiny_blip import random_tiny_blip
 
-    from retina_vqa.models.attention import apply_cross_attention_mask_fix
-
-    config = AutoConfig.from_pretrained(TINY_CONFIG)
-    config.text_config.initializer_range = init_range
-    config.vision_config.initializer_range = init_range
-    torch.manual_seed(seed)
-    model = BlipForQuestionAnswering(config).eval()
-    apply_cross_attention_mask_fix(model)
-    return model
+    return random_tiny_blip(TINY_CONFIG, init_range, seed)
 
 
 @pytest.fixture(scope="session")

@@ -51,6 +51,7 @@ __all__ = [
     "graded_texts",
     "haemorrhage_quadrant",
     "ALL_QUADRANTS_ANSWER",
+    "AMD_FINDINGS",
     "AMD_STAGES",
     "CONDITION_NAMES",
     "CONDITION_QUESTION_TYPES",
@@ -447,6 +448,17 @@ NO_CONDITION_ANSWER = "none"
 QUADRANTS = ("superior-temporal", "superior-nasal", "inferior-temporal", "inferior-nasal")
 ALL_QUADRANTS_ANSWER = "all four quadrants"
 
+# The findings of age-related macular degeneration, in report order; all lie at the macula (the report's macula
+# sentence lists them).
+AMD_FINDINGS = (
+    "small_drusen",
+    "intermediate_drusen",
+    "large_drusen",
+    "pigment_changes",
+    "geographic_atrophy",
+    "choroidal_neovascularisation",
+    "macular_haemorrhage",
+)
 # Every finding a synthetic findings report can name, in the order reports and metrics list them. The report
 # wording is retina_vqa.synthetic.reports; the extractor that reads them back is retina_vqa.metrics.findings.
 FINDINGS = (
@@ -463,13 +475,7 @@ FINDINGS = (
     "rim_thinning",
     "disc_haemorrhage",
     # age-related macular degeneration
-    "small_drusen",
-    "intermediate_drusen",
-    "large_drusen",
-    "pigment_changes",
-    "geographic_atrophy",
-    "choroidal_neovascularisation",
-    "macular_haemorrhage",
+    *AMD_FINDINGS,
     # hypertensive retinopathy and vein occlusion
     "arteriolar_narrowing",
     "av_nicking",

@@ -8,11 +8,10 @@ does not fit the source) exits with status 1 and one report of every problem; ne
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from ..questions import LABEL_QUESTION_TYPES
-from ..synthetic.export import dataset_command
+from ..synthetic.export import parse_dataset_command
 from .build import BuildOptions, build_dataset
 from .records import InputError
 from .sources import SOURCES
@@ -115,9 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: bad flags exit with status 2, bad input with status 1 (module docstring)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, command = parse_dataset_command(parser, argv)
     try:
         options = BuildOptions(
             source=args.source,
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
             patient_column=args.patient_column,
             laterality_column=args.laterality_column,
             progress=not args.disable_tqdm,
-            command=dataset_command(parser, argv),
+            command=command,
         )
     except ValueError as error:
         parser.error(str(error))

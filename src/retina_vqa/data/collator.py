@@ -39,6 +39,17 @@ def _pad(
     return ids, mask
 
 
+def _check_keys(collator: str, features: list[dict[str, Any]], image_column: str, fix: str) -> None:
+    """A `KeyError` naming the keys the batch has and `fix` when its rows lack the token ids or the image."""
+    required = ("input_ids", image_column)
+    missing = [key for key in required if key not in features[0]]
+    if missing:
+        raise KeyError(
+            f"{collator} needs the keys {list(required)} in every row, missing {missing}; the rows have "
+            f"{sorted(features[0])}. {fix}"
+        )
+
+
 @dataclass
 class VqaCollator:
     """Turn tokenised rows into a BLIP VQA batch.
@@ -76,15 +87,13 @@ class VqaCollator:
     return_image_keys: bool = False
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        required = ("input_ids", self.image_column)
-        missing = [key for key in required if key not in features[0]]
-        if missing:
-            raise KeyError(
-                f"VqaCollator needs the keys {list(required)} in every row, missing {missing}; the rows have "
-                f"{sorted(features[0])}. Tokenise with data.tokenize_questions_and_answers and keep the "
-                "image "
-                "column (TrainingArguments.remove_unused_columns=False)."
-            )
+        _check_keys(
+            "VqaCollator",
+            features,
+            self.image_column,
+            "Tokenise with data.tokenize_questions_and_answers and keep the image column "
+            "(TrainingArguments.remove_unused_columns=False).",
+        )
         batch: dict[str, Any] = {}
         if self.return_image_keys and not (self.share_images and IMAGE_KEY in features[0]):
             raise KeyError(
@@ -170,13 +179,9 @@ class PromptCollator:
         )
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        required = ("input_ids", self.image_column)
-        missing = [key for key in required if key not in features[0]]
-        if missing:
-            raise KeyError(
-                f"PromptCollator needs the keys {list(required)} in every row, missing {missing}; the rows have "
-                f"{sorted(features[0])}. Tokenise with models.blip2.tokenize_prompts_and_answers."
-            )
+        _check_keys(
+            "PromptCollator", features, self.image_column, "Tokenise with models.blip2.tokenize_prompts_and_answers."
+        )
         for i, feature in enumerate(features):
             count = sum(token == self.image_token_id for token in feature["input_ids"])
             if count != self.num_query_tokens:

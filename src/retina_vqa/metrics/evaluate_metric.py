@@ -7,6 +7,7 @@ Kept apart because ``evaluate`` imports torch through transformers: the rest of 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import datasets
 import evaluate
@@ -61,14 +62,13 @@ class RetinaVQAMetric(evaluate.Metric):
         references: Sequence[str],
         question_types: Sequence[str] | None = None,
         answer_types: Sequence[str] | None = None,
-        diagnosis_labels: Sequence[str] | None = None,
-        diagnosis_type: str = "diagnosis",
+        **options: Any,
     ) -> dict[str, float | int]:
+        # `options`: diagnosis_labels, diagnosis_type, passed on as given.
         return compute_vqa_metrics(
             list(predictions),
             list(references),
             question_types=None if question_types is None else list(question_types),
             answer_types=None if answer_types is None else list(answer_types),
-            diagnosis_labels=diagnosis_labels,
-            diagnosis_type=diagnosis_type,
+            **options,
         )

@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .normalize import normalize_answer
-from .scores import DEFAULT_DIAGNOSIS_LABELS
+from .scores import DEFAULT_DIAGNOSIS_LABELS, label_index
 
 # 97.5th percentile of the standard normal: a two-sided 95% interval (scipy.stats.norm.ppf(0.975)).
 WILSON_Z_95 = 1.959963984540054
@@ -59,12 +59,7 @@ GRADING_KEYS: tuple[str, ...] = (
 def answer_grades(answers: Sequence[str], labels: Sequence[str] = DEFAULT_DIAGNOSIS_LABELS) -> np.ndarray:
     """The grade (index into `labels`) of each answer after `normalize_answer`, :data:`NON_GRADE` (-1) for an
     answer that is none of them."""
-    index: dict[str, int] = {}
-    for grade, label in enumerate(labels):
-        key = normalize_answer(label)
-        if key in index:
-            raise ValueError(f"Diagnosis labels {labels[index[key]]!r} and {label!r} normalise to the same answer.")
-        index[key] = grade
+    index = label_index(labels)
     return np.array([index.get(normalize_answer(str(answer)), NON_GRADE) for answer in answers], dtype=np.int64)
 
 

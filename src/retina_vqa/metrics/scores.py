@@ -35,6 +35,15 @@ def _overlap(prediction_tokens: list[str], reference_tokens: list[str]) -> int:
     return sum((Counter(prediction_tokens) & Counter(reference_tokens)).values())
 
 
+def _f_measure(matches: int, predicted: int, reference: int) -> float:
+    # Harmonic mean of precision (matches / predicted) and recall (matches / reference); 0.0 without a match.
+    if matches == 0:
+        return 0.0
+    precision = matches / predicted
+    recall = matches / reference
+    return 2 * precision * recall / (precision + recall)
+
+
 def token_f1(prediction: str, reference: str) -> float:
     """SQuAD-style token F1 between the normalised answers (multiset overlap of whitespace tokens).
 
@@ -45,12 +54,7 @@ def token_f1(prediction: str, reference: str) -> float:
     ref_tokens = normalize_answer(reference).split()
     if not pred_tokens or not ref_tokens:
         return float(pred_tokens == ref_tokens)
-    common = _overlap(pred_tokens, ref_tokens)
-    if common == 0:
-        return 0.0
-    precision = common / len(pred_tokens)
-    recall = common / len(ref_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _f_measure(_overlap(pred_tokens, ref_tokens), len(pred_tokens), len(ref_tokens))
 
 
 def token_recall(prediction: str, reference: str) -> float:
@@ -96,12 +100,7 @@ def rouge_l(prediction: str, reference: str) -> float:
     ref_tokens = rouge_tokenize(reference)
     if not pred_tokens or not ref_tokens:
         return 0.0
-    lcs = _lcs_length(ref_tokens, pred_tokens)
-    if lcs == 0:
-        return 0.0
-    precision = lcs / len(pred_tokens)
-    recall = lcs / len(ref_tokens)
-    return 2 * precision * recall / (precision + recall)
+    return _f_measure(_lcs_length(ref_tokens, pred_tokens), len(pred_tokens), len(ref_tokens))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,7 +159,9 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str], max_order
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _label_index(labels: Sequence[str]) -> dict[str, int]:
+def label_index(labels: Sequence[str]) -> dict[str, int]:
+    """Normalised label -> its position in `labels` (answers are looked up after :func:`normalize_answer`); a
+    ``ValueError`` when two labels normalise to the same answer."""
     index: dict[str, int] = {}
     for position, label in enumerate(labels):
         key = normalize_answer(label)
@@ -182,7 +183,7 @@ def confusion_matrix(
     """
     if len(predictions) != len(references):
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
-    index = _label_index(labels)
+    index = label_index(labels)
     other = len(labels)
     matrix = [[0] * (len(labels) + 1) for _ in labels]
     for reference, prediction in zip(references, predictions, strict=True):
@@ -202,11 +203,5 @@ def macro_f1(matrix: list[list[int]]) -> float:
         predicted = sum(r[k] for r in matrix)
         if support == 0 and predicted == 0:
             continue
-        true_positives = row[k]
-        if true_positives == 0:
-            scores.append(0.0)
-            continue
-        precision = true_positives / predicted
-        recall = true_positives / support
-        scores.append(2 * precision * recall / (precision + recall))
+        scores.append(_f_measure(row[k], predicted, support))
     return sum(scores) / len(scores) if scores else 0.0

@@ -23,20 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import scores
 from .findings import multidisease_metrics
 from .grading import grading_metrics
 from .normalize import normalize_answer
-from .scores import (
-    DEFAULT_DIAGNOSIS_LABELS,
-    OTHER_LABEL,
-    confusion_matrix,
-    corpus_bleu,
-    exact_match,
-    macro_f1,
-    rouge_l,
-    token_f1,
-    token_recall,
-)
 
 if TYPE_CHECKING:
     import datasets
@@ -56,6 +46,10 @@ def _answer_kind(answer_type: str) -> str:
 
 def _mean(values: Sequence[float]) -> float:
     return float(sum(values) / len(values)) if values else 0.0
+
+
+def _mean_score(score: Callable[[str, str], float], predictions: Sequence[str], references: Sequence[str]) -> float:
+    return _mean([score(p, r) for p, r in zip(predictions, references, strict=True)])
 
 
 def _check_length(name: str, values: Sequence[Any] | None, expected: int) -> None:
@@ -80,7 +74,7 @@ def compute_vqa_metrics(
         answer_types: Optional "closed" / "open" per example (case-insensitive). When omitted, an example is
             taken as closed if its normalised reference has at most 3 tokens ("yes", "mild dr",
             "healthy retina") and as open otherwise.
-        diagnosis_labels: Label set of the diagnosis questions, defaults to :data:`DEFAULT_DIAGNOSIS_LABELS`.
+        diagnosis_labels: Label set of the diagnosis questions, defaults to `scores.DEFAULT_DIAGNOSIS_LABELS`.
         diagnosis_type: The question type whose rows are the diagnosis questions.
 
     Returns:
@@ -90,7 +84,7 @@ def compute_vqa_metrics(
         ``exact_match/<question_type>`` per question type; and, when ``diagnosis_type`` occurs among the
         question types, ``diagnosis_accuracy``, ``diagnosis_macro_f1`` (see `scores.macro_f1`) and the ints
         ``diagnosis_confusion/<reference>-><prediction>`` for every label pair plus ``-><other>`` (see
-        :func:`confusion_matrix`), with the grading metrics of `grading.grading_metrics` (``diagnosis_qwk``,
+        `scores.confusion_matrix`), with the grading metrics of `grading.grading_metrics` (``diagnosis_qwk``,
         ``diagnosis_referable_sensitivity`` / ``_specificity`` and ``diagnosis_any_dr_...`` with 95% intervals,
         ``diagnosis_non_grade_answers``; the labels are the grades, lowest first); and for the multi-disease
         question types, `findings.multidisease_metrics`: ``report_*`` (findings reports scored by their findings,
@@ -105,13 +99,13 @@ def compute_vqa_metrics(
     predictions = ["" if p is None else str(p) for p in predictions]
     references = ["" if r is None else str(r) for r in references]
 
-    em = [exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
+    em = [scores.exact_match(p, r) for p, r in zip(predictions, references, strict=True)]
     metrics: dict[str, float | int] = {
         "num_examples": n,
         "exact_match": _mean(em),
-        "token_f1": _mean([token_f1(p, r) for p, r in zip(predictions, references, strict=True)]),
-        "rouge_l": _mean([rouge_l(p, r) for p, r in zip(predictions, references, strict=True)]),
-        "bleu": corpus_bleu(predictions, references),
+        "token_f1": _mean_score(scores.token_f1, predictions, references),
+        "rouge_l": _mean_score(scores.rouge_l, predictions, references),
+        "bleu": scores.corpus_bleu(predictions, references),
     }
 
     if answer_types is not None:
@@ -125,9 +119,9 @@ def compute_vqa_metrics(
     if opened:
         open_preds = [predictions[i] for i in opened]
         open_refs = [references[i] for i in opened]
-        metrics["open_token_recall"] = _mean([token_recall(p, r) for p, r in zip(open_preds, open_refs, strict=True)])
-        metrics["open_rouge_l"] = _mean([rouge_l(p, r) for p, r in zip(open_preds, open_refs, strict=True)])
-        metrics["open_bleu"] = corpus_bleu(open_preds, open_refs)
+        metrics["open_token_recall"] = _mean_score(scores.token_recall, open_preds, open_refs)
+        metrics["open_rouge_l"] = _mean_score(scores.rouge_l, open_preds, open_refs)
+        metrics["open_bleu"] = scores.corpus_bleu(open_preds, open_refs)
 
     if question_types is not None:
         by_type: dict[str, list[int]] = {}
@@ -138,10 +132,10 @@ def compute_vqa_metrics(
 
         diagnosis_rows = by_type.get(diagnosis_type, [])
         if diagnosis_rows:
-            labels = tuple(DEFAULT_DIAGNOSIS_LABELS if diagnosis_labels is None else diagnosis_labels)
+            labels = tuple(scores.DEFAULT_DIAGNOSIS_LABELS if diagnosis_labels is None else diagnosis_labels)
             refs = [references[i] for i in diagnosis_rows]
             preds = [predictions[i] for i in diagnosis_rows]
-            matrix = confusion_matrix(refs, preds, labels)
+            matrix = scores.confusion_matrix(refs, preds, labels)
             unlabelled = len(refs) - sum(map(sum, matrix))
             if unlabelled:
                 logger.warning(
@@ -152,9 +146,9 @@ def compute_vqa_metrics(
                     labels,
                 )
             metrics["diagnosis_accuracy"] = _mean([em[i] for i in diagnosis_rows])
-            metrics["diagnosis_macro_f1"] = macro_f1(matrix)
+            metrics["diagnosis_macro_f1"] = scores.macro_f1(matrix)
             for ref_label, row in zip(labels, matrix, strict=True):
-                for pred_label, count in zip((*labels, OTHER_LABEL), row, strict=True):
+                for pred_label, count in zip((*labels, scores.OTHER_LABEL), row, strict=True):
                     metrics[f"diagnosis_confusion/{ref_label}->{pred_label}"] = int(count)
             metrics.update(grading_metrics(refs, preds, labels))
         # Multi-disease rows: findings reports scored by their findings, set answers as sets, the cup-to-disc

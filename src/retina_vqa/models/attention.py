@@ -41,14 +41,27 @@ class MaskedBlipTextSelfAttention(BlipTextSelfAttention):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The one mask this attention applies: a cross-attention's encoder mask where one is passed, else (the fix)
+        # the mask it was called with.
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            attention_mask = encoder_attention_mask
+        return self._attend(hidden_states, attention_mask, encoder_hidden_states, **kwargs)
+
+    def _attend(
+        self,
+        hidden_states: torch.Tensor,
+        mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+        **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if encoder_hidden_states is not None and encoder_attention_mask is None:
-            encoder_attention_mask = attention_mask
+        # transformers' own attention. It reads a cross-attention's mask from `encoder_attention_mask` and a
+        # self-attention's from `attention_mask`: both get the one chosen in `forward`.
         return super().forward(
             hidden_states,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             encoder_hidden_states=encoder_hidden_states,
-            encoder_attention_mask=encoder_attention_mask,
+            encoder_attention_mask=mask,
             **kwargs,
         )
 
@@ -83,23 +96,21 @@ class SdpaBlipAttention(BlipAttention):
 class SdpaBlipTextSelfAttention(MaskedBlipTextSelfAttention):
     """Text self- or cross-attention through `scaled_dot_product_attention`, masks and cache as upstream.
 
-    Inherits the cross-attention mask fix of `MaskedBlipTextSelfAttention`.
+    Inherits the cross-attention mask fix of `MaskedBlipTextSelfAttention` (its `forward` picks the mask) and
+    replaces only the attention itself (`_attend`).
     """
 
-    def forward(
+    def _attend(
         self,
         hidden_states: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        encoder_hidden_states: torch.Tensor | None = None,
-        encoder_attention_mask: torch.Tensor | None = None,
+        mask: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
         cache=None,
         past_key_values=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
         cache = cache if cache is not None else past_key_values
         is_cross_attention = encoder_hidden_states is not None
-        if is_cross_attention:
-            attention_mask = encoder_attention_mask if encoder_attention_mask is not None else attention_mask
         input_shape = hidden_states.shape[:-1]
         query = self.query(hidden_states).view(*input_shape, -1, self.attention_head_size).transpose(1, 2)
 
@@ -125,7 +136,7 @@ class SdpaBlipTextSelfAttention(MaskedBlipTextSelfAttention):
             query,
             key,
             value,
-            attn_mask=_additive_mask(attention_mask, query),
+            attn_mask=_additive_mask(mask, query),
             dropout_p=self.dropout.p if self.training else 0.0,
         )
         context = context.transpose(1, 2).reshape(*input_shape, self.all_head_size)

@@ -11,6 +11,9 @@ questions and findings reports (a separate folder: the word ids are ordered by f
 renumber the DR vocabulary), and findings reports need more text positions. The special tokens mirror
 Salesforce/blip-vqa-base:
 ``[DEC]`` is the bos token that starts every answer, ``[SEP]`` ends it, ``[PAD]`` pads.
+
+`random_tiny_blip` makes an untrained model of such a config whose answers still vary with image and question,
+for the tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ import logging
 import string
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from transformers import BertTokenizer, BlipConfig, BlipProcessor
 
 from .compat import BlipImageProcessorPil
+
+if TYPE_CHECKING:
+    from transformers import BlipForQuestionAnswering
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +138,24 @@ def build_tiny_blip(
     config.save_pretrained(output_dir)
     logger.info("Wrote a tiny BLIP (vocabulary %d) to %s", len(vocab), output_dir)
     return processor
+
+
+def random_tiny_blip(config_dir: str | Path, init_range: float = 0.5, seed: int = 0) -> BlipForQuestionAnswering:
+    """A random BLIP of ``config_dir`` (e.g. configs/blip-tiny) whose answers depend on its inputs: a wide
+    initialisation (``init_range`` for text and vision) makes untrained outputs vary. Seeded with ``seed``, in eval
+    mode, with the cross-attention mask fix (`models.attention`)."""
+    import torch
+    from transformers import AutoConfig, BlipForQuestionAnswering
+
+    from .attention import apply_cross_attention_mask_fix
+
+    config = AutoConfig.from_pretrained(config_dir)
+    config.text_config.initializer_range = init_range
+    config.vision_config.initializer_range = init_range
+    torch.manual_seed(seed)
+    model = BlipForQuestionAnswering(config).eval()
+    apply_cross_attention_mask_fix(model)
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:

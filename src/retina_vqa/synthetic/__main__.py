@@ -14,15 +14,12 @@ naming the flag, before any image is drawn.
 from __future__ import annotations
 
 import argparse
-import logging
-import shlex
-import sys
 from pathlib import Path
 
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES
 from .build import generate_dataset, validate_grade_weights
 from .conditions import CONDITIONS, DEFAULT_PREVALENCE, parse_conditions, parse_prevalence
-from .export import FORMATS, check_output_dir, render_preview, save_dataset
+from .export import FORMATS, check_output_dir, parse_dataset_command, render_preview, save_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Command-line entry point: the dataset, or with ``--preview`` only the grid; bad flags exit with status 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    argv_used = sys.argv[1:] if argv is None else list(argv)
+    args, command = parse_dataset_command(parser, argv)
     try:
         conditions = parse_conditions(args.conditions)
         parse_prevalence(args.prevalence, conditions)  # a bad --prevalence fails before any drawing
@@ -106,7 +101,6 @@ def main(argv: list[str] | None = None) -> None:
             conditions=conditions,
             prevalence=args.prevalence,
         )
-        command = "python -m retina_vqa.synthetic " + shlex.join(argv_used)
         save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command)
     except ValueError as err:
         parser.error(str(err))

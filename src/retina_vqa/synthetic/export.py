@@ -4,7 +4,8 @@ This module owns what leaves memory: ``save_dataset`` (``save_to_disk`` or ``ima
 output-directory checks that keep ``--overwrite`` from deleting the wrong folder, the README.md dataset
 card with per-split counts (and per-condition stages when other conditions are drawn), and ``render_preview``
 (a captioned grid of images for eyeballing the drawing: the DR grades, or each condition at two or more
-stages).
+stages). ``parse_dataset_command`` starts the command lines that write a dataset (logging, arguments, and the
+command the card quotes).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import io
 import json
 import logging
 import os
+import shlex
 import shutil
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +30,8 @@ from .conditions import CUP_TO_DISC, OTHER_CONDITIONS, ConditionState, parse_con
 from .render import MIN_IMAGE_SIZE, QUALITIES
 
 if TYPE_CHECKING:
+    import argparse
+
     import datasets
 
 __all__ = [
@@ -34,6 +39,7 @@ __all__ = [
     "markdown_table",
     "short_text",
     "check_output_dir",
+    "parse_dataset_command",
     "preview_label_height",
     "render_preview",
     "save_dataset",
@@ -123,6 +129,17 @@ def _save_imagefolder(dataset_dict: datasets.DatasetDict, out: Path) -> None:
                     written.add(row["image_id"])
                 record = {"file_name": file_name, **{c: row[c] for c in meta_columns}}
                 f.write(json.dumps(record) + "\n")
+
+
+def parse_dataset_command(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> tuple[argparse.Namespace, str]:
+    """The start of a command that writes a dataset (this package's and `retina_vqa.build_dataset`'s): INFO logging
+    with timestamps, then ``argv`` (default: the process's arguments) parsed by ``parser``. Returns the arguments
+    and the command line as the dataset card quotes it: ``parser``'s program, then ``argv`` shell-quoted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return parser.parse_args(argv), parser.prog + " " + shlex.join(argv)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -145,30 +145,26 @@ def render_eye(
     img *= 1.0 - arteries[..., None] * (1.0 - np.array([0.88, 0.5, 0.55], np.float32))
     if "hypertensive" in others:
         signs.draw_arteriolar_reflex(img, arteries, state.hypertensive)
+    occluded = signs.occluded_veins(vein_paths or [], state.rvo, state.rvo_quadrant) if "rvo" in others else []
     if "rvo" in others and state.rvo != "none":
-        signs.draw_dilated_veins(sign_rngs["rvo"], img, anatomy, vein_paths or [], state.rvo, state.rvo_quadrant)
+        signs.draw_dilated_veins(sign_rngs["rvo"], img, anatomy, occluded)
 
     lesions = add_dr_lesions(rng, img, size, grade, anatomy.fovea, anatomy.disc, anatomy.disc_r)
     findings |= {_DR_FINDINGS[b["type"]] for b in lesions}
     if grade >= _VENOUS_BEADING_GRADE:
         findings.add("venous_beading")
 
+    # The other conditions' signs on top of the DR lesions, each drawing (findings, boxes), in this order.
+    drawn = []
     if "amd" in others:
-        found, boxes = signs.draw_amd(sign_rngs["amd"], img, anatomy, state.amd)
-        findings |= found
-        sign_lesions += boxes
+        drawn.append(signs.draw_amd(sign_rngs["amd"], img, anatomy, state.amd))
     if "hypertensive" in others:
-        found, boxes = signs.draw_hypertensive(sign_rngs["hypertensive"], img, anatomy, state.hypertensive)
-        findings |= found
-        sign_lesions += boxes
+        drawn.append(signs.draw_hypertensive(sign_rngs["hypertensive"], img, anatomy, state.hypertensive))
     if "rvo" in others:
-        found, boxes = signs.draw_vein_occlusion(
-            sign_rngs["rvo"], img, anatomy, vein_paths or [], state.rvo, state.rvo_quadrant
-        )
-        findings |= found
-        sign_lesions += boxes
+        drawn.append(signs.draw_vein_occlusion(sign_rngs["rvo"], img, anatomy, occluded, state.rvo, state.rvo_quadrant))
     if "glaucoma" in others:
-        found, boxes = signs.draw_disc_haemorrhage(sign_rngs["glaucoma"], img, anatomy, state.glaucoma)
+        drawn.append(signs.draw_disc_haemorrhage(sign_rngs["glaucoma"], img, anatomy, state.glaucoma))
+    for found, boxes in drawn:
         findings |= found
         sign_lesions += boxes
     lesions += sign_lesions

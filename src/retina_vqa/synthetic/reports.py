@@ -19,7 +19,7 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from ..questions import FINDINGS, QUADRANTS
+from ..questions import AMD_FINDINGS, FINDINGS, QUADRANTS
 
 __all__ = [
     "FINDING_PHRASES",
@@ -76,15 +76,7 @@ _RETINA = (
     "neovascularisation",
     "preretinal_haemorrhage",
 )
-_MACULA = (
-    "small_drusen",
-    "intermediate_drusen",
-    "large_drusen",
-    "pigment_changes",
-    "geographic_atrophy",
-    "choroidal_neovascularisation",
-    "macular_haemorrhage",
-)
+_MACULA = AMD_FINDINGS
 
 _DR_IMPRESSIONS = (
     "no diabetic retinopathy",

@@ -34,6 +34,7 @@ __all__ = [
     "draw_glaucoma_disc",
     "draw_hypertensive",
     "draw_vein_occlusion",
+    "occluded_veins",
 ]
 
 # Box types only these signs draw (the DR types are in questions.LESION_TYPES).
@@ -367,10 +368,11 @@ def draw_hypertensive(
 # --------------------------------------------------------------------------------------------------
 
 
-def _occluded(
+def occluded_veins(
     vein_paths: Sequence[tuple[np.ndarray, float, float, bool]], stage: str, quadrant: str | None
 ) -> list[tuple[np.ndarray, float]]:
-    """The stretches of vein behind the occlusion: from the crossing onwards for a branch, all veins for central."""
+    """The stretches of vein behind the occlusion, as (points, width): from the crossing onwards for a branch, all
+    veins for central, none without an occlusion. Both drawings of the occlusion follow them."""
     out = []
     for pts, w, vertical, temporal in vein_paths:
         if stage == "central":
@@ -383,20 +385,15 @@ def _occluded(
 
 
 def draw_dilated_veins(
-    rng: np.random.Generator,
-    img: np.ndarray,
-    a: Anatomy,
-    vein_paths: Sequence[tuple[np.ndarray, float, float, bool]],
-    stage: str,
-    quadrant: str | None,
+    rng: np.random.Generator, img: np.ndarray, a: Anatomy, occluded: Sequence[tuple[np.ndarray, float]]
 ) -> None:
-    """Darken and widen the occluded veins along a wavy copy of their course (dilated, tortuous veins)."""
+    """Darken and widen the `occluded_veins` along a wavy copy of their course (dilated, tortuous veins)."""
     size = a.size
     ss = 3
     canvas = Image.new("L", (size * ss, size * ss), 0)
     draw = ImageDraw.Draw(canvas)
     cx, cy, fov_r = fov_geometry(size)
-    for pts, w in _occluded(vein_paths, stage, quadrant):
+    for pts, w in occluded:
         if len(pts) < 4:
             continue
         seg = np.diff(pts, axis=0)
@@ -420,19 +417,18 @@ def draw_vein_occlusion(
     rng: np.random.Generator,
     img: np.ndarray,
     a: Anatomy,
-    vein_paths: Sequence[tuple[np.ndarray, float, float, bool]],
+    occluded: Sequence[tuple[np.ndarray, float]],
     stage: str,
     quadrant: str | None,
 ) -> tuple[set[str], list[dict[str, Any]]]:
-    """Flame haemorrhages in the occluded territory (one temporal quadrant, or all four), cotton-wool spots,
-    and for some central occlusions a swollen disc."""
+    """Flame haemorrhages in the occluded territory (one temporal quadrant along the `occluded_veins`, or all
+    four), cotton-wool spots, and for some central occlusions a swollen disc."""
     if stage == "none":
         return set(), []
     s = float(a.size)
     boxes: list[dict[str, Any]] = []
     laterality = "right" if a.nasal_sign > 0 else "left"
     if stage == "branch":
-        occluded = _occluded(vein_paths, stage, quadrant)
         pts = np.vstack([p for p, _ in occluded]) if occluded else np.array([a.fovea])
         cx, cy, fov_r = fov_geometry(a.size)
         wanted = int(rng.integers(10, 16))
