@@ -43,6 +43,7 @@ class StepRecorder(LogitsProcessor):
     def __init__(self) -> None:
         self.generated: list[torch.Tensor] = []
         self.scores: list[torch.Tensor] = []
+        self.output: Any = None  # what `generate` returned, where `recording` saw it
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = len(self.scores)  # the prompt (or [DEC]) comes first, then one token per step
@@ -94,16 +95,19 @@ def agreeing_steps(reference: Steps, other: Steps, tolerance: float = TOLERANCE)
 @contextlib.contextmanager
 def recording(model: torch.nn.Module) -> Iterator[list[StepRecorder]]:
     """Records each `generate` call that answers with `model` (BLIP: its answer decoder; BLIP-2: the model itself)
-    while inside, one `StepRecorder` per call; what is computed does not change."""
+    while inside, one `StepRecorder` per call (``output``: what the call returned); what is computed does not
+    change."""
     target = getattr(model, "text_decoder", model)
     original = target.generate
     calls: list[StepRecorder] = []
 
     def generate(*args: Any, **kwargs: Any) -> Any:
-        calls.append(StepRecorder())
+        recorder = StepRecorder()
+        calls.append(recorder)
         processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
-        processors.append(calls[-1])
-        return original(*args, logits_processor=processors, **kwargs)
+        processors.append(recorder)
+        recorder.output = original(*args, logits_processor=processors, **kwargs)
+        return recorder.output
 
     target.generate = generate
     try:
@@ -137,3 +141,10 @@ def assert_same_where_clear(
     rows = [row for row, margin in enumerate(margins) if margin > clear]
     assert len(rows) >= at_least, f"only {len(rows)} rows with clear choices: {margins}"
     assert [got[row] for row in rows] == [expected[row] for row in rows]
+
+
+def clear_ranking(scores: dict[str, float], tolerance: float) -> bool:
+    """Whether the most likely candidate leads the next by more than twice `tolerance`: computations whose
+    probabilities agree within it then rank the same candidate first."""
+    top = sorted(scores.values(), reverse=True)[:2]
+    return len(top) < 2 or top[0] - top[1] > 2 * tolerance

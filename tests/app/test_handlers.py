@@ -21,12 +21,13 @@ def answerer(app_model_dir) -> Answerer:
     return Answerer.load(app_model_dir, device="cpu")
 
 
-def api_answers(answerer: Answerer, image, questions: list[str]) -> list[dict]:
-    """What `retina_vqa.inference.answer_questions` says, as a user of the Python API calls it."""
+def api_answers(answerer: Answerer, images, questions: list[str]) -> list[dict]:
+    """What `retina_vqa.inference.answer_questions` says, as a user of the Python API calls it (one image for all
+    questions, or one per question)."""
     return answer_questions(
         answerer.model,
         answerer.processor,
-        str(image),
+        [str(image) for image in images] if isinstance(images, list) else str(images),
         questions,
         answer_mode="auto",
         answer_candidates=load_answer_candidates(answerer.name),
@@ -114,11 +115,14 @@ def test_report_asks_every_known_question_and_writes_json(answerer, fundus_files
 def test_batch_answers_readable_images_and_names_the_others(answerer, fundus_files):
     paths = [str(fundus_files[name]) for name in ("fundus.jpg", "notes.txt", "second.png")]
     rows, message = answerer.on_batch(paths, "what is the diagnosis?", "")
-    expected = [
-        api_answers(answerer, fundus_files[n], ["what is the diagnosis?"])[0] for n in ("fundus.jpg", "second.png")
-    ]
+    # The readable images in one call, as the page asks them: the same batch, so the same numbers.
+    expected = api_answers(
+        answerer, [fundus_files[n] for n in ("fundus.jpg", "second.png")], ["what is the diagnosis?"] * 2
+    )
     assert [row[0] for row in rows] == ["fundus.jpg", "second.png"]
     assert [row[2] for row in rows] == [e["answer"] for e in expected]
+    # Each image's own probability (both may give the same answer): an answer shown beside another image differs.
+    assert [row[3] for row in rows] == [f"{e['answer_scores'][e['answer']]:.1%}" for e in expected]
     assert message.startswith("Answered 2 of 3 images. Skipped: Cannot load image from the upload 'notes.txt'")
     assert "BytesIO" not in message
 
