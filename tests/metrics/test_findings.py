@@ -50,6 +50,156 @@ def test_findings_with_negation(sentence, present, negated):
     found = extract_findings(sentence)
     assert found.present == present
     assert found.negated == negated
+    assert found.uncertain == set()
+
+
+def _states(sentence: str) -> dict[str, str]:
+    found = extract_findings(sentence)
+    states = {f: "present" for f in found.present} | {f: "negated" for f in found.negated}
+    return states | {f: "uncertain" for f in found.uncertain}
+
+
+# Sentences the extractor used to misread (the old reading in the comment).
+@pytest.mark.parametrize(
+    ("sentence", "states"),
+    [
+        # Both absent: the post-cue reached back across the comma.
+        (
+            "Microaneurysms are present, new vessels are not seen.",
+            {"microaneurysms": "present", "neovascularisation": "negated"},
+        ),
+        # Both absent: the "not" of "not seen" reached forward across the comma.
+        (
+            "Haemorrhages are not seen, microaneurysms are present.",
+            {"haemorrhages": "negated", "microaneurysms": "present"},
+        ),
+        ("Neovascularisation cannot be excluded.", {"neovascularisation": "uncertain"}),  # absent: read "excluded"
+        ("Possible venous beading", {"venous_beading": "uncertain"}),  # present
+    ],
+)
+def test_negation_stays_in_its_clause_and_hedges_are_uncertain(sentence, states):
+    assert _states(sentence) == states
+
+
+def test_negation_in_the_impression_stays_in_its_clause():
+    found = extract_findings("Impression: no glaucoma, intermediate AMD.")  # read no AMD
+    assert found.diagnoses == {"amd": "intermediate"}
+    assert found.uncertain_diagnoses == set()
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "No new vessels.",
+        "There are no new vessels.",
+        "Without new vessels.",
+        "Absence of new vessels.",
+        "Negative for new vessels.",
+        "No evidence of new vessels.",
+        "No signs of new vessels.",
+        "Free of new vessels.",
+        "Neither new vessels nor haemorrhages.",
+        "The scan rules out new vessels.",
+    ],
+)
+def test_pre_negation_cues(sentence):
+    assert _states(sentence)["neovascularisation"] == "negated"
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "New vessels are not seen.",
+        "New vessels are absent.",
+        "New vessels are not present.",
+        "New vessels are not identified.",
+        "New vessels are not detected.",
+        "New vessels are not visible.",
+        "New vessels have been ruled out.",
+        "New vessels are excluded.",
+    ],
+)
+def test_post_negation_cues(sentence):
+    assert _states(sentence)["neovascularisation"] == "negated"
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "No increase in microaneurysms.",
+        "No change in the microaneurysms.",
+        "No significant change in microaneurysms.",
+        "No progression of microaneurysms.",
+        "Not only microaneurysms but also haemorrhages.",
+    ],
+)
+def test_pseudo_negations_negate_nothing(sentence):
+    assert _states(sentence)["microaneurysms"] == "present"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding"),
+    [
+        # Before the finding.
+        ("Possible venous beading.", "venous_beading"),
+        ("Suspected choroidal neovascularisation.", "choroidal_neovascularisation"),
+        ("Changes suspicious for new vessels.", "neovascularisation"),
+        ("Appearance suggestive of disc swelling.", "disc_swelling"),
+        ("Likely new vessels at the disc.", "neovascularisation"),
+        ("Cannot exclude neovascularisation.", "neovascularisation"),
+        ("The lesion may represent a choroidal neovascular membrane.", "choroidal_neovascularisation"),
+        ("Probable microaneurysms.", "microaneurysms"),
+        ("Questionable disc haemorrhage.", "disc_haemorrhage"),
+        # After the finding.
+        ("Venous beading is possible.", "venous_beading"),
+        ("Choroidal neovascularisation is suspected.", "choroidal_neovascularisation"),
+        ("New vessels are likely.", "neovascularisation"),
+        ("Neovascularisation cannot be excluded.", "neovascularisation"),
+        ("Neovascularisation cannot be ruled out.", "neovascularisation"),
+        ("Neovascularisation is not excluded.", "neovascularisation"),
+        ("Microaneurysms may be present.", "microaneurysms"),
+    ],
+)
+def test_uncertainty_cues_before_and_after_the_finding(sentence, finding):
+    assert _states(sentence) == {finding: "uncertain"}
+
+
+@pytest.mark.parametrize(
+    ("sentence", "states"),
+    [
+        # Comma-joined clauses: each cue stays in its own.
+        ("Microaneurysms, no new vessels, possible venous beading.",
+         {"microaneurysms": "present", "neovascularisation": "negated", "venous_beading": "uncertain"}),
+        ("No haemorrhages, microaneurysms present.", {"haemorrhages": "negated", "microaneurysms": "present"}),
+        ("Microaneurysms, haemorrhages are absent.", {"microaneurysms": "present", "haemorrhages": "negated"}),
+        # Lists: a negated list closes with "or", a subject list with a conjunction before the post-cue.
+        ("There are no haemorrhages, exudates or new vessels.",
+         {"haemorrhages": "negated", "hard_exudates": "negated", "neovascularisation": "negated"}),
+        ("No haemorrhages, exudates, or new vessels are seen.",
+         {"haemorrhages": "negated", "hard_exudates": "negated", "neovascularisation": "negated"}),
+        ("Haemorrhages, exudates and new vessels are not seen.",
+         {"haemorrhages": "negated", "hard_exudates": "negated", "neovascularisation": "negated"}),
+        ("No haemorrhages, microaneurysms and hard exudates present.",
+         {"haemorrhages": "negated", "microaneurysms": "present", "hard_exudates": "present"}),
+        # Semicolons, "but", "although", and "and" between two clauses with their own verbs.
+        ("No new vessels; microaneurysms present.", {"neovascularisation": "negated", "microaneurysms": "present"}),
+        ("Microaneurysms present; new vessels absent.", {"microaneurysms": "present", "neovascularisation": "negated"}),
+        ("No new vessels but microaneurysms.", {"neovascularisation": "negated", "microaneurysms": "present"}),
+        ("No new vessels, although venous beading is suspected.",
+         {"neovascularisation": "negated", "venous_beading": "uncertain"}),
+        ("Microaneurysms are present and new vessels are not seen.",
+         {"microaneurysms": "present", "neovascularisation": "negated"}),
+        ("The retina shows microaneurysms and new vessels are not seen.",
+         {"microaneurysms": "present", "neovascularisation": "negated"}),
+        # A cue that reads both ways reads forward when a finding follows it.
+        ("Hard exudates and possible new vessels.", {"hard_exudates": "present", "neovascularisation": "uncertain"}),
+        # Stated more than one way: present over uncertain over negated.
+        ("Possible new vessels at the disc. No new vessels elsewhere.", {"neovascularisation": "uncertain"}),
+        ("Possible microaneurysms. Microaneurysms are present.", {"microaneurysms": "present"}),
+    ],
+)  # fmt: skip
+def test_cue_scope_ends_with_its_clause(sentence, states):
+    assert _states(sentence) == states
 
 
 def test_choroidal_neovascularisation_is_not_retinal_new_vessels():
@@ -81,12 +231,31 @@ def test_cup_to_disc_ratio_from_raw_and_decoded_text():
         ),
         ("Impression: CRVO.", 0, {"rvo": "central"}),
         ("Branch retinal vein occlusion; no glaucoma.", 0, {"rvo": "branch"}),
+        ("Impression: no glaucoma, intermediate AMD.", 0, {"amd": "intermediate"}),
+        ("Impression: no diabetic retinopathy or glaucoma, CRVO.", 0, {"rvo": "central"}),
+        ("Impression: moderate NPDR, no glaucoma, early AMD.", 2, {"amd": "early"}),
+        ("Impression: CRVO without glaucoma.", 0, {"rvo": "central"}),
+        ("Impression: early glaucoma; diabetic retinopathy is absent.", 0, {"glaucoma": "early"}),
     ],
 )
 def test_impression(impression, grade, diagnoses):
     found = extract_findings(impression)
     assert found.dr_grade == grade
     assert found.diagnoses == diagnoses
+
+
+@pytest.mark.parametrize(
+    ("impression", "grade", "diagnoses", "uncertain"),
+    [
+        ("Impression: possible early glaucoma.", 0, {}, {"glaucoma"}),
+        ("Impression: moderate NPDR, suspected wet AMD.", 2, {}, {"amd"}),
+        ("Impression: proliferative diabetic retinopathy cannot be excluded.", 0, {}, {"dr"}),
+        ("Impression: suspected PDR, moderate NPDR.", 2, {}, set()),  # graded: no longer only hedged
+    ],
+)
+def test_hedged_impression_is_neither_graded_nor_staged(impression, grade, diagnoses, uncertain):
+    found = extract_findings(impression)
+    assert (found.dr_grade, found.diagnoses, found.uncertain_diagnoses) == (grade, diagnoses, uncertain)
 
 
 @pytest.mark.parametrize(
@@ -126,6 +295,25 @@ def test_report_metrics_score_findings_not_fluency():
     assert wrong["report_finding_macro_f1"] == pytest.approx(1 / 3)
     assert right["report_impression_dr_grade_accuracy"] == wrong["report_impression_dr_grade_accuracy"] == 1.0
     assert right["report_recommendation_accuracy"] == 1.0
+
+
+def test_hedged_findings_are_counted_apart_from_precision_and_recall():
+    reference = "There are microaneurysms and new vessels. Possible venous beading."
+    predictions = [
+        "There are microaneurysms. Possible new vessels. Venous beading.",  # hedges on a reference finding
+        "There are microaneurysms and new vessels. Possible hard exudates.",  # hedges on an unmentioned one
+    ]
+    scores = report_metrics(predictions, [reference, reference])
+    # Venous beading (hedged by the reference) is not scored; hedges are no positives, true or false: tp 3
+    # (microaneurysms twice, new vessels once), fp 0, fn 1 (the new vessels the first report only hedges on).
+    assert scores["report_finding_micro_precision"] == 1.0
+    assert scores["report_finding_micro_recall"] == 0.75
+    assert "report_finding_f1/venous_beading" not in scores and "report_finding_f1/hard_exudates" not in scores
+    assert scores["report_finding_uncertain"] == 2
+    assert scores["report_finding_uncertain_rate"] == pytest.approx(2 / 6)  # of the six findings named
+    assert scores["report_finding_uncertain_reference"] == 2
+    plain = report_metrics([reference.split(".")[0] + "."], [reference.split(".")[0] + "."])
+    assert plain["report_finding_uncertain"] == plain["report_finding_uncertain_rate"] == 0
 
 
 def test_report_impression_agreement_counts_stages():
@@ -224,5 +412,6 @@ def test_model_card_shows_the_report_table(tmp_path):
     card = render_model_card("m", str(tmp_path), [], SimpleNamespace())
     assert "| finding F1, micro (pooled over findings) | 0.6100 | 0.0000 |" in card
     assert "| ROUGE-L | 0.7000 | 0.4000 |" in card
+    assert "| findings hedged, share of those named (never counted as positives) | - | - |" in card
     (tmp_path / "all_results.json").write_text(json.dumps({"predict_exact_match": 0.5}))
     assert "most common report" not in render_model_card("m", str(tmp_path), [], SimpleNamespace())

@@ -2,11 +2,13 @@
 
 A findings report is scored the way clinical-efficacy metrics score radiology reports: a rule-based extractor
 reads, from the generated and from the reference report, which findings (``questions.FINDINGS``) are stated as
-present, with negation ("no haemorrhages", "without neovascularisation", "there is no evidence of disc
-swelling", "new vessels are not seen"), the impression (DR grade and every other diagnosis with its stage) and
-the recommendation (how soon to refer). :func:`report_metrics` then gives per-finding precision / recall / F1
-with their micro and macro averages, impression and recommendation agreement, next to ROUGE-L and BLEU, which
-reward fluent text even when it names the wrong findings.
+present, negated ("no haemorrhages", "there is no evidence of disc swelling", "new vessels are not seen") or
+uncertain ("possible venous beading", "neovascularisation cannot be excluded"), the impression (DR grade and
+every other diagnosis with its stage) and the recommendation (how soon to refer). Negation and hedging cues read
+NegEx-style, forward or back within their clause (see ``_CUES``). :func:`report_metrics` then gives per-finding
+precision / recall / F1 with their micro and macro averages, hedged findings counted apart, impression and
+recommendation agreement, next to ROUGE-L and BLEU, which reward fluent text even when it names the wrong
+findings.
 
 The extractor reads every wording of :mod:`retina_vqa.synthetic.reports` and common variants (American
 spellings, abbreviations such as "AV nicking", "CNV", "NPDR"); it works on raw or tokenizer-decoded text
@@ -52,6 +54,7 @@ PRIOR_REPORTED_KEYS = (
     "report_finding_micro_precision",
     "report_finding_micro_recall",
     "report_finding_macro_f1",
+    "report_finding_uncertain_rate",
     "report_impression_dr_grade_accuracy",
     "report_impression_diagnosis_f1",
     "report_impression_exact_match",
@@ -128,22 +131,69 @@ _RATIO_RE = re.compile(r"\b(?:cup to disc|c d|cdr)(?: ratio)?(?: of| is| was|:)?
 # glaucoma, 0.3-0.5 for healthy discs).
 ENLARGED_CUP_RATIO = 0.6
 
-# Negation: a cue negates the findings after it up to the end of its clause; a post-cue negates those before it.
-_NEGATION_CUE = re.compile(
-    r"\b(?:no|not|without|absence of|absent|free of|negative for|rules? out|ruled out|no evidence of|no sign of"
-    r"|no signs of|nor|neither)\b"
+# Negation and hedging, after NegEx (Chapman et al. 2001): a cue is a pre-cue ("no haemorrhages"), a post-cue
+# ("haemorrhages are not seen") or reads both ways ("possible new vessels", "new vessels are possible"). Its
+# scope runs from the cue, in the direction it reads, to the end of its clause (see _segments). The lists are
+# matched in the order of _CUES and each match is blanked, so "cannot be excluded" is not also read as
+# "excluded", and a pseudo-negation ("no increase in", "not only") negates nothing.
+_PSEUDO_NEGATION = (
+    r"\bno (?:significant |interval |further )?(?:increase|change|progression|worsening)(?: in| of)?\b"
+    r"|\bnot only\b|\bnot necessarily\b|\bwithout (?:any )?(?:change|difficulty)\b"
 )
-_POST_NEGATION = re.compile(r"\b(?:absent|not seen|not present|not identified|not detected|ruled out|excluded)\b")
+_UNCERTAIN_POST = (
+    r"\b(?:cannot|can not|can't|could not|couldn't|may not)(?: be)? (?:excluded|ruled out)\b"
+    r"|\bnot (?:be )?(?:excluded|ruled out)\b"
+)
+_UNCERTAIN_PRE = (
+    r"\b(?:cannot|can not|can't|could not) (?:exclude|rule out)\b|\b(?:to )?rule out\b"
+    r"|\bsuspicio(?:us|n) (?:for|of)\b|\bsuggestive of\b|\bsuggest(?:s|ing)\b|\b(?:concerning|worrisome) for\b"
+    r"|\b(?:may|might|could) (?:represent|indicate)\b|\b(?:not certain|uncertain) (?:if|whether)\b"
+)
+_UNCERTAIN_BOTH = (
+    r"\b(?:possible|possibly|probable|probably|suspected|likely|unlikely|presumed|questionable|equivocal|query)\b"
+    r"|\b(?:may|might|could) be\b"
+)
+_NEGATION_POST = (
+    r"\babsent\b|\bnot (?:seen|present|identified|detected|visible|noted|observed|evident|found|appreciated)\b"
+    r"|\bruled out\b|\bexcluded\b"
+)
+_NEGATION_PRE = (
+    r"\bno (?:evidence|signs?|features?|suggestion) of\b|\babsence of\b|\bfree of\b|\bnegative for\b|\bwithout\b"
+    r"|\brules out\b|\bneither\b|\bnor\b|\bno\b|\bnot\b"
+)
+# (state, direction, pattern), matched in this order.
+_CUES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
+    (state, direction, re.compile(pattern))
+    for state, direction, pattern in (
+        ("pseudo", "", _PSEUDO_NEGATION),
+        ("uncertain", "post", _UNCERTAIN_POST),
+        ("uncertain", "pre", _UNCERTAIN_PRE),
+        ("uncertain", "both", _UNCERTAIN_BOTH),
+        ("negated", "post", _NEGATION_POST),
+        ("negated", "pre", _NEGATION_PRE),
+    )
+)
+# A clause ends at a semicolon, a colon or a contrast ("but"). A comma ends one too, except inside a list: "no
+# haemorrhages, exudates or new vessels" (a negated list closes with "or"/"nor") and "haemorrhages, exudates and
+# new vessels are not seen" (a subject list closes with a conjunction before the post-cue). "And"/"or" between
+# two parts that each have a verb ("microaneurysms are present and new vessels are not seen") ends one as well.
 _CLAUSE_BREAK = re.compile(r"\b(?:but|however|although|though|whereas|while|except)\b|[;:]")
+_VERB = re.compile(
+    r"\b(?:is|are|was|were|be|been|shows?|showing|has|have|seen|noted|present|appears?|includes?|identified"
+    r"|detected|visible|observed)\b"
+)
+_CONJUNCTION = re.compile(r"\b(?:and|or)\b")
+_LIST_CLOSE = re.compile(r"\b(?:or|nor)\b")
+_LIST_JOIN = re.compile(r"\b(?:and|or|nor)\b")
 
 # --------------------------------------------------------------------------------------------------------------
 # Impression and recommendation patterns
 # --------------------------------------------------------------------------------------------------------------
 
+# "No diabetic retinopathy" is a negation cue before a mention, read like any other.
 _DR_RE = re.compile(
-    r"\b(?:(no|mild|moderate|severe) )?(non ?proliferative|proliferative) diabetic retinopathy\b"
-    r"|\b(mild|moderate|severe) npdr\b|\b(pdr)\b|\b(no) diabetic retinopathy\b|\b(?:(mild|moderate|severe) )?"
-    r"(diabetic retinopathy)\b"
+    r"\b(?:(mild|moderate|severe) )?(non ?proliferative|proliferative) diabetic retinopathy\b"
+    r"|\b(mild|moderate|severe) npdr\b|\b(pdr)\b|\b(?:(mild|moderate|severe) )?diabetic retinopathy\b"
 )
 _DR_LEVELS = {"mild": 1, "moderate": 2, "severe": 3}
 _GLAUCOMA_RE = re.compile(r"\b(?:(early|mild|moderate|advanced|severe) )?glaucoma(?:tous optic neuropathy)?\b")
@@ -170,11 +220,14 @@ _RECOMMENDATION_RES = (
 
 @dataclass
 class ReportFindings:
-    """What one report states: findings present and negated, the impression and the recommendation.
+    """What one report states: findings present, negated and hedged, the impression and the recommendation.
 
-    ``dr_grade`` is 0-4 (0 when the report names no diabetic retinopathy), ``diagnoses`` maps each other
-    condition it names ("glaucoma", "amd", "hypertensive", "rvo") to a stage, ``urgency`` indexes
-    ``synthetic.reports.RECOMMENDATIONS`` (None when the report recommends nothing).
+    A finding is in one of ``present``, ``uncertain`` (hedged: "possible venous beading", "neovascularisation
+    cannot be excluded") and ``negated``; stated more than one way in a report, present wins over uncertain and
+    uncertain over negated. ``dr_grade`` is 0-4 (0 when the report names no diabetic retinopathy), ``diagnoses``
+    maps each other condition it names ("glaucoma", "amd", "hypertensive", "rvo") to a stage,
+    ``uncertain_diagnoses`` holds the conditions it only hedges on ("dr" among them; neither graded nor staged),
+    ``urgency`` indexes ``synthetic.reports.RECOMMENDATIONS`` (None when the report recommends nothing).
     """
 
     present: set[str] = field(default_factory=set)
@@ -183,6 +236,8 @@ class ReportFindings:
     diagnoses: dict[str, str] = field(default_factory=dict)
     urgency: int | None = None
     cup_to_disc: float | None = None
+    uncertain: set[str] = field(default_factory=set)
+    uncertain_diagnoses: set[str] = field(default_factory=set)
 
 
 def _clean(text: str) -> str:
@@ -208,43 +263,141 @@ def _clauses(sentence: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
-def _negated_at(clause: str, start: int, end: int) -> bool:
-    if _NEGATION_CUE.search(clause[:start]):
-        return True
-    if " not " in f" {clause[start:end]} ":
-        return True
-    return _POST_NEGATION.search(clause[end:]) is not None
-
-
 def _blank(text: str, start: int, end: int) -> str:
     return text[:start] + " " * (end - start) + text[end:]
 
 
+@dataclass
+class _Cue:
+    state: str  # "negated" or "uncertain"
+    direction: str  # "pre", "post" or "both"
+    start: int
+    end: int
+
+
+def _segments(clause: str, targets: Sequence[tuple[int, int]]) -> list[tuple[int, int, bool]]:
+    """(start, end, follows_comma) of the parts of a clause, split at commas and at an "and"/"or" between two parts
+    that each have a verb; a conjunction inside a finding ("dot and blot haemorrhages") splits nothing."""
+    out, start = [], 0
+    for n, piece in enumerate(clause.split(",")):
+        end = start + len(piece)
+        cut, after_comma = start, n > 0
+        for m in _CONJUNCTION.finditer(clause, start, end):
+            inside = any(s <= m.start() < e for s, e in targets)
+            if not inside and _VERB.search(clause, cut, m.start()) and _VERB.search(clause, m.end(), end):
+                out.append((cut, m.start(), after_comma))
+                cut, after_comma = m.end(), False
+        out.append((cut, end, after_comma))
+        start = end + 1
+    return out
+
+
+def _scope(
+    cue: _Cue, forward: bool, clause: str, segments: Sequence[tuple[int, int, bool]], cues: Sequence[_Cue]
+) -> tuple[int, int]:
+    """The span a cue reaches in one direction: to the end (or start) of its part of the clause, or across the
+    items of a list it heads or closes (see _CLAUSE_BREAK)."""
+    i = next(k for k, (s, e, _) in enumerate(segments) if s <= cue.start < e)
+
+    def bare(k: int) -> bool:  # no verb and no cue: a list item
+        s, e, _ = segments[k]
+        return not _VERB.search(clause, s, e) and not any(s <= c.start < e for c in cues)
+
+    if forward:
+        end = segments[i][1]
+        for k in range(i + 1, len(segments)):
+            s, e, after_comma = segments[k]
+            if not after_comma or any(s <= c.start < e for c in cues):
+                break
+            if _LIST_CLOSE.search(clause, s, e):  # "no haemorrhages, exudates or new vessels (are seen)"
+                end = e
+                break
+            if not bare(k):
+                break
+        return cue.end, end
+    start = segments[i][0]
+    if _LIST_JOIN.search(clause, start, cue.start):  # "haemorrhages, exudates and new vessels are not seen"
+        for k in range(i, 0, -1):
+            if not segments[k][2] or not bare(k - 1):
+                break
+            start = segments[k - 1][0]
+    return start, cue.start
+
+
+def _states(clause: str, targets: Sequence[tuple[int, int]]) -> list[str]:
+    """For each (start, end) span of a finding or diagnosis in the clause: "present", "negated" or "uncertain",
+    after the nearest cue whose scope holds it."""
+    masked = clause
+    for s, e in targets:
+        masked = _blank(masked, s, e)
+    cues: list[_Cue] = []
+    for state, direction, pattern in _CUES:
+        for m in list(pattern.finditer(masked)):
+            masked = _blank(masked, m.start(), m.end())
+            if state != "pseudo":
+                cues.append(_Cue(state, direction, m.start(), m.end()))
+    segments = _segments(clause, targets)
+    scopes: list[tuple[_Cue, bool, int, int]] = []
+    for cue in cues:
+        if cue.direction != "post":
+            s, e = _scope(cue, True, clause, segments, cues)
+            # A cue that reads both ways reads forward when a finding follows it: "hard exudates and possible new
+            # vessels" hedges the new vessels only; "new vessels are possible" reads back.
+            if cue.direction == "pre" or any(s <= ts and te <= e for ts, te in targets):
+                scopes.append((cue, True, s, e))
+                continue
+        scopes.append((cue, False, *_scope(cue, False, clause, segments, cues)))
+    states = []
+    for ts, te in targets:
+        if " not " in f" {clause[ts:te]} ":  # "the disc is not swollen"
+            states.append("negated")
+            continue
+        holding = [
+            (ts - cue.end if forward else cue.start - te, cue.state)
+            for cue, forward, s, e in scopes
+            if s <= ts and te <= e
+        ]
+        states.append(min(holding)[1] if holding else "present")
+    return states
+
+
 def extract_findings(report: str) -> ReportFindings:
-    """Read a findings report: which findings it states as present or absent, its impression and advice."""
+    """Read a findings report: which findings it states as present, absent or uncertain, its impression and
+    advice. Negation and hedging reach the findings and diagnoses of their own clause (see _CUES)."""
     out = ReportFindings()
     text = _clean(report)
     for sentence in _sentences(text):
         for clause in _clauses(sentence):
             work = clause
+            found: list[tuple[tuple[str, ...], int, int]] = []
             for name, pattern in _FINDING_RES:
                 for m in list(pattern.finditer(work)):
-                    (out.negated if _negated_at(clause, m.start(), m.end()) else out.present).add(name)
+                    found.append(((name,), m.start(), m.end()))
                     work = _blank(work, m.start(), m.end())
             for m in _DRUSEN_RE.finditer(work):
-                negated = _negated_at(clause, m.start(), m.end())
-                for word, name in _DRUSEN_SIZES:
-                    if word in m.group(1):
-                        (out.negated if negated else out.present).add(name)
+                names = tuple(dict.fromkeys(name for word, name in _DRUSEN_SIZES if word in m.group(1)))
+                found.append((names, m.start(), m.end()))
+            diagnoses = _diagnoses(clause)
+            states = _states(clause, [(s, e) for _, s, e in found] + [(s, e) for _, _, s, e in diagnoses])
+            for (names, _, _), state in zip(found, states[: len(found)], strict=True):
+                getattr(out, state).update(names)
+            for (condition, stage, _, _), state in zip(diagnoses, states[len(found) :], strict=True):
+                if state == "uncertain":
+                    out.uncertain_diagnoses.add(condition)
+                elif state == "present" and condition == "dr":
+                    out.dr_grade = max(out.dr_grade, int(stage))
+                elif state == "present":
+                    out.diagnoses[condition] = stage
             for m in _RATIO_RE.finditer(clause):
                 value = float(m.group(1))
                 if value < 1.0:
                     out.cup_to_disc = value
                     if value >= ENLARGED_CUP_RATIO - 1e-9:
                         out.present.add("enlarged_cup")
-            _read_impression(clause, out)
-    # A finding both stated and denied (e.g. in the findings and again in the negatives) counts as present.
-    out.negated -= out.present
+    # A finding stated more than one way (in the findings and again in the negatives) takes its strongest state.
+    out.uncertain -= out.present
+    out.negated -= out.present | out.uncertain
+    out.uncertain_diagnoses -= {*out.diagnoses, *(["dr"] if out.dr_grade else [])}
     for level, pattern in _RECOMMENDATION_RES:
         if pattern.search(text):
             out.urgency = level
@@ -252,10 +405,10 @@ def extract_findings(report: str) -> ReportFindings:
     return out
 
 
-def _read_impression(clause: str, out: ReportFindings) -> None:
+def _diagnoses(clause: str) -> list[tuple[str, str, int, int]]:
+    """(condition, stage, start, end) of each diagnosis the clause names; for "dr" the stage is the grade."""
+    out = []
     for m in _DR_RE.finditer(clause):
-        if _NEGATION_CUE.search(clause[: m.start()]) or m.group(5) == "no" or m.group(1) == "no":
-            continue
         if m.group(4) == "pdr":
             grade = 4
         elif m.group(2):
@@ -264,23 +417,20 @@ def _read_impression(clause: str, out: ReportFindings) -> None:
         elif m.group(3):
             grade = _DR_LEVELS[m.group(3)]
         else:
-            grade = _DR_LEVELS.get(m.group(6) or "", 1)
-        out.dr_grade = max(out.dr_grade, grade)
+            grade = _DR_LEVELS.get(m.group(5) or "", 1)
+        out.append(("dr", str(grade), m.start(), m.end()))
     for m in _GLAUCOMA_RE.finditer(clause):
-        if not _NEGATION_CUE.search(clause[: m.start()]):
-            out.diagnoses["glaucoma"] = _GLAUCOMA_STAGES[m.group(1)]
+        out.append(("glaucoma", _GLAUCOMA_STAGES[m.group(1)], m.start(), m.end()))
     for m in _AMD_RE.finditer(clause):
-        if not _NEGATION_CUE.search(clause[: m.start()]):
-            word = m.group(1) or m.group(2)
-            out.diagnoses["amd"] = _AMD_STAGES[word]
+        out.append(("amd", _AMD_STAGES[m.group(1) or m.group(2)], m.start(), m.end()))
     for m in _HYPERTENSIVE_RE.finditer(clause):
-        if not _NEGATION_CUE.search(clause[: m.start()]):
-            number = m.group(1)
-            out.diagnoses["hypertensive"] = f"grade {_GRADE_WORDS.get(number, number)}" if number else "grade 1"
+        number = m.group(1)
+        stage = f"grade {_GRADE_WORDS.get(number, number)}" if number else "grade 1"
+        out.append(("hypertensive", stage, m.start(), m.end()))
     for m in _RVO_RE.finditer(clause):
-        if not _NEGATION_CUE.search(clause[: m.start()]):
-            kind = m.group(1) or {"brvo": "branch", "crvo": "central"}.get(m.group(2) or "", "branch")
-            out.diagnoses["rvo"] = "branch" if kind == "hemi" else kind
+        kind = m.group(1) or {"brvo": "branch", "crvo": "central"}.get(m.group(2) or "", "branch")
+        out.append(("rvo", "branch" if kind == "hemi" else kind, m.start(), m.end()))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -306,6 +456,13 @@ def report_metrics(predictions: Sequence[str], references: Sequence[str]) -> dic
     (DR grade and every other diagnosis with its stage all right); ``report_recommendation_accuracy`` over the
     references that recommend something; and ``report_rouge_l`` (mean) and ``report_bleu`` (corpus BLEU-4).
     A finding counts as stated only when it is named as present: negated and unmentioned are the same.
+
+    Hedged findings ("possible new vessels") are left out of precision and recall: a hedge in a generated report
+    is no claim, so it is neither a true nor a false positive (a reference finding it only hedges on is still
+    missed, else hedging every finding would score as well as naming the right ones); a finding the reference
+    hedges on is not scored at all. They are counted instead: ``report_finding_uncertain`` (findings the
+    generated reports hedge on), ``report_finding_uncertain_rate`` (their share of the findings those reports
+    name, hedged or present) and ``report_finding_uncertain_reference`` (findings the references hedge on).
     """
     if len(predictions) != len(references):
         raise ValueError(f"Got {len(predictions)} predictions but {len(references)} references.")
@@ -316,9 +473,15 @@ def report_metrics(predictions: Sequence[str], references: Sequence[str]) -> dic
     grade_hits = exact = 0
     diagnosis_counts = [0, 0, 0]
     advice_hits = advice_total = 0
+    uncertain = uncertain_reference = named = 0
     for prediction, reference in zip(predictions, references, strict=True):
         pred, ref = extract_findings(prediction), extract_findings(reference)
+        uncertain += len(pred.uncertain)
+        uncertain_reference += len(ref.uncertain)
+        named += len(pred.uncertain | pred.present)
         for f in FINDINGS:
+            if f in ref.uncertain:
+                continue
             if f in pred.present and f in ref.present:
                 counts[f][0] += 1
             elif f in pred.present:
@@ -340,6 +503,9 @@ def report_metrics(predictions: Sequence[str], references: Sequence[str]) -> dic
         "report_finding_micro_precision": precision,
         "report_finding_micro_recall": recall,
         "report_finding_micro_f1": f1,
+        "report_finding_uncertain": uncertain,
+        "report_finding_uncertain_rate": uncertain / named if named else 0.0,
+        "report_finding_uncertain_reference": uncertain_reference,
     }
     per_finding = {}
     for f, (t, p, m) in counts.items():

@@ -211,6 +211,7 @@ _REPORT_ROWS = (
     ("finding F1, macro (mean over findings)", "report_finding_macro_f1"),
     ("finding precision, micro", "report_finding_micro_precision"),
     ("finding recall, micro", "report_finding_micro_recall"),
+    ("findings hedged, share of those named (never counted as positives)", "report_finding_uncertain_rate"),
     ("impression: DR grade right", "report_impression_dr_grade_accuracy"),
     ("impression: other diagnoses F1", "report_impression_diagnosis_f1"),
     ("impression: every diagnosis and stage right", "report_impression_exact_match"),
