@@ -186,3 +186,24 @@ MAKERS = {
     "ddr": make_ddr,
     "csv": make_csv,
 }
+
+
+def label_names(fixture: Fixture) -> list[str]:
+    """The image names of a CSV fixture's first label file, in row order (the first column, as written)."""
+    with open(fixture.labels[0], newline="", encoding="utf-8") as f:
+        return [row[0] for row in list(csv.reader(f))[1:] if row and row[0]]
+
+
+def write_patients(path: Path, rows: list[list], header: tuple[str, ...] = ("image", "patient_id")) -> Path:
+    """A ``--patients`` file: one ``image,patient_id`` row per image."""
+    return write_csv(path, list(header), rows)
+
+
+def write_messidor2_pairs(
+    fixture: Fixture, path: Path, header: str | None = "left,right", separator: str = ","
+) -> Path:
+    """Messidor-2's examination pairs for a `make_messidor2` fixture: rows 0+1, 2+3, ... are one examination."""
+    names = label_names(fixture)
+    lines = [f"{names[i]}{separator}{names[i + 1]}\n" for i in range(0, len(names) - 1, 2)]
+    path.write_text((f"{header}\n" if header else "") + "".join(lines), encoding="utf-8")
+    return path

@@ -16,7 +16,7 @@ from retina_vqa.build_dataset import InputError, build_dataset
 from retina_vqa.questions import DIAGNOSIS_ANSWERS, MACULAR_OEDEMA_ANSWERS, QUESTION_TYPES, answer_for
 from retina_vqa.synthetic import dataset_features as synthetic_features
 
-from .conftest import (
+from .helpers import (
     CSV_COLUMNS,
     MAKERS,
     fundus_image,

@@ -11,7 +11,7 @@ from retina_vqa.build_dataset.checks import ImageIndex, check_images, find_image
 from retina_vqa.build_dataset.images import encode_image
 from retina_vqa.build_dataset.sources import CsvColumns
 
-from .conftest import fundus_image, make_csv, make_eyepacs, make_idrid, write_csv
+from .helpers import fundus_image, make_csv, make_eyepacs, make_idrid, write_csv
 
 
 def _jpeg(seed: int = 0, size=(80, 60)) -> bytes:

@@ -10,7 +10,7 @@ import pytest
 
 from retina_vqa.build_dataset.__main__ import build_parser, main
 
-from .conftest import make_aptos, make_ddr
+from .helpers import make_aptos, make_ddr
 
 
 def test_help_is_the_manual():

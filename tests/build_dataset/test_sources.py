@@ -6,7 +6,7 @@ import pytest
 
 from retina_vqa.build_dataset import CsvColumns, InputError, read_labels
 
-from .conftest import CSV_COLUMNS, make_aptos, make_csv, make_ddr, make_eyepacs, make_idrid, make_messidor2, write_csv
+from .helpers import CSV_COLUMNS, make_aptos, make_csv, make_ddr, make_eyepacs, make_idrid, make_messidor2, write_csv
 
 
 def test_aptos_reads_id_code_and_diagnosis(tmp_path):

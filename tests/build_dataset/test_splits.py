@@ -79,7 +79,7 @@ def test_without_patients_each_image_is_its_own_group():
     for record in records:
         record.patient_id = None
     splits, notes = assign_splits(records, seed=0)
-    assert "grouped by image (the source does not name patients)" in notes[0]
+    assert "grouped by image (the labels name no patients: one patient's images may be in different splits)" in notes[0]
     split_of = {r.image_id: s for s, members in splits.items() for r in members}
     # Nothing keeps eyes together now; with 50 patients some pairs are split.
     assert any(split_of[f"{p}_left"] != split_of[f"{p}_right"] for p in range(50))
@@ -90,6 +90,7 @@ def test_source_splits_are_kept_and_only_missing_splits_are_carved():
     test = _records(10, seed=1, source_split="test")
     for record in test:
         record.image_id = "test-" + record.image_id
+        record.patient_id = "test-" + record.patient_id
     splits, notes = assign_splits(train + test, seed=0, validation_fraction=0.25, test_fraction=0.2)
     assert _ids(splits)["test"] == sorted(r.image_id for r in test)
     assert len(splits["validation"]) == pytest.approx(20, abs=2)  # 0.25 of the 80 source training images
@@ -110,3 +111,21 @@ def test_source_splits_are_kept_and_only_missing_splits_are_carved():
 def test_fractions_are_checked_with_the_flag_named(validation, test, message):
     with pytest.raises(ValueError, match=message):
         assign_splits(_records(5), validation_fraction=validation, test_fraction=test)
+
+
+def test_images_without_a_patient_and_patients_the_source_splits_part_are_noted_and_warned(caplog):
+    records = _records(40)
+    for record in records[:6]:
+        record.patient_id = None
+    with caplog.at_level("WARNING", logger="retina_vqa.build_dataset"):
+        _, notes = assign_splits(records, seed=0)
+    assert "grouped by patient (6 of 80 images without a patient id: each its own group), seed 0" in notes[0]
+    assert "6 of 80 images have no patient id" in caplog.text
+    caplog.clear()
+    # Patient 30's right eye in the source's test split, the left in the carved pool: kept as published.
+    records[61].source_split = "test"
+    with caplog.at_level("WARNING", logger="retina_vqa.build_dataset"):
+        splits, notes = assign_splits(records, seed=0)
+    assert [r.image_id for r in splits["test"]] == ["30_right"]
+    assert notes[-1] == "1 patient has images in more than one split, as the source's own splits place them"
+    assert "(kept as published)" in caplog.text

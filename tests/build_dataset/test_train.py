@@ -10,8 +10,9 @@ import pytest
 
 from retina_vqa.build_dataset import build_dataset
 
-from ..test_run_vqa import common_args, run_vqa
-from .conftest import CSV_COLUMNS, MAKERS
+from ..helpers import common_args
+from ..test_run_vqa import run_vqa
+from .helpers import CSV_COLUMNS, MAKERS
 
 # The question types each source's labels answer beyond the grade's (laterality: named by the file or a column;
 # macular oedema: graded by the source).

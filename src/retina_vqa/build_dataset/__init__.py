@@ -6,8 +6,10 @@ writes a ``DatasetDict`` (train/validation/test, ``save_to_disk``) in the synthe
 
 - :mod:`.sources`: one reader per label file format, as the publishers ship them;
 - :mod:`.checks`: label rows matched to image files, every image checked, all problems found up front;
+- :mod:`.patients`: each image's patient from ``--patients FILE`` (any source) or Messidor-2's examination pairs;
 - :mod:`.records`: the records and problems passed between stages, the report and its error;
-- :mod:`.splits`: the source's split kept, or a split stratified by grade and grouped by patient;
+- :mod:`.splits`: the source's split kept, or a split stratified by grade and grouped by patient (by image, with
+  a warning, where no patient is known);
 - :mod:`.rows`: the question/answer rows of an image (catalogue: :mod:`retina_vqa.questions`) and the columns;
 - :mod:`.images`: the stored image bytes (reduced-scale JPEG decode, resize to ``--max_image_side``);
 - :mod:`.writer`: streaming, parallel writing into a temporary folder, moved into place at the end;

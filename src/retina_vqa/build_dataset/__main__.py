@@ -2,7 +2,8 @@
 
 This module owns the argument parser (`build_parser`) and `main`. Bad options exit with status 2 and a
 message naming the flag; bad input (missing, unlabelled or unreadable images, unknown grades, a header that
-does not fit the source) exits with status 1 and one report of every problem; neither writes anything.
+does not fit the source, a patients file that does not fit the labels) exits with status 1 and one report of
+every problem; neither writes anything.
 """
 
 from __future__ import annotations
@@ -22,14 +23,19 @@ label files and images, as the publishers ship them:
   eyepacs    --labels trainLabels.csv --images train
   idrid      --labels "a. IDRiD_Disease Grading_Training Labels.csv" "b. IDRiD_Disease Grading_Testing Labels.csv"
              --images "a. Training Set" "b. Testing Set"      (source split kept)
-  messidor2  --labels messidor_data.csv --images IMAGES
+  messidor2  --labels messidor_data.csv --images IMAGES [--messidor2_pairs messidor-2.csv]
   ddr        --labels DR_grading/train.txt DR_grading/valid.txt DR_grading/test.txt
              --images DR_grading/train DR_grading/valid DR_grading/test   (source split kept)
   csv        --labels my.csv --images my_images --image_column file --grade_column grade [--patient_column id]
 
-Splits: the source's own where it has one (DDR, IDRiD); otherwise stratified by grade and grouped by patient
-(EyePACS 10_left/10_right, --patient_column), deterministic per --seed. Ungradable images (DDR label 5,
-Messidor-2 adjudicated_gradable 0) are left out and counted in the dataset card, unless --keep_ungradable.
+Splits: the source's own where it has one (DDR, IDRiD); otherwise stratified by grade and grouped by patient,
+deterministic per --seed. Patients: EyePACS names (10_left/10_right), --patient_column (csv), Messidor-2's
+examination pairs (--messidor2_pairs), or for any source --patients FILE, a CSV with the header
+'image,patient_id' (it replaces what the source says). APTOS, IDRiD, DDR and Messidor-2 name no patients:
+without a patients file their split is grouped by image (a warning, and the dataset card says so), and one
+person's two eyes may land in training and testing. Every image needs a patient once a file is given. The
+patient_id column is written wherever patients are known. Ungradable images (DDR label 5, Messidor-2
+adjudicated_gradable 0) are left out and counted in the dataset card, unless --keep_ungradable.
 
 Bad input is reported all at once before anything is written; --skip_invalid leaves it out instead and counts
 it in the dataset card. The output folder appears complete or not at all (the build writes to a hidden
@@ -103,10 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma-separated subset of {','.join(LABEL_QUESTION_TYPES)} (default: all the labels answer)",
     )
+    patient_group = p.add_argument_group("patients (keep each patient's images in one split; patient_id column)")
+    patient_group.add_argument(
+        "--patients",
+        metavar="FILE",
+        help="CSV naming each image's patient, for any source: header 'image,patient_id' (other columns ignored), "
+        "one row per image; image as the label file or the images folder names it, with or without the "
+        "extension, or the dataset's image_id (train/IDRiD_001 where two label files share a name). Replaces the "
+        "patients the source names (EyePACS). Images it does not name, rows naming no image and images given two "
+        "patients are reported (--skip_invalid: left out, ignored, first row kept)",
+    )
+    patient_group.add_argument(
+        "--messidor2_pairs",
+        metavar="FILE",
+        help="--source messidor2: the examination pairs list shipped with Messidor-2, saved as CSV or text: one "
+        "examination per line, its two image names (left eye, right eye) separated by a comma, semicolon, tab "
+        "or spaces; a first line naming no image (left,right) is a header. Both eyes of an examination become "
+        "one patient",
+    )
     csv_group = p.add_argument_group("--source csv")
     csv_group.add_argument("--image_column", help="column with the image file name (extension optional)")
     csv_group.add_argument("--grade_column", help="column with the ICDR grade 0-4")
-    csv_group.add_argument("--patient_column", help="column naming the patient (keeps a patient's images together)")
+    csv_group.add_argument(
+        "--patient_column", help="column naming the patient (keeps a patient's images together; or --patients FILE)"
+    )
     csv_group.add_argument("--laterality_column", help="column with left/right (or L/R, OS/OD)")
     p.add_argument("--disable_tqdm", action="store_true", help="no progress bars")
     return p
@@ -138,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
             grade_column=args.grade_column,
             patient_column=args.patient_column,
             laterality_column=args.laterality_column,
+            patients=args.patients,
+            messidor2_pairs=args.messidor2_pairs,
             progress=not args.disable_tqdm,
             command=command,
         )

@@ -2,10 +2,11 @@
 
 This module owns `BuildOptions` (every setting, checked with the flag named in each error) and
 `build_dataset`, which runs the phases: 1. check the options and the output folder; 2. read the labels
-(`sources`); 3. match them to image files and check every image (`checks`); 4. stop with one report of
-every problem, or drop and count them with ``skip_invalid``; 5. leave out ungradable images (counted);
-6. split (`splits`); 7. write into a temporary folder (`writer`) with a dataset card (`card`); 8. move it
-into place. Nothing appears at ``output_dir`` unless every phase succeeded.
+(`sources`); 3. match them to image files, give each its patient from ``--patients`` or
+``--messidor2_pairs`` (`patients`) and check every image (`checks`); 4. stop with one report of every
+problem, or drop and count them with ``skip_invalid``; 5. leave out ungradable images (counted); 6. split
+(`splits`); 7. write into a temporary folder (`writer`) with a dataset card (`card`); 8. move it into
+place. Nothing appears at ``output_dir`` unless every phase succeeded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from ..questions import LABEL_QUESTION_TYPES
 from .card import write_card
 from .checks import check_images, find_images
+from .patients import assign_patients, read_messidor2_pairs, read_patients
 from .records import InputError, InputReport, LabelRecord
 from .sources import SOURCES, CsvColumns, read_labels
 from .splits import assign_splits, check_fractions
@@ -55,6 +57,8 @@ class BuildOptions:
     grade_column: str | None = None
     patient_column: str | None = None
     laterality_column: str | None = None
+    patients: Path | None = None
+    messidor2_pairs: Path | None = None
     progress: bool = True
     command: str = "retina_vqa.build_dataset.build_dataset(...) from Python"
 
@@ -90,6 +94,21 @@ class BuildOptions:
         elif any(csv_flags.values()):
             given = ", ".join(flag for flag, value in csv_flags.items() if value)
             raise ValueError(f"{given} only apply to --source csv; --source {self.source} knows its own columns")
+        self.patients = Path(self.patients) if self.patients is not None else None
+        self.messidor2_pairs = Path(self.messidor2_pairs) if self.messidor2_pairs is not None else None
+        if self.messidor2_pairs is not None and self.source != "messidor2":
+            raise ValueError(
+                f"--messidor2_pairs only applies to --source messidor2; name the patients of --source {self.source} "
+                "with --patients FILE (columns image,patient_id)"
+            )
+        patient_flags = {
+            "--patients": self.patients,
+            "--messidor2_pairs": self.messidor2_pairs,
+            "--patient_column": self.patient_column,
+        }
+        if sum(value is not None for value in patient_flags.values()) > 1:
+            given = ", ".join(flag for flag, value in patient_flags.items() if value is not None)
+            raise ValueError(f"{given} each name the patients: give one of them")
         if self.question_types is not None:
             unknown = [t for t in self.question_types if t not in LABEL_QUESTION_TYPES]
             if unknown or not self.question_types:
@@ -106,6 +125,23 @@ class BuildOptions:
         if self.source != "csv":
             return None
         return CsvColumns(self.image_column, self.grade_column, self.patient_column, self.laterality_column)
+
+    def patients_file(self) -> Path | None:
+        """The file that names the patients (``--patients`` or ``--messidor2_pairs``), if one is given."""
+        return self.patients or self.messidor2_pairs
+
+    def patients_note(self) -> str:
+        """Where the patients come from, for the dataset card."""
+        if self.patients is not None:
+            return f"patients: from `--patients {self.patients}`"
+        if self.messidor2_pairs is not None:
+            return (
+                f"patients: the examination pairs of `--messidor2_pairs {self.messidor2_pairs}` (the two eyes of one "
+                "examination are one patient)"
+            )
+        if self.patient_column:
+            return f"patients: the label file's `{self.patient_column}` column"
+        return f"patients: {SOURCES[self.source].patients}"
 
 
 @dataclass
@@ -146,7 +182,9 @@ def build_dataset(options: BuildOptions) -> BuildResult:
     of every problem in the input, or ``ValueError`` for bad options; then nothing is written."""
     start = time.perf_counter()
     # 1. The output folder first: a bad path fails in a second, not after an hour of images.
-    check_output_dir(options.output_dir, options.overwrite, [*options.labels, *options.images])
+    patients_file = options.patients_file()
+    inputs = [*options.labels, *options.images, *([patients_file] if patients_file else [])]
+    check_output_dir(options.output_dir, options.overwrite, inputs)
     if options.keep_ungradable and not SOURCES[options.source].grades_gradability:
         logger.warning("--source %s marks no image ungradable; --keep_ungradable changes nothing", options.source)
 
@@ -154,9 +192,22 @@ def build_dataset(options: BuildOptions) -> BuildResult:
     records, problems = read_labels(options.source, options.labels, options.images, options.csv_columns())
     logger.info("Read %d labelled images from %d label file(s)", len(records), len(options.labels))
 
-    # 3. Files and images.
+    # 3. Files, patients and images.
     problems += find_images(records, bad_rows=problems)
     found = [r for r in records if r.path is not None]
+
+    def held(record: LabelRecord) -> bool:  # an image the dataset holds if its input is good (phase 5)
+        return record.gradable or options.keep_ungradable
+
+    if patients_file is not None:
+        read = read_patients if options.patients is not None else read_messidor2_pairs
+        patient_rows, patient_problems = read(patients_file)
+        # Every image the dataset will hold needs a patient; ungradable ones only if they are kept.
+        needed = [r for r in found if held(r)]
+        rejected = [p.image for p in problems if p.image]
+        patient_problems += assign_patients(records, patient_rows, needed, patients_file, rejected)
+        problems += patient_problems
+        logger.info("Read the patients of %d images from %s", sum(bool(r.patient_id) for r in found), patients_file)
     problems += check_images(found, options.num_proc, options.progress)
 
     # 4. One report of everything, or drop and count.
@@ -169,6 +220,8 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         )
     bad_paths = {p.where for p in report.problems if p.kind == "unreadable_image"}
     usable = [r for r in found if r.path not in bad_paths]
+    if patients_file is not None:  # images the patients file gives no patient (each reported above)
+        usable = [r for r in usable if r.patient_id or not held(r)]
     dropped: dict[str, int] = dict(report.counts())
     if report.problems:
         logger.warning("Leaving out (--skip_invalid): %s", ", ".join(f"{k} {v}" for k, v in dropped.items()))
@@ -183,6 +236,8 @@ def build_dataset(options: BuildOptions) -> BuildResult:
 
     # 6. Splits.
     splits, split_notes = assign_splits(usable, options.seed, options.validation_fraction, options.test_fraction)
+    if any(r.patient_id for r in usable):
+        split_notes.insert(0, options.patients_note())
     for split, members in splits.items():
         if not members:
             logger.warning("Split %s is empty: too few images (or patients) for the split fractions", split)

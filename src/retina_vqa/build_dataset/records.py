@@ -49,8 +49,9 @@ class LabelRecord:
 # kind -> (what the user sees as the heading, the fix). Order = order in the report.
 PROBLEM_KINDS: dict[str, tuple[str, str]] = {
     "malformed_line": (
-        "label lines that are not '<image file> <label>'",
-        "correct these lines, or pass --skip_invalid to drop them",
+        "lines that are not in their file's format (DDR labels: '<image file> <label>'; --messidor2_pairs: two "
+        "image names)",
+        "correct these lines, or pass --skip_invalid to drop them (images they alone name are left out)",
     ),
     "unknown_value": (
         "label values the source does not define (grades and other labels)",
@@ -79,6 +80,20 @@ PROBLEM_KINDS: dict[str, tuple[str, str]] = {
     "unreadable_image": (
         "image files that cannot be decoded (empty, truncated, corrupt or not an image)",
         "re-download or re-export these files, or pass --skip_invalid to drop them",
+    ),
+    "patient_missing": (
+        "labelled images that the patients file (--patients, --messidor2_pairs) gives no patient",
+        "add a row for each (image,patient_id; for Messidor-2 the examination pair), or pass --skip_invalid to "
+        "leave these images out",
+    ),
+    "patient_unknown_image": (
+        "rows of the patients file that name no labelled image, or more than one",
+        "check that the patients file belongs to --labels; name each image as the label file or the images folder "
+        "does, or by its image_id where two label files share a name; or pass --skip_invalid to ignore these rows",
+    ),
+    "patient_conflict": (
+        "images that the patients file gives two different patients",
+        "keep one patient per image, or pass --skip_invalid to keep the first row's patient",
     ),
 }
 

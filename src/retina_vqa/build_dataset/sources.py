@@ -60,17 +60,24 @@ class CsvColumns:
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """What a source ships: its name, the label file's columns (empty: no header) and what its labels say."""
+    """What a source ships: its name, the label file's columns (empty: no header) and what its labels say;
+    ``patients``: where its labels name the patient (None: nowhere, ``--patients`` can)."""
 
     title: str
     columns: tuple[str, ...]
     shipped_as: str
     grades_gradability: bool = False
+    patients: str | None = None
 
 
 SOURCES: dict[str, SourceSpec] = {
     "aptos": SourceSpec("APTOS 2019 Blindness Detection", ("id_code", "diagnosis"), "train.csv"),
-    "eyepacs": SourceSpec("EyePACS (Kaggle Diabetic Retinopathy 2015)", ("image", "level"), "trainLabels.csv"),
+    "eyepacs": SourceSpec(
+        "EyePACS (Kaggle Diabetic Retinopathy 2015)",
+        ("image", "level"),
+        "trainLabels.csv",
+        patients="the image names (`10_left` / `10_right`: patient 10)",
+    ),
     "idrid": SourceSpec(
         "IDRiD disease grading",
         ("Image name", "Retinopathy grade", "Risk of macular edema "),
@@ -85,7 +92,12 @@ SOURCES: dict[str, SourceSpec] = {
     "ddr": SourceSpec(
         "DDR (DR grading)", (), "DR_grading/train.txt, valid.txt, test.txt ('<file.jpg> <label>', no header)", True
     ),
-    "csv": SourceSpec("a CSV label file", (), "--image_column/--grade_column/--patient_column/--laterality_column"),
+    "csv": SourceSpec(
+        "a CSV label file",
+        (),
+        "--image_column/--grade_column/--patient_column/--laterality_column",
+        patients="the label file's --patient_column",  # named by `BuildOptions.patients_note`
+    ),
 }
 
 _EYEPACS_NAME = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$")
