@@ -115,8 +115,7 @@ def test_a_cpu_run_prints_no_warning_about_the_missing_gpu(tiny_dataset_dir, tmp
     import subprocess
     import sys
 
-    from .conftest import ROOT
-    from .test_run_vqa import common_args
+    from .helpers import ROOT, common_args
 
     args = common_args(tiny_dataset_dir, tmp_path / "out") + ["--do_train", "--do_eval", "--max_steps", "2"]
     env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"} | {"OMP_NUM_THREADS": "1"}

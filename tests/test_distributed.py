@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from .conftest import ROOT, accelerate_launch
-from .test_run_vqa import common_args
+from .helpers import ROOT, accelerate_launch, common_args, losses
 
 pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
-
-
-def losses(output_dir) -> list[float]:
-    state = json.loads((output_dir / "trainer_state.json").read_text())
-    return [entry["loss"] for entry in state["log_history"] if "loss" in entry]
 
 
 def test_two_processes_follow_the_single_process_loss_curve(tiny_dataset_dir, tmp_path):

@@ -13,7 +13,7 @@ from packaging.version import Version
 
 from retina_vqa.models import compat
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 LOCK = ROOT / "requirements-lock.txt"
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from retina_vqa import plots
 
-from .conftest import ROOT, TINY_CONFIG
+from .helpers import ROOT, TINY_CONFIG
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
@@ -35,13 +35,6 @@ def tiny_run(tiny_dataset_dir, tmp_path_factory) -> Path:
         ]
     )  # fmt: skip
     return output_dir
-
-
-def assert_png(path: Path, size: tuple[int, int]) -> None:
-    with Image.open(path) as image:
-        assert image.size == size
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    assert pixels.std() > 0
 
 
 def test_samples_rejects_ids_outside_the_split(tiny_dataset_dir, tmp_path):

@@ -21,7 +21,7 @@ from retina_vqa.models.generation_config import (
 from retina_vqa.predict import main
 from retina_vqa.questions import DIAGNOSIS_ANSWERS
 
-from .conftest import TINY_CONFIG, make_tiny_model
+from .helpers import TINY_CONFIG, make_tiny_model
 from .same_answers import CLEAR, StepRecorder, agreeing_steps, answers_alone, assert_same_where_clear, recording
 
 MAX_LENGTH = 30  # > transformers' 20-token default, so a cut answer shows

@@ -150,7 +150,7 @@ def test_graded_answers_for_oedema_and_ungradable_images():
 def test_graded_texts_tokenise_with_the_tiny_vocabulary_without_unknown_tokens():
     from transformers import AutoProcessor
 
-    from .conftest import TINY_CONFIG
+    from .helpers import TINY_CONFIG
 
     tokenizer = AutoProcessor.from_pretrained(TINY_CONFIG).tokenizer
     for text in graded_texts(paraphrase=True):

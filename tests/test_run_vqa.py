@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import datasets
 import pytest
@@ -21,59 +20,14 @@ from retina_vqa.data.images import load_image
 from retina_vqa.models.attention import apply_cross_attention_mask_fix
 from retina_vqa.models.blip import generate_answers
 
-from .conftest import ROOT, TINY_CONFIG, accelerate_launch, make_tiny_model
+from .helpers import ROOT, TINY_CONFIG, accelerate_launch, make_tiny_model
 from .same_answers import CLEAR, StepRecorder, answers_alone, assert_same_where_clear, clear_ranking
 from .wandb_records import history_rows
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
 
-
-def fine_tune_args(
-    data_dir: Path, output_dir: Path, start: Path, model, processor_dir: Path = TINY_CONFIG
-) -> list[str]:
-    """`common_args` fine-tuning `model`, saved with its processor in `start` (a checkpoint, not a config)."""
-    model.save_pretrained(start)
-    AutoProcessor.from_pretrained(processor_dir).save_pretrained(start)
-    args = common_args(data_dir, output_dir)
-    args[args.index("--model_name_or_path") + 1] = str(start)
-    del args[args.index("--config_name") : args.index("--config_name") + 2]
-    return args
-
-
-def common_args(data_dir: Path, output_dir: Path) -> list[str]:
-    return [
-        "--model_name_or_path",
-        "",
-        "--config_name",
-        str(TINY_CONFIG),
-        "--dataset_dir",
-        str(data_dir),
-        "--output_dir",
-        str(output_dir),
-        "--per_device_train_batch_size",
-        "8",
-        "--per_device_eval_batch_size",
-        "16",
-        "--learning_rate",
-        "1e-3",
-        "--logging_steps",
-        "1",
-        "--report_to",
-        "none",
-        "--seed",
-        "0",
-        "--generation_max_length",
-        "12",
-        "--disable_tqdm",
-        "true",
-        "--dataloader_num_workers",
-        "0",
-    ]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from .helpers import common_args, fine_tune_args, read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -586,7 +540,7 @@ def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_datase
     from retina_vqa.models.attention import set_attention_implementation
     from retina_vqa.models.lora import load_adapter
 
-    from .models.test_lora import blip_batch, blip_logits
+    from .helpers import blip_batch, blip_logits
 
     output_dir = tmp_path / "out"
     args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))

@@ -33,7 +33,7 @@ def test_remote_code_is_off_unless_asked(tmp_path):
 
     from retina_vqa.training.model_setup import load_model
 
-    from .conftest import TINY_CONFIG, make_tiny_model
+    from .helpers import TINY_CONFIG, make_tiny_model
 
     assert ModelArguments(model_name_or_path="x").trust_remote_code is False
     folder = tmp_path / "checkpoint"

@@ -12,8 +12,8 @@ from retina_vqa import visualize
 from retina_vqa.explain import PRESENCE_LESION_TYPES
 
 from . import test_plots
+from .helpers import assert_png
 from .models.test_blip2 import build
-from .test_plots import assert_png
 
 # The trained tiny run the commands read, shared with test_plots (bound by assignment: an imported fixture
 # would read as unused to the linter). Its place is conftest.py once another module needs it.

@@ -10,7 +10,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from ..conftest import ROOT, TINY_CONFIG
+from ..helpers import ROOT, TINY_CONFIG
 
 
 @pytest.fixture(scope="session")

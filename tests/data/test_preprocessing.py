@@ -8,7 +8,7 @@ from retina_vqa.data.images import image_key
 from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
 from retina_vqa.models.family import tokenize_questions_and_answers
 
-from ..conftest import TINY_CONFIG
+from ..helpers import TINY_CONFIG
 
 
 def test_decoder_inputs_start_with_dec_and_end_with_sep():

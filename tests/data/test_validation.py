@@ -11,8 +11,7 @@ from PIL import Image
 
 from retina_vqa.data.validation import drop_invalid, validate_splits
 
-from ..conftest import ROOT
-from ..test_run_vqa import common_args
+from ..helpers import ROOT, common_args
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402

@@ -18,7 +18,7 @@ from retina_vqa.models.blip import resize_image_size
 from retina_vqa.models.blip2 import generate_prompt_answers
 from retina_vqa.models.family import tokenize_prompts_and_answers
 
-from ..conftest import make_tiny_model
+from ..helpers import make_tiny_model
 from ..models.test_blip2 import build
 from ..same_answers import CLEAR, StepRecorder, agreeing_steps
 

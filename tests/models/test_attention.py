@@ -9,7 +9,7 @@ from retina_vqa.models.attention import (
     set_attention_implementation,
 )
 
-from ..conftest import TINY_CONFIG, make_tiny_model
+from ..helpers import TINY_CONFIG, make_tiny_model
 from ..same_answers import StepRecorder, agreeing_steps
 
 

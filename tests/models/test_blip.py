@@ -6,7 +6,7 @@ from retina_vqa.arguments import ModelArguments
 from retina_vqa.models.blip import check_tokenizer_matches, freeze, resize_image_size
 from retina_vqa.training.model_setup import load_model, load_processor
 
-from ..conftest import TINY_CONFIG, make_tiny_model
+from ..helpers import TINY_CONFIG, make_tiny_model
 
 
 def scratch_args(**kwargs) -> ModelArguments:

@@ -18,7 +18,7 @@ from retina_vqa.models.blip2 import (
 )
 from retina_vqa.models.family import tokenize_prompts_and_answers
 
-from ..conftest import ROOT
+from ..helpers import ROOT
 from ..same_answers import StepRecorder, agreeing_steps
 from .test_generation import QUESTIONS
 
@@ -166,7 +166,7 @@ def test_a_blip2_built_around_a_pretrained_image_encoder_takes_its_weights_and_c
     from retina_vqa.arguments import ModelArguments
     from retina_vqa.training.model_setup import load_model, load_processor
 
-    from ..conftest import TINY_CONFIG, make_tiny_model
+    from ..helpers import TINY_CONFIG, make_tiny_model
 
     blip = make_tiny_model(init_range=0.1, seed=3)
     blip.save_pretrained(tmp_path / "blip")

@@ -20,7 +20,7 @@ from retina_vqa.models import compat
 from retina_vqa.models.attention import MaskedBlipTextSelfAttention
 from retina_vqa.training.trainer import VqaTrainer
 
-from ..conftest import make_tiny_model
+from ..helpers import make_tiny_model
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "retina_vqa"
 

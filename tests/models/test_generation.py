@@ -3,7 +3,7 @@ import torch
 
 from retina_vqa.models.blip import generate_answers
 
-from ..conftest import make_tiny_model
+from ..helpers import make_tiny_model
 from ..same_answers import StepRecorder, agreeing_steps
 
 QUESTIONS = [

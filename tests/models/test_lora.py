@@ -18,9 +18,6 @@ from transformers import (
 from retina_vqa.models.attention import set_attention_implementation
 from retina_vqa.models.blip import (
     SharedImageBlipForQuestionAnswering,
-    decode_answers,
-    encode_images,
-    encode_questions,
     freeze,
     generate_answers,
 )
@@ -37,7 +34,7 @@ from retina_vqa.models.lora import (
 )
 from retina_vqa.models.tiny_blip2 import INSTRUCTBLIP_DIR, OPT_DIR, T5_DIR
 
-from ..conftest import ROOT, TINY_CONFIG, make_tiny_model
+from ..helpers import ROOT, TINY_CONFIG, blip_batch, blip_logits, make_tiny_model
 from ..same_answers import StepRecorder, agreeing_steps
 
 CONFIGS = ROOT / "configs"
@@ -113,32 +110,6 @@ def randomize_adapters(model, seed: int = 1) -> None:
         for name, parameter in model.named_parameters():
             if "lora_" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
-
-
-def blip_batch(seed: int = 0) -> dict[str, torch.Tensor]:
-    """3 questions about 2 images, padded questions, [DEC]-started answers."""
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(6, 280, (3, 7), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, 5:] = 0
-    input_ids[1, 5:] = 0
-    answers = torch.randint(6, 280, (3, 4), generator=generator)
-    answers[:, 0] = 5  # [DEC]
-    return {
-        "pixel_values": torch.randn(2, 3, 128, 128, generator=generator),
-        "image_index": torch.tensor([0, 1, 1]),
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "decoder_input_ids": answers,
-        "labels": answers,
-    }
-
-
-def blip_logits(model, batch) -> torch.Tensor:
-    """The answer decoder's logits for the batch's answers, through the recipe's steps."""
-    images = encode_images(model, batch["pixel_values"]).index_select(0, batch["image_index"])
-    questions = encode_questions(model, images, batch["input_ids"], batch["attention_mask"])
-    return decode_answers(model, questions, batch["attention_mask"], batch["decoder_input_ids"]).logits
 
 
 def blip2_inputs(config, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from retina_vqa.models.blip import set_label_smoothing
 from retina_vqa.models.ranking import blip_prefix, prompt_prefix, score_candidates, tokenize_candidates
 from retina_vqa.questions import DIAGNOSIS_ANSWERS
 
-from ..conftest import make_tiny_model
+from ..helpers import make_tiny_model
 from .test_blip2 import build
 
 QUESTIONS = ["what is the diagnosis?", "is there any abnormality in the left eye of this patient?", "which eye?"]

@@ -3,7 +3,7 @@ from transformers import AutoProcessor, BlipConfig
 from retina_vqa.models.tiny_blip import build_tiny_blip
 from retina_vqa.synthetic import all_texts
 
-from ..conftest import TINY_CONFIG, same_built_file
+from ..helpers import TINY_CONFIG, same_built_file
 
 
 def test_shipped_files_are_what_the_script_builds(tmp_path):

@@ -13,7 +13,7 @@ from retina_vqa.models.blip2 import init_query_tokens
 from retina_vqa.models.tiny_blip2 import INSTRUCTBLIP_DIR, NUM_QUERY_TOKENS, OPT_DIR, T5_DIR, build_all
 from retina_vqa.synthetic import all_texts
 
-from ..conftest import ROOT, TINY_CONFIG, same_built_file
+from ..helpers import ROOT, TINY_CONFIG, same_built_file
 
 CONFIGS = ROOT / "configs"
 FOLDERS = (OPT_DIR, T5_DIR, INSTRUCTBLIP_DIR)

@@ -10,7 +10,7 @@ import pytest
 from retina_vqa.questions import COUNT_WORDS, DIAGNOSIS_ANSWERS, QUESTION_TYPES, count_haemorrhage_quadrants
 from retina_vqa.synthetic.build import generate_dataset
 
-from .conftest import SIZE, SMALL
+from .helpers import SIZE, SMALL
 
 
 def _image_rows(ds: datasets.Dataset) -> dict[str, dict]:

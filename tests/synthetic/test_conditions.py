@@ -25,7 +25,7 @@ from retina_vqa.synthetic.conditions import CUP_TO_DISC, OTHER_CONDITIONS, parse
 from retina_vqa.synthetic.export import preview_label_height, save_dataset
 from retina_vqa.synthetic.signs import SIGN_LESION_TYPES
 
-from .conftest import SIZE
+from .helpers import SIZE
 
 
 def _per_image(rows: list[dict]) -> dict[str, dict]:
@@ -195,7 +195,7 @@ def test_vein_occlusions_bleed_where_they_should():
 
 
 def test_paraphrase_and_report_wording_keep_images_and_answers(multi_dd):
-    from .conftest import MULTI
+    from .helpers import MULTI
 
     plain = generate_dataset(**{**MULTI, "num_validation_images": 0, "num_test_images": 0}, seed=4, num_workers=1)
     plain_train, para_train = plain["train"], multi_dd["train"]

@@ -9,7 +9,7 @@ from retina_vqa.questions import QUESTION_TYPES
 from retina_vqa.synthetic.build import dataset_features, generate_dataset
 from retina_vqa.synthetic.export import save_dataset
 
-from .conftest import SIZE
+from .helpers import SIZE
 
 
 def test_features_roundtrip_save_to_disk(small_dd, tmp_path):

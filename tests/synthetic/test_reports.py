@@ -22,7 +22,7 @@ from retina_vqa.synthetic import CONDITIONS, generate_dataset, sample_conditions
 from retina_vqa.synthetic.conditions import CUP_TO_DISC, DEFAULT_PREVALENCE, OTHER_CONDITIONS
 from retina_vqa.synthetic.reports import report_texts, urgency, write_report
 
-from ..conftest import same_built_file
+from ..helpers import same_built_file
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MULTIDISEASE = ROOT / "configs" / "blip-tiny-multidisease"

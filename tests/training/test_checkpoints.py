@@ -15,8 +15,7 @@ from safetensors.torch import load_file
 
 from retina_vqa.training.checkpoints import is_complete, last_complete_checkpoint
 
-from ..conftest import ROOT, make_tiny_model
-from ..test_run_vqa import common_args, fine_tune_args
+from ..helpers import ROOT, common_args, fine_tune_args, make_tiny_model
 
 
 def fake_checkpoint(output_dir, step: int, state: str | None = '{"global_step": STEP}', weights: bool = True):

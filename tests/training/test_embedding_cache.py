@@ -14,9 +14,8 @@ from retina_vqa.inference import load_for_inference
 from retina_vqa.models.blip import encode_images
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
 
-from ..conftest import ROOT, TINY_CONFIG, make_tiny_model
+from ..helpers import ROOT, TINY_CONFIG, common_args, make_tiny_model
 from ..same_answers import CLEAR, answers_alone
-from ..test_run_vqa import common_args
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
@@ -144,7 +143,7 @@ def test_the_cache_is_refused_when_any_image_encoder_parameter_trains(tmp_path):
 def test_lora_with_a_frozen_image_encoder_and_kept_outputs_adapts_the_text_side_only(tiny_dataset_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from ..test_run_vqa import fine_tune_args
+    from ..helpers import fine_tune_args
 
     output_dir = tmp_path / "out"
     args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))

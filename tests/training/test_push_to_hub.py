@@ -12,13 +12,12 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoModelForVisualQuestionAnswering, AutoProcessor
 
 import run_vqa
-from retina_vqa.inference import answer_questions, load_for_inference
+from retina_vqa.inference import load_for_inference
 from retina_vqa.models.blip2 import init_query_tokens
 
-from ..conftest import ROOT, make_tiny_model
+from ..helpers import ROOT, fine_tune_args, make_tiny_model, read_jsonl
 from ..hub_cache import USER, LocalHub
 from ..same_answers import answers_alone, assert_same_where_clear
-from ..test_run_vqa import fine_tune_args, read_jsonl
 
 PREDICTED = 13  # the test split's first image: every question type once
 BLIP2 = ROOT / "configs" / "blip2-opt-tiny"

@@ -18,10 +18,8 @@ from transformers import AutoProcessor
 from retina_vqa.inference import load_for_inference
 from retina_vqa.training.checkpoints import is_complete
 
-from ..conftest import ROOT, TINY_CONFIG, accelerate_launch, make_tiny_model
+from ..helpers import ROOT, TINY_CONFIG, accelerate_launch, common_args, losses, make_tiny_model, read_jsonl
 from ..same_answers import answers_alone, assert_same_where_clear
-from ..test_distributed import losses
-from ..test_run_vqa import common_args, read_jsonl
 
 pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
 

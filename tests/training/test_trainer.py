@@ -7,8 +7,7 @@ import sys
 
 import pytest
 
-from ..conftest import ROOT
-from ..test_run_vqa import common_args
+from ..helpers import ROOT, common_args
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
@@ -129,7 +128,7 @@ def _trainer(tiny_dataset_dir, tmp_path, **overrides):
     from retina_vqa.training.model_setup import load_model, load_processor
     from retina_vqa.training.trainer import VqaTrainer
 
-    from ..conftest import TINY_CONFIG
+    from ..helpers import TINY_CONFIG
 
     model_args = ModelArguments(model_name_or_path="", config_name=str(TINY_CONFIG))
     data_args = DataTrainingArguments(dataset_dir=str(tiny_dataset_dir))
