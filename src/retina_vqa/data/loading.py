@@ -10,10 +10,13 @@ import difflib
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
-from ..arguments import DataTrainingArguments, ModelArguments
+if TYPE_CHECKING:  # the entry point's flags, read here by attribute; data/ does not import them
+    from ..arguments import DataTrainingArguments, ModelArguments
+
 
 logger = logging.getLogger(__name__)
 

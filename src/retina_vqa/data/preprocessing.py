@@ -6,13 +6,15 @@ float images.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datasets import Dataset, Image
 
-from ..arguments import DataTrainingArguments
 from ..models.family import Family
 from .images import image_key
+
+if TYPE_CHECKING:  # the entry point's flags, read here by attribute; data/ does not import them
+    from ..arguments import DataTrainingArguments
 
 IMAGE_KEY = "image_key"
 
