@@ -12,6 +12,7 @@ from transformers import BlipForQuestionAnswering, GenerationConfig
 
 from .blip2 import model_family
 from .compat import mark_generation_config_deliberate
+from .family import answer_token_budget
 
 DEFAULT_MAX_ANSWER_LENGTH = 48
 
@@ -61,7 +62,7 @@ def answer_generation_defaults(model: BlipForQuestionAnswering) -> dict[str, int
     if config.max_new_tokens is not None:
         max_new_tokens = config.max_new_tokens
     elif config.max_length is not None:
-        max_new_tokens = max(1, config.max_length - 1)
+        max_new_tokens = answer_token_budget("blip", max(2, config.max_length))
     else:
         max_new_tokens = DEFAULT_MAX_ANSWER_LENGTH
     return {"max_new_tokens": max_new_tokens, "num_beams": config.num_beams or 1}
