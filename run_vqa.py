@@ -36,6 +36,7 @@ from retina_vqa.training.evaluation import (
     metric_columns,
     put_in_answering_order,
     run_candidates,
+    screening_metrics,
     write_run_predictions,
 )
 from retina_vqa.training.model_setup import load_family, load_processor, load_training_model
@@ -213,17 +214,28 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     prior_columns = {"question_column": data_args.question_column, **metric_columns(data_args)}
 
     # 9. Evaluate.
+    points = None
     if training_args.do_eval:
         metrics = trainer.evaluate(metric_key_prefix="eval")
         metrics["eval_samples"] = len(eval_dataset)
         metrics.update(prior_metrics(prior_train, splits["do_eval"], "eval", **prior_columns))
         if training_args.calibrate:  # temperatures fitted on these rows: in-sample numbers
             metrics.update(calibrate(compute_metrics, candidates))
+        # Ranked diagnosis: macro AUROC; --operating_points: thresholds fitted here, saved with the model.
+        temperatures = candidates.temperatures if plan is not None else None
+        screening, points = screening_metrics(
+            compute_metrics,
+            temperatures,
+            "eval",
+            training_args.operating_points,
+            output_dir=training_args.output_dir if trainer.is_world_process_zero() else None,
+        )
+        metrics.update(screening)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
         results.update(metrics)
 
-    # 10. Predict: answers for every test question, written next to their references.
+    # 10. Predict: answers for every test question, written next to their references; the saved operating points.
     if training_args.do_predict:
         predict_dataset = prepared["do_predict"]
         temperatures = candidates.temperatures if plan is not None else None
@@ -231,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         output = trainer.predict(predict_dataset, metric_key_prefix="predict")
         metrics = dict(output.metrics, predict_samples=len(predict_dataset))
         metrics.update(prior_metrics(prior_train, splits["do_predict"], "predict", **prior_columns))
+        metrics.update(screening_metrics(trainer.compute_metrics, temperatures, "predict", points=points)[0])
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         results.update(metrics)

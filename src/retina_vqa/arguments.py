@@ -18,6 +18,7 @@ import yaml
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
 from .answering.candidates import ANSWER_MODES, DEFAULT_MAX_CANDIDATES
+from .metrics.screening import parse_operating_points
 from .models.blip2 import DEFAULT_PROMPT_TEMPLATE
 from .models.ranking import DEFAULT_TOP_K
 
@@ -405,6 +406,15 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "before and after."
         },
     )
+    operating_points: str | None = field(
+        default=None,
+        metadata={
+            "help": "Referral thresholds on P(referable DR) (the summed probability of moderate, severe and "
+            "proliferative DR), e.g. 'sensitivity=0.975,specificity=0.98': chosen on the validation split's ranked "
+            "diagnosis answers (needs --do_eval and --answer_mode rank/auto), saved as operating_points.json and "
+            "applied to the test split (predict_operating_point_* keys, with 95%% Wilson intervals)."
+        },
+    )
     ddp_find_unused_parameters: bool | None = field(
         default=False,
         metadata={"help": "BLIP VQA uses every parameter in each step; searching for unused ones costs time."},
@@ -452,6 +462,13 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             raise ValueError(
                 f"--max_questions_per_image must be 0 (no bound) or positive, got {self.max_questions_per_image}."
             )
+        if self.operating_points:
+            parse_operating_points(self.operating_points)  # the targets' syntax, before any data is read
+            if self.answer_mode == "generate" or not self.do_eval:
+                raise ValueError(
+                    "--operating_points chooses thresholds on the validation split's ranked diagnosis probabilities: "
+                    "add --do_eval and --answer_mode auto (or rank)."
+                )
         if self.answer_mode not in ANSWER_MODES:
             raise ValueError(f"--answer_mode must be one of {', '.join(ANSWER_MODES)}, got {self.answer_mode!r}.")
         if self.calibrate and self.answer_mode == "generate":

@@ -10,6 +10,7 @@ import logging
 import os
 from typing import Any
 
+import numpy as np
 from datasets import Dataset
 
 from ..answering.candidates import ANSWER_SET_COLUMN, AnswerCandidates, candidates_for_run
@@ -20,8 +21,24 @@ from ..data.collator import PromptCollator, VqaCollator
 from ..data.ordering import answering_order
 from ..data.preprocessing import IMAGE_KEY
 from ..metrics import build_compute_metrics, decode_ids
-from ..metrics.calibration import calibration_metrics, fit_temperatures
+from ..metrics.calibration import (
+    REFERABLE_ANSWERS,
+    calibration_metrics,
+    fit_temperatures,
+    probabilities,
+    referable_probability,
+)
+from ..metrics.normalize import normalize_answer
+from ..metrics.screening import (
+    OperatingPoint,
+    apply_operating_points,
+    choose_operating_points,
+    macro_ovr_auroc,
+    parse_operating_points,
+    save_operating_points,
+)
 from ..models.family import Family
+from ..questions import DIAGNOSIS_ANSWERS
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +210,61 @@ def write_run_predictions(
         split, answers, data_args.question_column, data_args.answer_column, answer_scores=answer_scores
     )
     write_predictions(os.path.join(output_dir, "predictions.jsonl"), records)
+
+
+def diagnosis_scores(
+    compute_metrics: Any, temperatures: dict[str, float] | None, diagnosis_type: str = "diagnosis"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ranked diagnosis rows of the last evaluation whose reference is a grade: ``(P(referable), referable,
+    grade probabilities (rows x 5, ICDR order), grades)``, at the saved temperatures. Empty without ranked rows."""
+    grade_of = {normalize_answer(a): g for g, a in enumerate(DIAGNOSIS_ANSWERS)}
+    referable = {normalize_answer(a) for a in REFERABLE_ANSWERS}
+    p, labels, grade_probs, grades = [], [], [], []
+    for row in getattr(compute_metrics, "last_rows", None) or []:
+        reference = normalize_answer(row.reference or "")
+        if row.group != diagnosis_type or reference not in grade_of:
+            continue
+        probs = probabilities(row.scores, (temperatures or {}).get(row.set_name, 1.0))
+        by_grade = np.zeros(len(DIAGNOSIS_ANSWERS))
+        for answer, prob in zip(row.answers, probs, strict=True):
+            if normalize_answer(answer) in grade_of:
+                by_grade[grade_of[normalize_answer(answer)]] += prob
+        p.append(referable_probability(row.answers, probs))
+        labels.append(reference in referable)
+        grade_probs.append(by_grade)
+        grades.append(grade_of[reference])
+    return np.array(p), np.array(labels, dtype=bool), np.array(grade_probs).reshape(-1, 5), np.array(grades, dtype=int)
+
+
+def screening_metrics(
+    compute_metrics: Any,
+    temperatures: dict[str, float] | None,
+    prefix: str,
+    operating_points: str | None = None,
+    points: list[OperatingPoint] | None = None,
+    output_dir: str | None = None,
+) -> tuple[dict[str, float], list[OperatingPoint] | None]:
+    """The screening numbers of the last evaluation's ranked diagnosis rows: macro one-vs-rest AUROC over the five
+    grades (``<prefix>_diagnosis_macro_auroc``); with `operating_points` (``--operating_points``, on the validation
+    split) thresholds on P(referable) fitted on these rows and saved to `output_dir` (``operating_points.json``);
+    with `points` (fitted before) their sensitivity and specificity on these rows. Returns ``(metrics, points)``."""
+    p, labels, grade_probs, grades = diagnosis_scores(compute_metrics, temperatures)
+    metrics: dict[str, float] = {}
+    if not len(p):
+        if operating_points:
+            raise ValueError(
+                "--operating_points needs ranked diagnosis answers with grade references on the validation split: "
+                "use --answer_mode rank or auto on a split with a diagnosis question."
+            )
+        return metrics, points
+    macro, per_grade = macro_ovr_auroc(grade_probs, grades)
+    if not np.isnan(macro):
+        metrics[f"{prefix}_diagnosis_macro_auroc"] = macro
+        metrics.update({f"{prefix}_diagnosis_auroc/{DIAGNOSIS_ANSWERS[g]}": v for g, v in per_grade.items()})
+    if operating_points:
+        points = choose_operating_points(p, labels, parse_operating_points(operating_points))
+        if output_dir is not None:
+            save_operating_points(points, output_dir)
+    if points:
+        metrics.update({f"{prefix}_{k}": v for k, v in apply_operating_points(points, p, labels).items()})
+    return metrics, points

@@ -1,0 +1,60 @@
+"""A run's screening numbers (training/evaluation.py): macro AUROC over the grades, operating points chosen on the
+validation split, saved with the model and applied to the test split."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from ..helpers import ROOT, common_args
+
+sys.path.insert(0, str(ROOT))
+import run_vqa  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def diagnosis_dir(tmp_path_factory):
+    """Diagnosis and abnormality questions only: 8 training, 24 validation, 12 test images at 64 px."""
+    from retina_vqa.synthetic import generate_dataset
+
+    path = tmp_path_factory.mktemp("data") / "diagnosis"
+    dataset = generate_dataset(
+        8, 24, 12, image_size=64, seed=3, num_workers=1, question_types=["diagnosis", "abnormality"]
+    )
+    dataset.save_to_disk(str(path))
+    return path
+
+
+def _run(data_dir, output_dir, *extra: str) -> dict:
+    args = common_args(data_dir, output_dir) + ["--do_train", "--do_eval", "--do_predict", "--max_steps", "3"]
+    args += ["--answer_mode", "auto", "--plot", "false", "--save_strategy", "no", *extra]
+    return run_vqa.main(args)
+
+
+def test_operating_points_come_from_validation_and_are_applied_to_the_test_split(diagnosis_dir, tmp_path):
+    targets = ["--operating_points", "sensitivity=0.9,specificity=0.8"]
+    results = _run(diagnosis_dir, tmp_path / "a", *targets)
+    saved = json.loads((tmp_path / "a" / "operating_points.json").read_text())
+    names = {point["name"] for point in saved["operating_points"]}
+    assert names == {"high_sensitivity", "high_specificity"}
+    for point in saved["operating_points"]:  # met on the validation rows it was fitted on
+        assert point[point["name"].removeprefix("high_")] >= point["target"]
+        threshold = results[f"predict_operating_point_{point['name']}_threshold"]
+        assert threshold == pytest.approx(point["threshold"])
+        for measure in ("sensitivity", "specificity"):
+            key = f"predict_operating_point_{point['name']}_{measure}"
+            if key in results:
+                assert results[f"{key}_ci_low"] <= results[key] <= results[f"{key}_ci_high"]
+    assert 0 <= results["eval_diagnosis_macro_auroc"] <= 1 and 0 <= results["predict_diagnosis_macro_auroc"] <= 1
+    # Other test rows: other test numbers, the same thresholds (chosen on validation only).
+    _run(diagnosis_dir, tmp_path / "b", *targets, "--max_predict_samples", "6")
+    assert json.loads((tmp_path / "b" / "operating_points.json").read_text()) == saved
+
+
+def test_operating_points_need_ranked_answers_on_a_validation_split(diagnosis_dir, tmp_path):
+    with pytest.raises(ValueError, match="--operating_points .* --answer_mode auto"):
+        run_vqa.main(common_args(diagnosis_dir, tmp_path) + ["--do_predict", "--operating_points", "sensitivity=0.9"])
+    with pytest.raises(ValueError, match="--operating_points"):
+        _run(diagnosis_dir, tmp_path / "x", "--operating_points", "sensitivity=97.5")
