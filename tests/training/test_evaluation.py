@@ -48,6 +48,9 @@ def test_operating_points_come_from_validation_and_are_applied_to_the_test_split
             if key in results:
                 assert results[f"{key}_ci_low"] <= results[key] <= results[f"{key}_ci_high"]
     assert 0 <= results["eval_diagnosis_macro_auroc"] <= 1 and 0 <= results["predict_diagnosis_macro_auroc"] <= 1
+    card = (tmp_path / "a" / "README.md").read_text()
+    threshold = results["predict_operating_point_high_sensitivity_threshold"]
+    assert f"| high sensitivity | {threshold:.4f} |" in card and "macro one-vs-rest AUROC" in card
     # Other test rows: other test numbers, the same thresholds (chosen on validation only).
     _run(diagnosis_dir, tmp_path / "b", *targets, "--max_predict_samples", "6")
     assert json.loads((tmp_path / "b" / "operating_points.json").read_text()) == saved

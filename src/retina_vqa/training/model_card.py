@@ -82,7 +82,8 @@ def _metrics_table(metrics: dict[str, Any], prefix: str) -> str:
         # Intervals are shown in the grading table, next to their value; temperature-scaled numbers in the ranking
         # table, which says which rows the temperatures were fitted on.
         and not any(
-            part in key for part in ("confusion", "/", "_prior_", "runtime", "per_second", "_ci_", "_calibrated")
+            part in key
+            for part in ("confusion", "/", "_prior_", "runtime", "per_second", "_ci_", "_calibrated", "operating_point")
         )
     ]
     if not rows:
@@ -113,6 +114,7 @@ _GRADING_ROWS = (
     ("any DR (mild or worse) sensitivity", "any_dr_sensitivity"),
     ("any DR specificity", "any_dr_specificity"),
     ("answers that are not a grade", "non_grade_answers"),
+    ("macro one-vs-rest AUROC over the grades (ranked answers)", "macro_auroc"),
 )
 
 
@@ -133,6 +135,28 @@ def _grading_table(metrics: dict[str, Any], prefix: str) -> str:
         model = _grading_value(metrics, f"{prefix}diagnosis_{key}")
         prior = _grading_value(metrics, f"{prefix}prior_diagnosis_{key}")
         lines.append(f"| {label} | {model} | {prior} |")
+    return "\n".join(lines) + "\n"
+
+
+def _operating_point_table(metrics: dict[str, Any], prefix: str) -> str:
+    """Sensitivity and specificity at each referral threshold of ``--operating_points`` (metrics.screening)."""
+    names = sorted(
+        key[len(f"{prefix}operating_point_") : -len("_threshold")]
+        for key in metrics
+        if key.startswith(f"{prefix}operating_point_") and key.endswith("_threshold")
+    )
+    if not names:
+        return ""
+    lines = ["| operating point | threshold on P(referable) | sensitivity | specificity |", "| --- | --- | --- | --- |"]
+    for name in names:
+        key = f"{prefix}operating_point_{name}"
+        sensitivity, specificity = (
+            _grading_value(metrics, f"{key}_sensitivity"),
+            _grading_value(metrics, f"{key}_specificity"),
+        )
+        lines.append(
+            f"| {name.replace('_', ' ')} | {metrics[f'{key}_threshold']:.4f} | {sensitivity} | {specificity} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -304,6 +328,13 @@ def render_model_card(
                 "Grading metrics of the diagnosis question, with 95% Wilson score intervals; an answer that is not "
                 "a grade counts as wrong (the farthest grade for kappa, the wrong call for sensitivity and "
                 f"specificity):\n\n{grading}"
+            )
+        points = _operating_point_table(metrics, prefix)
+        if points:
+            parts.append(
+                "Referable DR at the operating points of `--operating_points`: thresholds on P(referable) (the summed "
+                "probability of moderate, severe and proliferative DR) chosen on the validation split "
+                f"(`operating_points.json`), an eye referred when its probability reaches the threshold:\n\n{points}"
             )
         reports = _report_table(metrics, prefix)
         if reports:
