@@ -39,6 +39,7 @@ from .data.collator import PromptCollator
 from .data.images import ImageSource, image_key, load_image
 from .data.ordering import answering_plan
 from .metrics import decode_ids
+from .metrics.screening import OperatingPoint, referral
 from .models.blip import encode_images
 from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout
 from .models.family import Family, tokenize_prompts_and_answers
@@ -289,6 +290,7 @@ def answer_questions(
     return_scores: bool = False,
     question_types: Sequence[str | None] | None = None,
     top_k: int | None = DEFAULT_TOP_K,
+    operating_points: Sequence[OperatingPoint] | None = None,
 ) -> list[str] | list[dict[str, Any]]:
     """Answer ``questions[i]`` about ``images[i]``, in batches; one answer string per question.
 
@@ -316,6 +318,9 @@ def answer_questions(
         question_types: the type of each question, where known (a dataset's ``question_type`` column); else
             the type of its wording in the candidates.
         top_k: longer candidate lists are pre-selected by the first token's probability (BLIP's k).
+        operating_points: with `return_scores`, ranked diagnosis answers also get ``referral`` (P(referable) and
+            "refer" / "do not refer" at each point): the points saved with the model by ``--operating_points``
+            (`metrics.screening.find_operating_points`).
 
     Raises:
         ImageLoadError: an image cannot be read; the message names it (``image 3 (file 'x.jpg')``).
@@ -361,7 +366,7 @@ def answer_questions(
         return [load_image(images[row], where=f"image {row}", max_side=max_image_side) for row in rows]
 
     keys = [image_key(image) for image in images]
-    return answer_planned(
+    answered = answer_planned(
         model,
         processor,
         keys,
@@ -376,3 +381,14 @@ def answer_questions(
         top_k=top_k,
         return_scores=return_scores,
     )
+    if return_scores and operating_points:
+        add_referrals(answered, operating_points)
+    return answered
+
+
+def add_referrals(answers: Sequence[dict[str, Any]], points: Sequence[OperatingPoint]) -> None:
+    """Give each ranked diagnosis answer its ``referral`` at the saved operating points (``operating_points.json``,
+    `metrics.screening.referral`): P(referable) and "refer" / "do not refer" per point."""
+    for answer in answers:
+        if answer.get("question_type") == "diagnosis" and answer.get("answer_scores"):
+            answer["referral"] = referral(answer["answer_scores"], points)

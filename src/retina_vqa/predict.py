@@ -53,9 +53,17 @@ from .answering.records import prediction_records, write_predictions
 from .arguments import DataTrainingArguments
 from .data.images import ImageLoadError, image_key, load_image
 from .data.loading import check_columns, load_raw_datasets
-from .inference import DEFAULT_MAX_IMAGE_SIDE, answer_planned, answer_questions, generation_kwargs, load_for_inference
+from .inference import (
+    DEFAULT_MAX_IMAGE_SIDE,
+    add_referrals,
+    answer_planned,
+    answer_questions,
+    generation_kwargs,
+    load_for_inference,
+)
 from .metrics.calibration import ScoredAnswer, calibration_metrics
 from .metrics.grading import format_grading, grading_metrics
+from .metrics.screening import find_operating_points
 from .models.ranking import DEFAULT_TOP_K
 
 __all__ = ["main"]
@@ -222,6 +230,11 @@ def _format_scores(scores: dict[str, float], shown: int = 5) -> str:
     return text + (f", ... ({len(scores) - shown} more)" if len(scores) > shown else "")
 
 
+def _format_referral(decision: dict) -> str:
+    points = "; ".join(f"{name.replace('_', ' ')}: {call}" for name, call in decision.items() if name != "p_referable")
+    return f"P(referable) {decision['p_referable']:.3f}; {points}"
+
+
 def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
     images = []
     for path in args.image:
@@ -245,6 +258,7 @@ def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, m
         answer_candidates=candidates,
         return_scores=True,
         top_k=args.top_k,
+        operating_points=find_operating_points(args.model_name_or_path),
     )
     answers_iter = iter(answers)
     for path in args.image:
@@ -256,6 +270,8 @@ def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, m
             print(f"Answer: {answer['answer']}")
             if answer["answer_scores"] is not None:
                 print(f"Probabilities: {_format_scores(answer['answer_scores'])}")
+            if "referral" in answer:
+                print(f"Referral: {_format_referral(answer['referral'])}")
 
 
 def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Dataset, str]:
@@ -355,6 +371,12 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
         answer_column,
         answer_scores=[a["answer_scores"] for a in answered],
     )
+    points = find_operating_points(args.model_name_or_path)
+    if points:  # the saved operating points: each ranked diagnosis answer's referral
+        add_referrals(answered, points)
+        for record, answer in zip(records, answered, strict=True):
+            if "referral" in answer:
+                record["referral"] = answer["referral"]
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output_file, records)
     summary = f"Answered {len(records)} questions of {name!r}"

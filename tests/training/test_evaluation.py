@@ -61,3 +61,35 @@ def test_operating_points_need_ranked_answers_on_a_validation_split(diagnosis_di
         run_vqa.main(common_args(diagnosis_dir, tmp_path) + ["--do_predict", "--operating_points", "sensitivity=0.9"])
     with pytest.raises(ValueError, match="--operating_points"):
         _run(diagnosis_dir, tmp_path / "x", "--operating_points", "sensitivity=97.5")
+
+
+def test_predict_and_the_python_api_refer_at_the_saved_points(diagnosis_dir, tmp_path, capsys):
+    from retina_vqa import predict
+    from retina_vqa.inference import answer_questions, load_for_inference
+    from retina_vqa.metrics.screening import find_operating_points
+
+    output_dir = tmp_path / "model"
+    _run(diagnosis_dir, output_dir, "--operating_points", "sensitivity=0.9,specificity=0.8")
+    points = {p.name: p.threshold for p in find_operating_points(output_dir)}
+    model, processor = load_for_inference(output_dir, device="cpu")
+    image = str(ROOT / "docs" / "app.png")  # any picture: the decision follows the probability, not the image
+    (answer,) = answer_questions(
+        model, processor, image, "what is the diagnosis?", answer_mode="auto", return_scores=True,
+        operating_points=find_operating_points(output_dir),
+    )  # fmt: skip
+    decision = answer["referral"]
+    for name, threshold in points.items():
+        assert decision[name] == ("refer" if decision["p_referable"] >= threshold else "do not refer")
+    predict.main(["--model_name_or_path", str(output_dir), "--image", image, "--question", "what is the diagnosis?",
+                  "--answer_mode", "auto", "--device", "cpu"])  # fmt: skip
+    assert (
+        f"Referral: P(referable) {decision['p_referable']:.3f}; high sensitivity: {decision['high_sensitivity']}"
+        in (capsys.readouterr().out)
+    )
+    answered = tmp_path / "answered.jsonl"
+    predict.main(["--model_name_or_path", str(output_dir), "--dataset_dir", str(diagnosis_dir), "--split", "test",
+                  "--output_file", str(answered), "--device", "cpu", "--answer_mode", "auto"])  # fmt: skip
+    rows = [json.loads(line) for line in answered.read_text().splitlines()]
+    diagnosis = [r for r in rows if r["question_type"] == "diagnosis"]
+    assert diagnosis and all(set(r["referral"]) == {"p_referable", *points} for r in diagnosis)
+    assert not any("referral" in r for r in rows if r["question_type"] != "diagnosis")

@@ -32,11 +32,11 @@ import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .calibration import roc_auc
+from .calibration import referable_probability, roc_auc
 from .grading import ICDR_GRADES, wilson_interval
 
 __all__ = [
@@ -424,3 +424,30 @@ def roc_points(p_referable: Sequence[float] | np.ndarray, referable: Sequence[bo
         tpr=np.concatenate([[0.0], true_positives / positives]),
         thresholds=np.concatenate([[np.inf], thresholds]),
     )
+
+
+def referral(answer_scores: Mapping[str, float], points: Sequence[OperatingPoint]) -> dict[str, Any]:
+    """The referral a diagnosis answer's candidate probabilities give at each saved operating point:
+    ``{"p_referable": ..., "<point name>": "refer" | "do not refer", ...}`` (refer when P(referable), the summed
+    probability of the referable grades, reaches the point's threshold)."""
+    p = referable_probability(list(answer_scores), list(answer_scores.values()))
+    decision: dict[str, Any] = {"p_referable": p}
+    for point in points:
+        decision[point.name] = "refer" if p >= point.threshold else "do not refer"
+    return decision
+
+
+def find_operating_points(model_name_or_path: str | os.PathLike[str]) -> list[OperatingPoint] | None:
+    """The operating points saved with a model (its folder, or a hub repository), None when it has none."""
+    name = os.fspath(model_name_or_path)
+    if not name:
+        return None
+    if os.path.isdir(name):
+        return load_operating_points(name) if os.path.isfile(os.path.join(name, OPERATING_POINTS_FILE)) else None
+    try:  # a hub id
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(name, OPERATING_POINTS_FILE)
+    except Exception:  # no such file in the repository, offline, no such repository: no points
+        return None
+    return load_operating_points(os.path.dirname(path))
