@@ -34,6 +34,7 @@ from retina_vqa.training.evaluation import (
     build_metrics,
     calibrate,
     metric_columns,
+    patient_metrics,
     put_in_answering_order,
     run_candidates,
     screening_metrics,
@@ -244,11 +245,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         metrics = dict(output.metrics, predict_samples=len(predict_dataset))
         metrics.update(prior_metrics(prior_train, splits["do_predict"], "predict", **prior_columns))
         metrics.update(screening_metrics(trainer.compute_metrics, temperatures, "predict", points=points)[0])
-        trainer.log_metrics("predict", metrics)
-        trainer.save_metrics("predict", metrics)
-        results.update(metrics)
         if trainer.is_world_process_zero() and training_args.predict_with_generate:
-            write_run_predictions(
+            records = write_run_predictions(
                 output,
                 predict_dataset,
                 splits["do_predict"],
@@ -259,6 +257,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 candidates,
                 training_args.output_dir,
             )
+            metrics.update(patient_metrics(records, splits["do_predict"], data_args, "predict"))
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        results.update(metrics)
 
     if candidates is not None and trainer.is_world_process_zero():  # with the temperatures, once fitted
         candidates.save(training_args.output_dir)

@@ -218,6 +218,14 @@ class DataTrainingArguments:
         default="question_type",
         metadata={"help": "Optional column with a question type; metrics are broken down by it when present."},
     )
+    patient_column: str = field(
+        default="patient_id",
+        metadata={
+            "help": "Optional column naming each row's patient (python -m retina_vqa.build_dataset writes it where "
+            "patients are known): the test split's referable / any-DR sensitivity and specificity are then also "
+            "reported per patient, worse eye (predict_diagnosis_patient_* keys)."
+        },
+    )
     answer_type_column: str = field(
         default="answer_type",
         metadata={"help": "Optional column with 'closed' / 'open' answer types, used by the metrics."},

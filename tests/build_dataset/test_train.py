@@ -46,3 +46,26 @@ def test_built_dataset_trains_through_run_vqa(source, tmp_path):
         assert 0.0 <= results[f"predict_{key}"] <= 1.0, key
         assert f"predict_prior_{key}" in results
     assert "predict_diagnosis_non_grade_answers" in results  # the grading metrics ran on the diagnosis rows
+
+
+def test_an_eyepacs_build_is_scored_per_patient_and_at_operating_points(tmp_path):
+    """Both eyes of each EyePACS patient (10_left, 10_right): the test split's referable / any-DR numbers per
+    patient, worse eye, and at the operating points chosen on validation."""
+    fixture = MAKERS["eyepacs"](tmp_path / "in", patients=24)
+    data_dir = tmp_path / "eyepacs-vqa"
+    build_dataset(fixture.options("eyepacs", data_dir, validation_fraction=0.3))
+    test = datasets.load_from_disk(str(data_dir))["test"]
+    diagnosis_patients = {p for p, t in zip(test["patient_id"], test["question_type"], strict=True) if t == "diagnosis"}
+    output_dir = tmp_path / "run"
+    args = common_args(data_dir, output_dir) + ["--do_train", "--do_eval", "--do_predict", "--max_steps", "2"]
+    args += ["--answer_mode", "auto", "--operating_points", "sensitivity=0.8", "--plot", "false"]
+    results = run_vqa.main(args + ["--save_strategy", "no"])
+    assert results["predict_diagnosis_patients"] == len(diagnosis_patients) > 1
+    for level in ("referable", "any_dr"):
+        for measure in ("sensitivity", "specificity"):
+            key = f"predict_diagnosis_patient_{level}_{measure}"
+            if key in results:
+                assert results[f"{key}_ci_low"] <= results[key] <= results[f"{key}_ci_high"]
+    assert any(k.startswith("predict_diagnosis_patient_referable_") for k in results)
+    assert (output_dir / "operating_points.json").exists()
+    assert "predict_operating_point_high_sensitivity_threshold" in results

@@ -301,3 +301,22 @@ def test_roc_points_equal_scikit_learn():
 def test_screening_imports_without_torch():
     code = "import sys; sys.modules['torch'] = None; import retina_vqa.metrics.screening"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_patients_are_scored_by_their_worse_eye():
+    from retina_vqa.metrics.screening import patient_screening_metrics
+    from retina_vqa.questions import DIAGNOSIS_ANSWERS as G
+
+    # p1: left eye referable, called referable through the right eye's answer; p2: healthy, one eye over-called;
+    # p3: referable, both eyes missed; p4: healthy, a non-grade answer (the wrong call: refers); p5: no patient id.
+    references = [G[3], G[0], G[0], G[0], G[2], G[1], G[0], G[0], G[4]]
+    answers = [G[0], G[2], G[0], G[2], G[1], G[0], "yes", G[0], G[4]]
+    patients = ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p4", None]
+    metrics = patient_screening_metrics(references, answers, patients, G)
+    assert metrics["patients"] == 4
+    assert metrics["patient_referable_sensitivity"] == pytest.approx(1 / 2)  # p1 referred, p3 missed
+    assert metrics["patient_referable_specificity"] == pytest.approx(0 / 2)  # p2 and p4 both referred
+    assert metrics["patient_any_dr_sensitivity"] == pytest.approx(2 / 2)  # p1 (grade 3), p3 (grade 2, called 1)
+    assert metrics["patient_referable_sensitivity_ci_low"] < 0.5 < metrics["patient_referable_sensitivity_ci_high"]
+    with pytest.raises(ValueError, match="patients"):
+        patient_screening_metrics(references, answers, patients[:-1], G)

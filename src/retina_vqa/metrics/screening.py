@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .calibration import referable_probability, roc_auc
-from .grading import ICDR_GRADES, wilson_interval
+from .grading import ICDR_GRADES, answer_grades, wilson_interval
 
 __all__ = [
     "MEASURES",
@@ -451,3 +451,46 @@ def find_operating_points(model_name_or_path: str | os.PathLike[str]) -> list[Op
     except Exception:  # no such file in the repository, offline, no such repository: no points
         return None
     return load_operating_points(os.path.dirname(path))
+
+
+# Patient-level screening: a patient is referable when either eye is (the worse eye), and is referred when either
+# eye's answer refers (IDx-DR and EyeArt report per patient; an encounter is non-referable only if both eyes are).
+PATIENT_LEVELS = {"referable": 2, "any_dr": 1}
+
+
+def patient_screening_metrics(
+    references: Sequence[str], answers: Sequence[str], patients: Sequence[Any], labels: Sequence[str]
+) -> dict[str, float | int]:
+    """Referable (grade >= 2) and any-DR (grade >= 1) sensitivity and specificity per patient, worse eye, with 95%
+    Wilson intervals: ``patient_referable_sensitivity``, ``..._ci_low`` / ``_ci_high``, ``patient_..._specificity``,
+    and ``patients`` (the patients counted).
+
+    Rows whose reference is not a grade of `labels`, or that name no patient (None / empty), are left out. An answer
+    that is not a grade is the wrong call for its eye (as at eye level, `metrics.grading`): it refers a
+    non-referable eye and misses a referable one.
+    """
+
+    if not len(references) == len(answers) == len(patients):
+        raise ValueError(f"{len(references)} references, {len(answers)} answers and {len(patients)} patients.")
+    reference_grades, answer_grades_ = answer_grades(references, labels), answer_grades(answers, labels)
+    metrics: dict[str, float | int] = {}
+    for level, threshold in PATIENT_LEVELS.items():
+        truth: dict[Any, bool] = {}
+        called: dict[Any, bool] = {}
+        for patient, reference, answer in zip(patients, reference_grades, answer_grades_, strict=True):
+            if reference < 0 or patient is None or patient == "":
+                continue
+            positive = bool(reference >= threshold)
+            refer = (answer >= threshold) if answer >= 0 else not positive
+            truth[patient] = truth.get(patient, False) or positive
+            called[patient] = called.get(patient, False) or bool(refer)
+        metrics["patients"] = len(truth)
+        for measure, wanted in (("sensitivity", True), ("specificity", False)):
+            group = [p for p, t in truth.items() if t is wanted]
+            if not group:
+                continue
+            right = sum(called[p] is wanted for p in group)
+            low, high = wilson_interval(right, len(group))
+            key = f"patient_{level}_{measure}"
+            metrics.update({key: right / len(group), f"{key}_ci_low": low, f"{key}_ci_high": high})
+    return metrics

@@ -35,6 +35,7 @@ from ..metrics.screening import (
     choose_operating_points,
     macro_ovr_auroc,
     parse_operating_points,
+    patient_screening_metrics,
     save_operating_points,
 )
 from ..models.family import Family
@@ -197,7 +198,7 @@ def write_run_predictions(
     plan: RankingPlan | None,
     candidates: AnswerCandidates | None,
     output_dir: str,
-) -> None:
+) -> list[dict[str, Any]]:
     """``predictions.jsonl``: every row of `split` once, in row order, next to its reference; ranked rows with the
     chosen candidate and every candidate's probability. `predicted` is the set as answered (in `order`)."""
     answers = in_row_order(decode_ids(tokenizer, output.predictions), order)
@@ -210,6 +211,28 @@ def write_run_predictions(
         split, answers, data_args.question_column, data_args.answer_column, answer_scores=answer_scores
     )
     write_predictions(os.path.join(output_dir, "predictions.jsonl"), records)
+    return records
+
+
+def patient_metrics(
+    records: list[dict[str, Any]], split: Dataset, data_args: DataTrainingArguments, prefix: str
+) -> dict[str, float]:
+    """With a patient column (``--patient_column``): the diagnosis rows' referable / any-DR sensitivity and
+    specificity per patient, worse eye (`metrics.screening.patient_screening_metrics`), as
+    ``<prefix>_diagnosis_patient_*``. Empty without patients or diagnosis rows."""
+    if data_args.patient_column not in split.column_names:
+        return {}
+    patients = split.select_columns([data_args.patient_column]).to_dict()[data_args.patient_column]
+    rows = [i for i, r in enumerate(records) if r.get("question_type") == "diagnosis" and "reference" in r]
+    if not rows:
+        return {}
+    metrics = patient_screening_metrics(
+        [records[i]["reference"] for i in rows],
+        [records[i]["prediction"] for i in rows],
+        [patients[i] for i in rows],
+        DIAGNOSIS_ANSWERS,
+    )
+    return {f"{prefix}_diagnosis_{k}": v for k, v in metrics.items()}
 
 
 def diagnosis_scores(
