@@ -68,4 +68,10 @@ def test_an_eyepacs_build_is_scored_per_patient_and_at_operating_points(tmp_path
                 assert results[f"{key}_ci_low"] <= results[key] <= results[f"{key}_ci_high"]
     assert any(k.startswith("predict_diagnosis_patient_referable_") for k in results)
     assert (output_dir / "operating_points.json").exists()
+    card = (output_dir / "README.md").read_text()
+    shown = [m for m in ("sensitivity", "specificity") if f"predict_diagnosis_patient_referable_{m}" in results]
+    assert shown  # the test split has referable or non-referable patients
+    for measure in shown:
+        value = results[f"predict_diagnosis_patient_referable_{measure}"]
+        assert f"| referable DR {measure} per patient (worse eye) | {value:.3f} (" in card
     assert "predict_operating_point_high_sensitivity_threshold" in results

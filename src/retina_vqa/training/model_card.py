@@ -115,6 +115,8 @@ _GRADING_ROWS = (
     ("any DR specificity", "any_dr_specificity"),
     ("answers that are not a grade", "non_grade_answers"),
     ("macro one-vs-rest AUROC over the grades (ranked answers)", "macro_auroc"),
+    ("referable DR sensitivity per patient (worse eye)", "patient_referable_sensitivity"),
+    ("referable DR specificity per patient (worse eye)", "patient_referable_specificity"),
 )
 
 
@@ -134,6 +136,8 @@ def _grading_table(metrics: dict[str, Any], prefix: str) -> str:
     for label, key in _GRADING_ROWS:
         model = _grading_value(metrics, f"{prefix}diagnosis_{key}")
         prior = _grading_value(metrics, f"{prefix}prior_diagnosis_{key}")
+        if model == prior == "-":  # not measured in this run (no ranked answers, no patients)
+            continue
         lines.append(f"| {label} | {model} | {prior} |")
     return "\n".join(lines) + "\n"
 
