@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from transformers import BlipForQuestionAnswering
 
 from .answering.candidates import ANSWER_MODES, AnswerCandidates, load_answer_candidates
-from .answering.records import prediction_records, write_predictions
+from .answering.records import dataset_summary, prediction_records, write_cross_dataset_table, write_predictions
 from .arguments import DataTrainingArguments
 from .data.images import ImageLoadError, image_key, load_image
 from .data.loading import check_columns, load_raw_datasets
@@ -104,7 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data = parser.add_argument_group("a dataset")
     source = data.add_mutually_exclusive_group()
-    source.add_argument("--dataset_dir", help="A DatasetDict saved with save_to_disk (e.g. RetinaVQA).")
+    source.add_argument(
+        "--dataset_dir",
+        nargs="+",
+        help="A DatasetDict saved with save_to_disk (e.g. RetinaVQA), or several: each is answered and scored, and one "
+        "table compares them (cross_dataset-<split>.md and .json next to the predictions: exact match, QWK, macro "
+        "AUROC, referable DR per eye and per patient, at the model's operating points).",
+    )
     source.add_argument(
         "--data_file",
         help="An imagefolder folder (images + metadata.jsonl) or a JSON lines file whose image paths are "
@@ -304,6 +310,8 @@ def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         rows = ", ".join(str(row) for row in empty[:10])
         _fail(parser, f"{len(empty)} empty questions (rows {rows}{', ...' if len(empty) > 10 else ''}).")
     name = split if args.dataset_dir is not None else Path(args.data_file.rstrip("/\\")).stem
+    if getattr(args, "dataset_label", None):  # one of several datasets: its folder's name too
+        name = f"{args.dataset_label}-{name}"
     return dataset, name
 
 
@@ -312,7 +320,9 @@ def _default_output_file(model_name_or_path: str, name: str) -> str:
     return os.path.join(folder, f"predictions-{name}.jsonl")
 
 
-def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
+def _predict_dataset(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None
+) -> dict[str, float | int | str]:
     dataset, name = _load_dataset(parser, args)
     output_file = args.output_file or _default_output_file(args.model_name_or_path, name)
     candidates = _candidates(parser, args)
@@ -410,6 +420,10 @@ def _predict_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace, 
                 f"Ranked {len(ranked)} questions: accuracy {numbers['ranked_accuracy']:.4f}, ECE {numbers['ece']:.4f}"
                 + ("" if auc is None else f", referable-DR ROC AUC {auc:.4f}")
             )
+    patients = None
+    if "patient_id" in dataset.column_names:
+        patients = dataset.select_columns(["patient_id"]).to_dict()["patient_id"]
+    return dataset_summary(name, records, patients, points)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -417,7 +431,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     max_side = args.max_image_side or None
-    if args.dataset_dir is not None or args.data_file is not None:
+    if args.dataset_dir is not None and len(args.dataset_dir) > 1:
+        if args.output_file is not None:
+            _fail(parser, "--output_file names one file: with several --dataset_dir each gets its own, in the model "
+                  "folder (predictions-<folder>-<split>.jsonl). Drop --output_file.")  # fmt: skip
+        summaries = []
+        for dataset_dir in args.dataset_dir:
+            one = argparse.Namespace(**{**vars(args), "dataset_dir": dataset_dir})
+            one.dataset_label = Path(dataset_dir.rstrip("/\\")).name
+            summaries.append(_predict_dataset(parser, one, max_side))
+        folder = args.model_name_or_path if os.path.isdir(args.model_name_or_path) else "."
+        print(write_cross_dataset_table(summaries, os.path.join(folder, f"cross_dataset-{args.split}")))
+    elif args.dataset_dir is not None or args.data_file is not None:
+        if args.dataset_dir is not None:
+            args.dataset_dir = args.dataset_dir[0]
         _predict_dataset(parser, args, max_side)
     else:
         _predict_images(parser, args, max_side)

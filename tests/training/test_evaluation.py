@@ -93,3 +93,28 @@ def test_predict_and_the_python_api_refer_at_the_saved_points(diagnosis_dir, tmp
     diagnosis = [r for r in rows if r["question_type"] == "diagnosis"]
     assert diagnosis and all(set(r["referral"]) == {"p_referable", *points} for r in diagnosis)
     assert not any("referral" in r for r in rows if r["question_type"] != "diagnosis")
+
+
+def test_predict_compares_several_datasets_in_one_table(diagnosis_dir, tmp_path):
+    """python -m retina_vqa.predict --dataset_dir A B: each answered and scored, one table."""
+    import shutil
+
+    from retina_vqa import predict
+
+    output_dir = tmp_path / "model"
+    _run(diagnosis_dir, output_dir, "--operating_points", "sensitivity=0.9")
+    other = tmp_path / "second-site"
+    shutil.copytree(diagnosis_dir, other)
+    predict.main(["--model_name_or_path", str(output_dir), "--dataset_dir", str(diagnosis_dir), str(other),
+                  "--device", "cpu", "--answer_mode", "auto", "--max_samples", "12"])  # fmt: skip
+    summaries = json.loads((output_dir / "cross_dataset-test.json").read_text())
+    assert [s["dataset"] for s in summaries] == ["diagnosis-test", "second-site-test"]
+    assert summaries[0] == {**summaries[1], "dataset": "diagnosis-test"}  # the same rows, the same numbers
+    assert 0 <= summaries[0]["exact_match"] <= 1 and "diagnosis_qwk" in summaries[0]
+    assert summaries[0]["questions"] == 12 and "operating_point_high_sensitivity_threshold" in summaries[0]
+    table = (output_dir / "cross_dataset-test.md").read_text()
+    assert "| dataset | questions | exact match | QWK | macro AUROC |" in table and "| second-site-test |" in table
+    assert (output_dir / "predictions-second-site-test.jsonl").exists()
+    with pytest.raises(SystemExit):
+        predict.main(["--model_name_or_path", str(output_dir), "--dataset_dir", str(diagnosis_dir), str(other),
+                      "--output_file", str(tmp_path / "x.jsonl")])  # fmt: skip

@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..metrics import normalize_answer
+from ..metrics.grading import grading_metrics
+from ..metrics.screening import apply_operating_points, macro_ovr_auroc, patient_screening_metrics
+from ..questions import DIAGNOSIS_ANSWERS
 
 
 def in_row_order(answers: Sequence[str], order: Sequence[int] | None) -> list[str]:
@@ -75,3 +80,85 @@ def write_predictions(path: str | Path, records: Sequence[dict[str, Any]]) -> No
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+# The columns of the cross-dataset table: (heading, summary key).
+CROSS_DATASET_COLUMNS = (
+    ("questions", "questions"),
+    ("exact match", "exact_match"),
+    ("QWK", "diagnosis_qwk"),
+    ("macro AUROC", "diagnosis_macro_auroc"),
+    ("referable sens. (eye)", "diagnosis_referable_sensitivity"),
+    ("referable spec. (eye)", "diagnosis_referable_specificity"),
+    ("referable sens. (patient)", "diagnosis_patient_referable_sensitivity"),
+    ("referable spec. (patient)", "diagnosis_patient_referable_specificity"),
+)
+
+
+def dataset_summary(
+    name: str,
+    records: Sequence[dict[str, Any]],
+    patients: Sequence[Any] | None = None,
+    points: Sequence[Any] | None = None,
+) -> dict[str, Any]:
+    """One dataset's screening numbers from its answered rows (`prediction_records`): exact match; for the diagnosis
+    rows QWK and referable DR per eye (`metrics.grading`), macro one-vs-rest AUROC and the saved operating points
+    (ranked answers: their candidate probabilities), referable DR per patient (with `patients`, row by row)."""
+    summary: dict[str, Any] = {"dataset": name, "questions": len(records)}
+    scored = [r for r in records if "correct" in r]
+    if scored:
+        summary["exact_match"] = sum(r["correct"] for r in scored) / len(scored)
+    rows = [i for i, r in enumerate(records) if r.get("question_type") == "diagnosis" and "reference" in r]
+    if not rows:
+        return summary
+    references = [records[i]["reference"] for i in rows]
+    predictions = [records[i]["prediction"] for i in rows]
+    grading = grading_metrics(references, predictions, prefix="")
+    summary.update({f"diagnosis_{k}": v for k, v in grading.items() if isinstance(v, (int, float))})
+    if patients is not None:
+        patient = patient_screening_metrics(references, predictions, [patients[i] for i in rows], DIAGNOSIS_ANSWERS)
+        summary.update({f"diagnosis_{k}": v for k, v in patient.items()})
+    ranked = [i for i in rows if records[i].get("answer_scores")]
+    grade_of = {normalize_answer(a): g for g, a in enumerate(DIAGNOSIS_ANSWERS)}
+    graded = [i for i in ranked if normalize_answer(records[i]["reference"]) in grade_of]
+    if graded:
+        probabilities = np.zeros((len(graded), len(DIAGNOSIS_ANSWERS)))
+        for row, i in enumerate(graded):
+            for answer, p in records[i]["answer_scores"].items():
+                if normalize_answer(answer) in grade_of:
+                    probabilities[row, grade_of[normalize_answer(answer)]] += p
+        grades = [grade_of[normalize_answer(records[i]["reference"])] for i in graded]
+        macro, _ = macro_ovr_auroc(probabilities, grades)
+        if not np.isnan(macro):
+            summary["diagnosis_macro_auroc"] = macro
+        if points:
+            p_referable = probabilities[:, 2:].sum(axis=1)  # moderate, severe, proliferative
+            summary.update(apply_operating_points(points, p_referable, [g >= 2 for g in grades]))
+    return summary
+
+
+def write_cross_dataset_table(summaries: Sequence[dict[str, Any]], stem: str) -> str:
+    """Write `summaries` (one per dataset) as ``<stem>.json`` and a Markdown table ``<stem>.md``; returns the table.
+    The saved operating points' columns are added when any dataset has them."""
+    columns = list(CROSS_DATASET_COLUMNS)
+    point_keys = sorted(
+        {
+            k
+            for s in summaries
+            for k in s
+            if k.startswith("operating_point_") and k.endswith(("_sensitivity", "_specificity"))
+        }
+    )
+    columns += [(key.removeprefix("operating_point_").replace("_", " "), key) for key in point_keys]
+    lines = ["| dataset | " + " | ".join(h for h, _ in columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for summary in summaries:
+        cells = []
+        for _, key in columns:
+            value = summary.get(key)
+            cells.append("-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value))
+        lines.append(f"| {summary['dataset']} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    Path(stem).parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{stem}.md").write_text(table, encoding="utf-8")
+    Path(f"{stem}.json").write_text(json.dumps(list(summaries), indent=1) + "\n", encoding="utf-8")
+    return table
