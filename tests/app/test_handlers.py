@@ -245,3 +245,28 @@ def test_the_report_folder_goes_with_the_answerer():
     del answerer
     gc.collect()
     assert not folder.exists()
+
+
+def test_the_page_refers_at_the_operating_points_saved_with_the_model(app_model_dir, fundus_files, tmp_path):
+    """A model saved with operating_points.json: the report says refer / do not refer at each point, from the
+    diagnosis answer's P(referable), and the JSON report keeps the decision."""
+    import shutil
+
+    from retina_vqa.metrics.screening import OperatingPoint, save_operating_points
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(app_model_dir, model_dir)
+    points = [
+        OperatingPoint("high_sensitivity", 0.9, 0.0, 1.0, 0.0),
+        OperatingPoint("high_specificity", 0.9, 1.01, 0.0, 1.0),
+    ]
+    save_operating_points(points, model_dir)
+    answerer = Answerer.load(model_dir, device="cpu")
+    assert [p.name for p in answerer.operating_points] == ["high_sensitivity", "high_specificity"]
+    rows, path, message = answerer.on_report(str(fundus_files["second.png"]))
+    # A threshold of 0 refers every eye, one above 1 none: the calls follow the thresholds, not the image.
+    assert "high sensitivity point: refer; high specificity point: do not refer." in message
+    (diagnosis,) = [a for a in json.loads(open(path).read())["answers"] if a["question_type"] == "diagnosis"]
+    assert diagnosis["referral"]["high_sensitivity"] == "refer" and 0 <= diagnosis["referral"]["p_referable"] <= 1
+    # Without saved points the page says nothing about referral.
+    assert "Referral" not in Answerer.load(app_model_dir, device="cpu").on_report(str(fundus_files["second.png"]))[2]

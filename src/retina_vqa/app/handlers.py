@@ -51,6 +51,7 @@ from ..inference import (
     load_answer_candidates,
     load_for_inference,
 )
+from ..metrics.screening import OperatingPoint, find_operating_points
 from ..questions import QUESTION_TYPES
 
 __all__ = ["MAX_IMAGE_PIXELS", "REPORTS_KEPT", "Answer", "Answerer", "catalogue_question_type", "display_size"]
@@ -92,6 +93,7 @@ class Answer:
     answer: str
     answer_scores: dict[str, float] | None = None
     question_type: str | None = None
+    referral: dict[str, Any] | None = None  # ranked diagnosis: P(referable) and the call at each operating point
 
     @property
     def probability(self) -> float | None:
@@ -122,6 +124,7 @@ class Answerer:
         name: str = "",
         wordings: dict[str, str] | None = None,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
+        operating_points: Sequence[OperatingPoint] | None = None,
     ) -> None:
         if max_image_pixels < 1:
             raise ValueError(f"max_image_pixels must be a positive number of pixels, got {max_image_pixels}.")
@@ -133,6 +136,7 @@ class Answerer:
             wordings = candidates.questions if candidates is not None else {}
         self.wordings = {normalize_question(q): t for q, t in wordings.items()}
         self.max_image_pixels = max_image_pixels
+        self.operating_points = list(operating_points or [])
         self.lock = threading.Lock()
         self.report_dir = Path(tempfile.mkdtemp(prefix="retina-vqa-reports-"))
         self._reports: deque[Path] = deque()  # this answerer's report folders, oldest first
@@ -162,6 +166,7 @@ class Answerer:
             name=os.fspath(model_name_or_path),
             wordings=wordings,
             max_image_pixels=max_image_pixels,
+            operating_points=find_operating_points(model_name_or_path),
         )
 
     def close(self) -> None:
@@ -214,6 +219,7 @@ class Answerer:
                 answer_mode=self.answer_mode,
                 answer_candidates=self.candidates,
                 return_scores=True,
+                operating_points=self.operating_points,
             )
         return [
             Answer(
@@ -221,6 +227,7 @@ class Answerer:
                 answer=record["answer"],
                 answer_scores=record.get("answer_scores"),
                 question_type=record.get("question_type") or self.question_type(record["question"]),
+                referral=record.get("referral"),
             )
             for record in records
         ]
@@ -295,7 +302,7 @@ class Answerer:
         else:
             how = "Generated (free text): this question has no known answer list, so no probabilities."
         note = "" if explained == answer.answer else f" The map explains {explained!r}."
-        return answer.answer, answer.answer_scores, picture, f"Q: {question}  {how}{note}"
+        return answer.answer, answer.answer_scores, picture, f"Q: {question}  {how}{note}{_referral_text(answer)}"
 
     def on_report(self, path: str | None) -> tuple[list[list[Any]], str | None, str]:
         """Screening report: every known question about the image: ``(table rows, JSON path, message)``."""
@@ -311,7 +318,8 @@ class Answerer:
             logger.exception("screening report failed")
             return [], None, f"Could not write the report: {type(error).__name__}: {error}"
         rows = [[a.question_type or "", a.question, a.answer, _percent(a.probability)] for a in answers]
-        return rows, str(report), f"Screening report: {len(answers)} questions about {Path(path).name}."
+        referral = "".join(_referral_text(a) for a in answers if a.referral)
+        return rows, str(report), f"Screening report: {len(answers)} questions about {Path(path).name}.{referral}"
 
     def on_batch(
         self, paths: Sequence[str] | str | None, choice: str | None, typed: str | None
@@ -347,6 +355,16 @@ class Answerer:
         if problems:
             message += " Skipped: " + " ".join(problems)
         return rows, message
+
+
+def _referral_text(answer: Answer) -> str:
+    """The referral of a ranked diagnosis answer at the model's operating points, as the page says it."""
+    if not answer.referral:
+        return ""
+    calls = "; ".join(
+        f"{name.replace('_', ' ')} point: {call}" for name, call in answer.referral.items() if name != "p_referable"
+    )
+    return f" Referral (P(referable) {_percent(answer.referral['p_referable'])}): {calls}."
 
 
 def display_size(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
