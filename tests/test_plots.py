@@ -13,7 +13,7 @@ from PIL import Image
 
 from retina_vqa import plots
 
-from .helpers import ROOT, TINY_CONFIG
+from .helpers import ROOT, TINY_CONFIG, assert_png
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
@@ -71,3 +71,23 @@ def test_plots_imports_no_model_code():
     assert "'retina_vqa.plots'" in loaded
     for module in ("retina_vqa.explain", "retina_vqa.models", "retina_vqa.synthetic", "retina_vqa.visualize", "torch"):
         assert f"'{module}" not in loaded
+
+
+def test_roc_of_referable_dr_marks_the_operating_points(tmp_path):
+    from retina_vqa.metrics.screening import OperatingPoint
+    from retina_vqa.questions import DIAGNOSIS_ANSWERS as G
+
+    rng = np.random.default_rng(0)
+    records = []
+    for _ in range(40):
+        grade = int(rng.integers(0, 5))
+        p = rng.dirichlet(np.ones(5) + 4 * np.eye(5)[grade])  # leaning to the right grade
+        scores = dict(zip(G, p.tolist(), strict=True))
+        records.append({"question_type": "diagnosis", "reference": G[grade], "prediction": G[int(p.argmax())],
+                        "correct": bool(p.argmax() == grade), "answer_scores": scores})  # fmt: skip
+    records.append({"question_type": "abnormality", "reference": "yes", "prediction": "no", "correct": False})
+    points = [OperatingPoint("high_sensitivity", 0.9, 0.2, 0.9, 0.5)]
+    assert plots.plot_referable_roc(records, tmp_path / "roc.png", points) == (550, 550)
+    assert_png(tmp_path / "roc.png", (550, 550))
+    with pytest.raises(ValueError):  # one class only: no ROC curve
+        plots.plot_referable_roc([r for r in records[:40] if r["reference"] in G[2:]], tmp_path / "x.png")

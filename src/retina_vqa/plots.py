@@ -30,7 +30,15 @@ from matplotlib.ticker import MaxNLocator
 
 from .data.images import load_image
 from .metrics import DEFAULT_DIAGNOSIS_LABELS, OTHER_LABEL, confusion_matrix
-from .metrics.calibration import NUM_BINS, expected_calibration_error, reliability_bins
+from .metrics.calibration import (
+    NUM_BINS,
+    REFERABLE_ANSWERS,
+    expected_calibration_error,
+    referable_probability,
+    reliability_bins,
+)
+from .metrics.normalize import normalize_answer
+from .metrics.screening import OperatingPoint, find_operating_points, roc_points
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +47,7 @@ __all__ = [
     "plot_calibration",
     "plot_confusion",
     "plot_curves",
+    "plot_referable_roc",
     "plot_run",
     "plot_samples",
     "read_jsonl",
@@ -51,6 +60,7 @@ SAMPLE_COLUMNS = 4
 CURVES_PANEL_INCHES = (5.5, 5.5)
 CONFUSION_INCHES = (7.0, 6.0)
 CALIBRATION_INCHES = (11.0, 5.0)
+ROC_INCHES = (5.5, 5.5)
 RIGHT, WRONG, UNKNOWN = "#1a7f37", "#cf222e", "#000000"
 
 # Keys of the Trainer's eval logs that are not quality metrics.
@@ -304,6 +314,46 @@ def plot_calibration(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def plot_referable_roc(
+    records: Sequence[Mapping[str, Any]],
+    output: str | Path,
+    points: Sequence[OperatingPoint] = (),
+    question_type: str = "diagnosis",
+) -> tuple[int, int]:
+    """ROC curve of P(referable DR) (the summed probability of moderate, severe and proliferative DR) over the ranked
+    `question_type` rows of ``predictions.jsonl`` with a reference, the saved operating points marked where their
+    thresholds fall on these rows."""
+    rows = [
+        r for r in records if r.get("question_type") == question_type and r.get("answer_scores") and "reference" in r
+    ]
+    referable = {normalize_answer(a) for a in REFERABLE_ANSWERS}
+    scores = [referable_probability(list(r["answer_scores"]), list(r["answer_scores"].values())) for r in rows]
+    labels = [normalize_answer(r["reference"]) in referable for r in rows]
+    curve = roc_points(scores, labels)  # raises without both classes
+    fig = Figure(figsize=ROC_INCHES, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="chance")
+    fpr, tpr = np.asarray(curve.fpr), np.asarray(curve.tpr)
+    area = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))  # trapezoids
+    ax.plot(curve.fpr, curve.tpr, "-", color="#4c72b0", lw=2, label=f"P(referable), AUC {area:.3f}")
+    scores_array, labels_array = np.asarray(scores), np.asarray(labels, dtype=bool)
+    for point, colour in zip(points, ("#dd8452", "#55a868", "#c44e52", "#8172b3"), strict=False):
+        referred = scores_array >= point.threshold
+        tpr = referred[labels_array].mean() if labels_array.any() else float("nan")
+        fpr = referred[~labels_array].mean() if (~labels_array).any() else float("nan")
+        ax.plot(
+            [fpr], [tpr], "o", color=colour, ms=9, label=f"{point.name.replace('_', ' ')} (p >= {point.threshold:.3f})"
+        )
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(f"referable DR, {len(rows)} {question_type} answers", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, output)
+
+
 def plot_run(
     output_dir: str | Path,
     predict_dataset: Any = None,
@@ -313,7 +363,8 @@ def plot_run(
 ) -> list[Path]:
     """The end-of-run pictures in `output_dir`: ``curves.png`` (from ``trainer_state.json``), and, when
     ``predictions.jsonl`` exists, ``confusion.png``, (given the predicted split) ``samples.png`` and (when it holds
-    ranked answers) ``calibration.png``.
+    ranked answers) ``calibration.png`` and, for ranked diagnosis answers, ``roc.png`` (the saved operating points
+    marked).
 
     A picture that fails is logged and skipped, so a finished run is never lost to plotting. Returns the
     paths written.
@@ -328,6 +379,9 @@ def plot_run(
         jobs.append(("confusion.png", lambda path: plot_confusion(records, path)))
         if any(r.get("answer_scores") for r in records):
             jobs.append(("calibration.png", lambda path: plot_calibration(records, path)))
+            if any(r.get("question_type") == "diagnosis" and r.get("answer_scores") for r in records):
+                points = find_operating_points(output_dir) or []
+                jobs.append(("roc.png", lambda path: plot_referable_roc(records, path, points)))
         if predict_dataset is not None:
             jobs.append(
                 (
