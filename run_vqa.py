@@ -33,6 +33,7 @@ from retina_vqa.training.evaluation import (
     build_collator,
     build_metrics,
     calibrate,
+    fit_ood_guard,
     metric_columns,
     patient_metrics,
     put_in_answering_order,
@@ -283,6 +284,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         merged = merge_lora(trainer.model)
         merged.save_pretrained(training_args.output_dir)
         processor.save_pretrained(training_args.output_dir)
+
+    # The out-of-distribution guard of the handed-over model, saved with it (--fit_ood_guard).
+    if training_args.fit_ood_guard and trainer.is_world_process_zero():
+        guard = fit_ood_guard(trainer, processor, data_args, training_args.ood_guard_max_images)
+        trainer.save_metrics("ood_guard", guard)
+        results.update(guard)
 
     # Pictures of the run next to its numbers: curves.png, confusion.png, samples.png (main process only).
     if data_args.plot and trainer.is_world_process_zero():

@@ -414,6 +414,18 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "before and after."
         },
     )
+    fit_ood_guard: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, fit the out-of-distribution guard (retina_vqa.ood: Mahalanobis distance of pooled "
+            "image-encoder features, threshold at the validation split's 99th percentile) on the training and "
+            "validation images of --dataset_dir and save it with the model: predict, the Python API and the app then "
+            "warn before answering an image unlike the training photographs."
+        },
+    )
+    ood_guard_max_images: int = field(
+        default=2000, metadata={"help": "With --fit_ood_guard: at most this many distinct images per split."}
+    )
     operating_points: str | None = field(
         default=None,
         metadata={

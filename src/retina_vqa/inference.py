@@ -51,6 +51,7 @@ from .models.ranking import (
     score_candidates,
     tokenize_candidates,
 )
+from .ood import OODGuard, check_images, find_ood_guard  # out-of-distribution guard
 
 __all__ = [
     "AnswerCandidates",
@@ -291,6 +292,7 @@ def answer_questions(
     question_types: Sequence[str | None] | None = None,
     top_k: int | None = DEFAULT_TOP_K,
     operating_points: Sequence[OperatingPoint] | None = None,
+    ood_guard: OODGuard | bool | None = None,  # out-of-distribution guard
 ) -> list[str] | list[dict[str, Any]]:
     """Answer ``questions[i]`` about ``images[i]``, in batches; one answer string per question.
 
@@ -321,6 +323,9 @@ def answer_questions(
         operating_points: with `return_scores`, ranked diagnosis answers also get ``referral`` (P(referable) and
             "refer" / "do not refer" at each point): the points saved with the model by ``--operating_points``
             (`metrics.screening.find_operating_points`).
+        ood_guard: with `return_scores`, every answer also gets ``out_of_distribution``: ``{"score", "threshold",
+            "flagged"}`` of its image (`retina_vqa.ood`). Default: the guard saved with the model
+            (``ood_guard.json``), if any; False: no check.
 
     Raises:
         ImageLoadError: an image cannot be read; the message names it (``image 3 (file 'x.jpg')``).
@@ -383,6 +388,14 @@ def answer_questions(
     )
     if return_scores and operating_points:
         add_referrals(answered, operating_points)
+    # Out-of-distribution guard: each distinct image's distance to the training images' features.
+    guard = None
+    if return_scores and ood_guard is not False:
+        guard = find_ood_guard(model) if ood_guard is None or ood_guard is True else ood_guard
+    if guard is not None:
+        checks = check_images(guard, model, processor, keys, load, batch_size)
+        for answer, check in zip(answered, checks, strict=True):
+            answer["out_of_distribution"] = check
     return answered
 
 

@@ -30,6 +30,11 @@ list; ``--answer_list FILE``: other lists), printed as::
 
 and written to the JSON lines as ``answer_scores``.
 
+When the model folder has an out-of-distribution guard (``python -m retina_vqa.ood fit``), an image that does not
+look like the training images gets, before its answers::
+
+    Warning: this does not look like the fundus photographs the model was trained on (score 41.20 > threshold 17.93).
+
 This module is the command line only; the Python API (`load_for_inference`, `answer_questions`) lives in
 `retina_vqa.inference`.
 """
@@ -65,6 +70,7 @@ from .metrics.calibration import ScoredAnswer, calibration_metrics
 from .metrics.grading import format_grading, grading_metrics
 from .metrics.screening import find_operating_points
 from .models.ranking import DEFAULT_TOP_K
+from .ood import check_images, find_ood_guard, ood_warning
 
 __all__ = ["main"]
 
@@ -206,9 +212,11 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
 
 def _load(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[BlipForQuestionAnswering, Any]:
     try:
-        return load_for_inference(
+        model, processor = load_for_inference(
             args.model_name_or_path, device=args.device, attn_implementation=args.attn_implementation
         )
+        find_ood_guard(model)  # a broken or mismatched out-of-distribution guard is named here, before any work
+        return model, processor
     except (OSError, ValueError) as error:
         _fail(parser, f"cannot load a model from {args.model_name_or_path!r}: {error}")
 
@@ -270,8 +278,12 @@ def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, m
     for path in args.image:
         if len(args.image) > 1:
             print(f"Image: {path}")
-        for question in args.question:
+        for k, question in enumerate(args.question):
             answer = next(answers_iter)
+            # Out-of-distribution guard (saved with the model): the warning comes before the image's answers.
+            check = answer.get("out_of_distribution")
+            if k == 0 and check is not None and check["flagged"]:
+                print(ood_warning(check))
             print(f"Question: {question}")
             print(f"Answer: {answer['answer']}")
             if answer["answer_scores"] is not None:
@@ -387,6 +399,17 @@ def _predict_dataset(
         for record, answer in zip(records, answered, strict=True):
             if "referral" in answer:
                 record["referral"] = answer["referral"]
+    # Out-of-distribution guard saved with the model: each record gets its image's check, and a count is printed.
+    guard = find_ood_guard(model)
+    if guard is not None:
+        checks = check_images(guard, model, processor, keys, load, args.batch_size)
+        for record, check in zip(records, checks, strict=True):
+            record["out_of_distribution"] = check
+        flagged = {key for key, check in zip(keys, checks, strict=True) if check["flagged"]}
+        print(
+            f"Out-of-distribution guard: {len(flagged)} of {len(set(keys))} images flagged as not looking like the "
+            f"fundus photographs the model was trained on (score > {guard.threshold:.2f})."
+        )
     Path(output_file).parent.mkdir(parents=True, exist_ok=True)
     write_predictions(output_file, records)
     summary = f"Answered {len(records)} questions of {name!r}"

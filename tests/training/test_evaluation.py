@@ -118,3 +118,19 @@ def test_predict_compares_several_datasets_in_one_table(diagnosis_dir, tmp_path)
     with pytest.raises(SystemExit):
         predict.main(["--model_name_or_path", str(output_dir), "--dataset_dir", str(diagnosis_dir), str(other),
                       "--output_file", str(tmp_path / "x.jsonl")])  # fmt: skip
+
+
+def test_a_run_fits_the_out_of_distribution_guard_and_saves_it_with_the_model(diagnosis_dir, tmp_path):
+    from PIL import Image
+
+    from retina_vqa.inference import answer_questions, load_for_inference
+
+    output_dir = tmp_path / "model"
+    results = _run(diagnosis_dir, output_dir, "--fit_ood_guard", "--ood_guard_max_images", "30")
+    config = json.loads((output_dir / "ood_guard.json").read_text())
+    assert config["num_train"] == results["ood_guard_train_images"] == 8  # the 8 distinct training images
+    assert config["threshold"] == pytest.approx(results["ood_guard_threshold"])
+    model, processor = load_for_inference(output_dir, device="cpu")
+    blank = Image.new("RGB", (64, 64), "white")
+    (answer,) = answer_questions(model, processor, blank, "what is the diagnosis?", return_scores=True)
+    assert answer["out_of_distribution"]["flagged"] and answer["out_of_distribution"]["score"] > config["threshold"]

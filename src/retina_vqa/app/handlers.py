@@ -52,6 +52,7 @@ from ..inference import (
     load_for_inference,
 )
 from ..metrics.screening import OperatingPoint, find_operating_points
+from ..ood import find_ood_guard, ood_warning  # out-of-distribution guard
 from ..questions import QUESTION_TYPES
 
 __all__ = ["MAX_IMAGE_PIXELS", "REPORTS_KEPT", "Answer", "Answerer", "catalogue_question_type", "display_size"]
@@ -94,6 +95,8 @@ class Answer:
     answer_scores: dict[str, float] | None = None
     question_type: str | None = None
     referral: dict[str, Any] | None = None  # ranked diagnosis: P(referable) and the call at each operating point
+    # Out-of-distribution guard saved with the model: {"score", "threshold", "flagged"} of the image, else None.
+    out_of_distribution: dict[str, Any] | None = None
 
     @property
     def probability(self) -> float | None:
@@ -155,6 +158,7 @@ class Answerer:
         """Load a saved model (a folder written by run_vqa.py, or a hub id) with its answer candidates, or with those
         of `answer_list` (a JSON file, as ``python -m retina_vqa.predict --answer_list`` reads it)."""
         model, processor = load_for_inference(model_name_or_path, device=device)
+        find_ood_guard(model)  # a broken or mismatched out-of-distribution guard is named at start, not per answer
         saved = load_answer_candidates(model_name_or_path)
         candidates = AnswerCandidates.from_file(answer_list, base=saved) if answer_list else saved
         # The questions to offer are the model's, whatever lists its answers are ranked against.
@@ -228,6 +232,7 @@ class Answerer:
                 answer_scores=record.get("answer_scores"),
                 question_type=record.get("question_type") or self.question_type(record["question"]),
                 referral=record.get("referral"),
+                out_of_distribution=record.get("out_of_distribution"),
             )
             for record in records
         ]
@@ -302,7 +307,8 @@ class Answerer:
         else:
             how = "Generated (free text): this question has no known answer list, so no probabilities."
         note = "" if explained == answer.answer else f" The map explains {explained!r}."
-        return answer.answer, answer.answer_scores, picture, f"Q: {question}  {how}{note}{_referral_text(answer)}"
+        message = f"{_ood_text([answer])}Q: {question}  {how}{note}{_referral_text(answer)}"
+        return answer.answer, answer.answer_scores, picture, message
 
     def on_report(self, path: str | None) -> tuple[list[list[Any]], str | None, str]:
         """Screening report: every known question about the image: ``(table rows, JSON path, message)``."""
@@ -319,7 +325,8 @@ class Answerer:
             return [], None, f"Could not write the report: {type(error).__name__}: {error}"
         rows = [[a.question_type or "", a.question, a.answer, _percent(a.probability)] for a in answers]
         referral = "".join(_referral_text(a) for a in answers if a.referral)
-        return rows, str(report), f"Screening report: {len(answers)} questions about {Path(path).name}.{referral}"
+        message = f"{_ood_text(answers)}Screening report: {len(answers)} questions about {Path(path).name}.{referral}"
+        return rows, str(report), message
 
     def on_batch(
         self, paths: Sequence[str] | str | None, choice: str | None, typed: str | None
@@ -355,6 +362,12 @@ class Answerer:
         if problems:
             message += " Skipped: " + " ".join(problems)
         return rows, message
+
+
+def _ood_text(answers: Sequence[Answer]) -> str:
+    """The out-of-distribution warning that starts the message when the guard flagged the image, else ""."""
+    check = answers[0].out_of_distribution if answers else None
+    return f"{ood_warning(check)} " if check is not None and check["flagged"] else ""
 
 
 def _referral_text(answer: Answer) -> str:

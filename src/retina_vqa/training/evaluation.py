@@ -291,3 +291,23 @@ def screening_metrics(
     if points:
         metrics.update({f"{prefix}_{k}": v for k, v in apply_operating_points(points, p, labels).items()})
     return metrics, points
+
+
+def fit_ood_guard(trainer: Any, processor: Any, data_args: DataTrainingArguments, max_images: int) -> dict[str, float]:
+    """``--fit_ood_guard``: the out-of-distribution guard of the model the run hands over (`retina_vqa.ood`), fitted
+    on the training and validation images of ``--dataset_dir`` and saved with it (main process); its numbers."""
+    from ..ood import fit_for_model
+
+    if not data_args.dataset_dir:
+        raise ValueError("--fit_ood_guard reads the training and validation images of --dataset_dir: add it.")
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    guard = fit_for_model(
+        model,
+        processor,
+        data_args.dataset_dir,
+        data_args.train_split,
+        data_args.validation_split,
+        max_images=max_images,
+    )
+    guard.save(trainer.args.output_dir)
+    return {"ood_guard_threshold": float(guard.threshold), "ood_guard_train_images": int(guard.num_train)}
