@@ -585,3 +585,27 @@ def test_blip2_trains_in_bf16_on_the_cpu_without_nans(tiny_dataset_dir, tmp_path
     assert torch.isfinite(torch.tensor(results["eval_loss"]))
     saved = load_file(output_dir / "model.safetensors")
     assert {t.dtype for k, t in saved.items() if k.startswith("qformer.")} == {torch.float32}
+
+
+@pytest.mark.e2e
+def test_lora_under_two_ddp_processes_merges_then_evaluates_and_predicts(tiny_dataset_dir, tmp_path):
+    """`accelerate launch` with two CPU processes and --lora_r: every process merges the adapters after training,
+    evaluation and prediction run on the merged model, and the folder holds the merged model only."""
+    output_dir = tmp_path / "ddp-lora"
+    args = fine_tune_args(tiny_dataset_dir, output_dir, tmp_path / "start", make_tiny_model(init_range=0.5))
+    command = accelerate_launch(
+        "cpu_ddp.yaml", 29547, *args, "--do_train", "--do_eval", "--do_predict", "--max_steps", "2",
+        "--lora_r", "4", "--per_device_train_batch_size", "4", "--max_eval_samples", "13",
+        "--max_predict_samples", "13", "--plot", "false", "--save_strategy", "no",
+    )  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    completed = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = json.loads((output_dir / "all_results.json").read_text())
+    assert results["eval_samples"] == 13 and results["predict_samples"] == 13
+    assert 0 < results["trainable_parameters"] < results["total_parameters"] / 10
+    assert json.loads((output_dir / "config.json").read_text())["architectures"] == ["BlipForQuestionAnswering"]
+    assert (
+        not (output_dir / "adapter_config.json").exists() and (output_dir / "adapter" / "adapter_config.json").exists()
+    )
+    assert len(read_jsonl(output_dir / "predictions.jsonl")) == 13
