@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if report.problems:
         trainer.save_metrics("data_validation", report.counts())
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    if training_args.fit_ood_guard and (sharded or trainer.is_deepspeed_enabled):
+        raise ValueError(
+            "--fit_ood_guard encodes images on the main process, which sharded parameters (FSDP, DeepSpeed) do not "
+            "allow: fit the guard on the saved model afterwards with `python -m retina_vqa.ood fit`."
+        )
     if model_args.lora_r and training_args.push_to_hub and sharded:
         raise ValueError(
             "--push_to_hub with --lora_r under FSDP or DeepSpeed: the engine keeps the adapter model, so the push "
@@ -198,7 +203,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         # Also saves the processor. With LoRA: the adapter, in adapter/; the folder itself gets the model handed over:
         # merged (from here on evaluated, predicted and pushed as such) or, with --merge_lora false, the adapter.
-        trainer.save_model(os.path.join(training_args.output_dir, "adapter") if model_args.lora_r else None)
+        # _internal_call: no push per save (upstream pushes on every save_model); the run pushes once, at its end.
+        trainer.save_model(os.path.join(training_args.output_dir, "adapter") if model_args.lora_r else None, True)
         metrics = dict(train_result.metrics, train_samples=len(prepared["do_train"]), **parameter_counts(model))
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         if model_args.lora_r and not (model_args.merge_lora and sharded):
             if model_args.merge_lora:
                 trainer.hand_over_merged()
-            trainer.save_model()
+            trainer.save_model(None, True)
 
     # The question-prior baseline needs the training answers: it shows which questions need the image.
     prior_train = splits.get("do_train")

@@ -79,6 +79,8 @@ def test_written_lock_reads_back_and_differences_name_each_package():
         "transformers: locked 5.25.0, installed 5.26.0",
     ]
     assert lock_tool.differences(versions, dict(versions)) == []
+    # torch's GPU build brings its CUDA runtime, which the lock (written on the CPU build) does not name.
+    assert lock_tool.differences(versions, {**versions, "nvidia-cublas": "13.1.1.3", "triton": "3.8.0"}) == []
     assert lock_tool.public_version("2.13.0+cpu") == "2.13.0"
     assert lock_tool.canonical("Huggingface_Hub") == "huggingface-hub"
 

@@ -72,12 +72,18 @@ def format_lock(versions: dict[str, str], day: date | None = None) -> str:
     return header + "".join(f"{name}=={versions[name]}\n" for name in sorted(versions))
 
 
+# What torch's GPU build brings that the CPU build of the lock does not name (CUDA runtime, kernels): not locked,
+# since the lock pins torch's release, which decides them.
+GPU_RUNTIME_PREFIXES = ("nvidia-", "cuda-", "triton")
+
+
 def differences(locked: dict[str, str], actual: dict[str, str]) -> list[str]:
-    """What `actual` has that the lock does not say, one line each (empty: they agree)."""
+    """What `actual` has that the lock does not say, one line each (empty: they agree). Packages of torch's GPU
+    runtime (`GPU_RUNTIME_PREFIXES`) installed beside a GPU build of the locked torch are not differences."""
     lines = []
     for name in sorted(set(locked) | set(actual)):
         want, have = locked.get(name), actual.get(name)
-        if want == have:
+        if want == have or (want is None and name.startswith(GPU_RUNTIME_PREFIXES)):
             continue
         if have is None:
             lines.append(f"{name}: locked {want}, not installed")

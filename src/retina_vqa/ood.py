@@ -234,7 +234,17 @@ def find_ood_guard(model: Any, folder: str | os.PathLike | None = None) -> OODGu
     """The guard saved with the model (in `folder`, default the folder it was loaded from), or None when there is
     none. A guard that is there but broken or for another model raises `ValueError`."""
     folder = folder if folder is not None else getattr(model, "name_or_path", None)
-    if not folder or not (Path(folder) / GUARD_CONFIG).exists() and not (Path(folder) / GUARD_WEIGHTS).exists():
+    if not folder:
+        return None
+    if not Path(folder).is_dir():  # a hub id: the guard's files from the repository (cache), when it has them
+        try:
+            from huggingface_hub import hf_hub_download
+
+            hf_hub_download(os.fspath(folder), GUARD_WEIGHTS)
+            folder = Path(hf_hub_download(os.fspath(folder), GUARD_CONFIG)).parent
+        except Exception:  # no guard in the repository, offline, no such repository
+            return None
+    if not (Path(folder) / GUARD_CONFIG).exists() and not (Path(folder) / GUARD_WEIGHTS).exists():
         return None
     return OODGuard.load(folder, feature_size=model_feature_size(model))
 
@@ -313,11 +323,10 @@ def fit_for_model(
     max_images: int | None = None,
     percentile: float = DEFAULT_PERCENTILE,
     batch_size: int = 32,
+    image_column: str = "image",
 ) -> OODGuard:
-    train = split_features(model, processor, dataset_dir, train_split, max_images=max_images, batch_size=batch_size)
-    validation = split_features(
-        model, processor, dataset_dir, validation_split, max_images=max_images, batch_size=batch_size
-    )
+    train = split_features(model, processor, dataset_dir, train_split, image_column, max_images, batch_size)
+    validation = split_features(model, processor, dataset_dir, validation_split, image_column, max_images, batch_size)
     return OODGuard.fit(train, validation, percentile)
 
 

@@ -131,6 +131,9 @@ def test_unmerged_lora_pushes_an_adapter_repo_that_loads_onto_its_base(hub, tiny
     _assert_answers_as_predicted(repo, tiny_dataset_dir, predicted)
     plain = AutoModelForVisualQuestionAnswering.from_pretrained(repo)
     assert any("lora_A" in name for name, _ in plain.named_parameters())
+    # The project loads the repository's own config over the base's weights, and names the repository as the model.
+    loaded, _ = load_for_inference(repo, device="cpu")
+    assert loaded.name_or_path == repo and loaded.config.text_config.vocab_size == plain.config.text_config.vocab_size
     # The local folder holds the same adapter layout.
     assert (output_dir / "adapter_config.json").exists() and not (output_dir / "model.safetensors").exists()
 
@@ -147,3 +150,26 @@ def test_processor_of_a_pushed_model_truncates_as_training_did(hub, tiny_dataset
     repo = f"{USER}/blip-processor"
     _push_run(tiny_dataset_dir, tmp_path, "blip", repo, "--max_question_length", "12")
     assert AutoProcessor.from_pretrained(repo).tokenizer.model_max_length == 12
+
+
+def test_the_guard_and_operating_points_of_a_pushed_model_are_found_by_repo_id(hub, tiny_dataset_dir, tmp_path):
+    from huggingface_hub import HfApi
+
+    from retina_vqa.metrics.screening import OperatingPoint, find_operating_points, save_operating_points
+    from retina_vqa.ood import OODGuard, find_ood_guard, model_feature_size
+
+    repo = f"{USER}/blip-extras"
+    output_dir, _, _ = _push_run(tiny_dataset_dir, tmp_path, "blip", repo)
+    model, _ = load_for_inference(repo, device="cpu")
+    assert find_ood_guard(model) is None and find_operating_points(repo) is None  # none saved with it yet
+    size = model_feature_size(model)
+    torch.manual_seed(0)
+    guard = OODGuard.fit(torch.randn(64, size), torch.randn(32, size), 99.0)
+    points = [OperatingPoint("high_sensitivity", 0.9, 0.25, 0.92, 0.6)]
+    guard.save(output_dir)
+    save_operating_points(points, output_dir)
+    HfApi().upload_folder(repo_id=repo, folder_path=str(output_dir), commit_message="guard and operating points")
+    model, _ = load_for_inference(repo, device="cpu")
+    found = find_ood_guard(model)
+    assert found is not None and found.threshold == pytest.approx(guard.threshold)
+    assert find_operating_points(repo) == points

@@ -95,9 +95,11 @@ def load_for_inference(
     if adapter_base is None:
         model = model_class.from_pretrained(name)
     else:  # the base, then the adapter (from_pretrained(folder) would look for the base's weights in the folder)
-        model = model_class.from_pretrained(adapter_base)
+        # The folder's config (the run's own settings, e.g. its prompt template) over the base's weights.
+        model = model_class.from_pretrained(adapter_base, config=AutoConfig.from_pretrained(name))
         model.load_adapter(name)
         model.generation_config = GenerationConfig.from_pretrained(name)
+        model.name_or_path = name  # what was loaded: files saved with it (guard, operating points) are found there
     prepare_model(model, processor, attn_implementation, name=name)
     if family == "blip":
         apply_saved_answer_generation(model)

@@ -308,6 +308,7 @@ def fit_ood_guard(trainer: Any, processor: Any, data_args: DataTrainingArguments
         data_args.train_split,
         data_args.validation_split,
         max_images=max_images,
+        image_column=data_args.image_column,
     )
     guard.save(trainer.args.output_dir)
     return {"ood_guard_threshold": float(guard.threshold), "ood_guard_train_images": int(guard.num_train)}
