@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..metrics import normalize_answer
-from ..metrics.grading import grading_metrics
-from ..metrics.screening import apply_operating_points, macro_ovr_auroc, patient_screening_metrics
+from ..metrics.calibration import referable_probability
+from ..metrics.grading import REFERABLE_FROM_GRADE, answer_grades, grading_metrics
+from ..metrics.screening import apply_operating_points, grade_probabilities, macro_ovr_auroc, patient_screening_metrics
 from ..questions import DIAGNOSIS_ANSWERS
 
 
@@ -118,22 +119,17 @@ def dataset_summary(
     if patients is not None:
         patient = patient_screening_metrics(references, predictions, [patients[i] for i in rows], DIAGNOSIS_ANSWERS)
         summary.update({f"diagnosis_{k}": v for k, v in patient.items()})
-    ranked = [i for i in rows if records[i].get("answer_scores")]
-    grade_of = {normalize_answer(a): g for g, a in enumerate(DIAGNOSIS_ANSWERS)}
-    graded = [i for i in ranked if normalize_answer(records[i]["reference"]) in grade_of]
+    graded = [i for i in rows if records[i].get("answer_scores") and answer_grades([records[i]["reference"]])[0] >= 0]
     if graded:
-        probabilities = np.zeros((len(graded), len(DIAGNOSIS_ANSWERS)))
-        for row, i in enumerate(graded):
-            for answer, p in records[i]["answer_scores"].items():
-                if normalize_answer(answer) in grade_of:
-                    probabilities[row, grade_of[normalize_answer(answer)]] += p
-        grades = [grade_of[normalize_answer(records[i]["reference"])] for i in graded]
+        scores = [records[i]["answer_scores"] for i in graded]
+        probabilities = np.stack([grade_probabilities(list(s), list(s.values())) for s in scores])
+        grades = answer_grades([records[i]["reference"] for i in graded])
         macro, _ = macro_ovr_auroc(probabilities, grades)
         if not np.isnan(macro):
             summary["diagnosis_macro_auroc"] = macro
         if points:
-            p_referable = probabilities[:, 2:].sum(axis=1)  # moderate, severe, proliferative
-            summary.update(apply_operating_points(points, p_referable, [g >= 2 for g in grades]))
+            p_referable = [referable_probability(list(s), list(s.values())) for s in scores]
+            summary.update(apply_operating_points(points, p_referable, grades >= REFERABLE_FROM_GRADE))
     return summary
 
 

@@ -37,7 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .calibration import referable_probability, roc_auc
-from .grading import ICDR_GRADES, answer_grades, wilson_interval
+from .grading import ICDR_GRADES, SCREENING_TASKS, answer_grades, wilson_interval
 
 __all__ = [
     "MEASURES",
@@ -116,6 +116,16 @@ def _checked_targets(targets: Mapping[str, float]) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------------------
 # Grade-wise AUROC
 # ---------------------------------------------------------------------------------------------------------
+
+
+def grade_probabilities(answers: Sequence[str], probabilities: Sequence[float]) -> np.ndarray:
+    """A ranked diagnosis answer's candidate probabilities summed per ICDR grade (`metrics.grading.answer_grades`:
+    candidates that are no grade left out): one row of `macro_ovr_auroc`'s input."""
+    by_grade = np.zeros(ICDR_GRADES)
+    grades = answer_grades(answers)
+    known = grades >= 0
+    np.add.at(by_grade, grades[known], np.asarray(probabilities, dtype=np.float64)[known])
+    return by_grade
 
 
 def macro_ovr_auroc(
@@ -453,9 +463,9 @@ def find_operating_points(model_name_or_path: str | os.PathLike[str]) -> list[Op
     return load_operating_points(os.path.dirname(path))
 
 
-# Patient-level screening: a patient is referable when either eye is (the worse eye), and is referred when either
-# eye's answer refers (IDx-DR and EyeArt report per patient; an encounter is non-referable only if both eyes are).
-PATIENT_LEVELS = {"referable": 2, "any_dr": 1}
+# Patient-level screening (the eye-level tasks of metrics.grading, SCREENING_TASKS): a patient is referable when
+# either eye is (the worse eye), and is referred when either eye's answer refers (IDx-DR and EyeArt report per
+# patient; an encounter is non-referable only if both eyes are).
 
 
 def patient_screening_metrics(
@@ -474,7 +484,7 @@ def patient_screening_metrics(
         raise ValueError(f"{len(references)} references, {len(answers)} answers and {len(patients)} patients.")
     reference_grades, answer_grades_ = answer_grades(references, labels), answer_grades(answers, labels)
     metrics: dict[str, float | int] = {}
-    for level, threshold in PATIENT_LEVELS.items():
+    for level, threshold in SCREENING_TASKS:
         truth: dict[Any, bool] = {}
         called: dict[Any, bool] = {}
         for patient, reference, answer in zip(patients, reference_grades, answer_grades_, strict=True):

@@ -22,17 +22,17 @@ from ..data.ordering import answering_order
 from ..data.preprocessing import IMAGE_KEY
 from ..metrics import build_compute_metrics, decode_ids
 from ..metrics.calibration import (
-    REFERABLE_ANSWERS,
     calibration_metrics,
     fit_temperatures,
     probabilities,
     referable_probability,
 )
-from ..metrics.normalize import normalize_answer
+from ..metrics.grading import REFERABLE_FROM_GRADE, answer_grades
 from ..metrics.screening import (
     OperatingPoint,
     apply_operating_points,
     choose_operating_points,
+    grade_probabilities,
     macro_ovr_auroc,
     parse_operating_points,
     patient_screening_metrics,
@@ -240,22 +240,16 @@ def diagnosis_scores(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ranked diagnosis rows of the last evaluation whose reference is a grade: ``(P(referable), referable,
     grade probabilities (rows x 5, ICDR order), grades)``, at the saved temperatures. Empty without ranked rows."""
-    grade_of = {normalize_answer(a): g for g, a in enumerate(DIAGNOSIS_ANSWERS)}
-    referable = {normalize_answer(a) for a in REFERABLE_ANSWERS}
     p, labels, grade_probs, grades = [], [], [], []
     for row in getattr(compute_metrics, "last_rows", None) or []:
-        reference = normalize_answer(row.reference or "")
-        if row.group != diagnosis_type or reference not in grade_of:
+        (grade,) = answer_grades([row.reference or ""])
+        if row.group != diagnosis_type or grade < 0:
             continue
         probs = probabilities(row.scores, (temperatures or {}).get(row.set_name, 1.0))
-        by_grade = np.zeros(len(DIAGNOSIS_ANSWERS))
-        for answer, prob in zip(row.answers, probs, strict=True):
-            if normalize_answer(answer) in grade_of:
-                by_grade[grade_of[normalize_answer(answer)]] += prob
         p.append(referable_probability(row.answers, probs))
-        labels.append(reference in referable)
-        grade_probs.append(by_grade)
-        grades.append(grade_of[reference])
+        labels.append(grade >= REFERABLE_FROM_GRADE)
+        grade_probs.append(grade_probabilities(row.answers, probs))
+        grades.append(grade)
     return np.array(p), np.array(labels, dtype=bool), np.array(grade_probs).reshape(-1, 5), np.array(grades, dtype=int)
 
 
