@@ -43,6 +43,8 @@ from typing import IO, Any, TypeAlias
 import numpy as np
 from PIL import Image, ImageOps
 
+from . import image_table
+
 __all__ = ["ImageLoadError", "ImageSource", "image_sha1", "load_image", "probe_image", "to_rgb"]
 
 # Everything load_image accepts; see its docstring for the details of each kind.
@@ -156,6 +158,8 @@ def _open_stream(source: Any, source_desc: str) -> tuple[IO[bytes], bool]:
         path = source.get("path")
         if data is not None:
             return _open_stream(data, source_desc)
+        if image_table.is_reference(path):
+            return _open_stream(_referenced(path, source_desc), source_desc)
         if path:
             return _open_stream(path, source_desc)
         raise ImageLoadError(
@@ -188,6 +192,14 @@ def _open_stream(source: Any, source_desc: str) -> tuple[IO[bytes], bool]:
         "a binary file object, a PIL image, a numpy array, "
         "or a datasets Image dict {'bytes': ..., 'path': ...}."
     )
+
+
+def _referenced(path: str, source_desc: str) -> dict:
+    """The stored image a question row's reference points to (`data.image_table`)."""
+    try:
+        return image_table.read_reference(path)
+    except image_table.UnknownImageTable as exc:
+        raise ImageLoadError(source_desc, str(exc), "Load the dataset with retina_vqa.data.loading.") from exc
 
 
 def _open_image(stream: IO[bytes], source_desc: str) -> Image.Image:
@@ -478,6 +490,11 @@ def image_sha1(source: ImageSource) -> str:
         digest.update(f"ndarray:{array.dtype.str}:{array.shape}:".encode())
         digest.update(array.tobytes())
         return digest.hexdigest()
+    if isinstance(source, Mapping) and source.get("bytes") is None and image_table.is_reference(source.get("path")):
+        # Hashed once, when the question rows were made from the image rows.
+        known = image_table.reference_sha1(source["path"])
+        if known:
+            return known
     source_desc = _describe(source, None)
     if isinstance(source, (bytes, bytearray, memoryview)):
         digest.update(source)

@@ -1,7 +1,9 @@
 """Loading question-answer data from disk, the hub or files, and checking its splits and columns.
 
 The one loader of the project: run_vqa.py, `python -m retina_vqa.predict`, the baselines and the
-visualisation commands all read data through `load_raw_datasets` / `load_dataset_dir`.
+visualisation commands all read data through `load_raw_datasets` / `load_dataset_dir`. Splits in image rows
+(each image stored once, `data.layout`) come out as question rows that reference their images, so every reader
+sees one row per question whichever layout is on disk.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from datasets import Dataset, DatasetDict, Image, load_dataset, load_from_disk
 
+from .layout import expand_questions, is_image_rows
+
 if TYPE_CHECKING:  # the entry point's flags, read here by attribute; data/ does not import them
     from ..arguments import DataTrainingArguments, ModelArguments
 
@@ -22,14 +26,20 @@ logger = logging.getLogger(__name__)
 
 
 def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArguments | None = None) -> DatasetDict:
-    """Read the splits from whichever source the arguments name."""
+    """Read the splits from whichever source the arguments name; image rows come out as question rows."""
+    columns = {
+        "image_column": data_args.image_column,
+        "question_column": data_args.question_column,
+        "answer_column": data_args.answer_column,
+    }
     if data_args.dataset_dir is not None:
-        return load_dataset_dir(data_args.dataset_dir)
+        return load_dataset_dir(data_args.dataset_dir, **columns)
     if data_args.dataset_name is not None:
         kwargs = {}
         if model_args is not None:
             kwargs = {"cache_dir": model_args.cache_dir, "token": model_args.token}
-        return load_dataset(data_args.dataset_name, data_args.dataset_config_name, **kwargs)
+        loaded = load_dataset(data_args.dataset_name, data_args.dataset_config_name, **kwargs)
+        return as_question_rows(loaded, **columns)
     splits = {
         data_args.train_split: data_args.train_file,
         data_args.validation_split: data_args.validation_file,
@@ -40,10 +50,33 @@ def load_raw_datasets(data_args: DataTrainingArguments, model_args: ModelArgumen
     )
 
 
-def load_dataset_dir(dataset_dir: str) -> DatasetDict:
-    """A `DatasetDict` saved with ``save_to_disk``, or an imagefolder export (one folder per split, each with
-    images and ``metadata.jsonl``, as ``python -m retina_vqa.synthetic --format imagefolder`` writes);
-    errors name the folder and the fix."""
+def as_question_rows(
+    dataset: DatasetDict, image_column: str = "image", question_column: str = "question", answer_column: str = "answer"
+) -> DatasetDict:
+    """Every split in image rows expanded to question rows (`layout.expand_questions`); others unchanged."""
+    if not isinstance(dataset, DatasetDict):
+        return dataset
+    return DatasetDict(
+        {
+            split: expand_questions(rows, image_column, question_column, answer_column)
+            if image_column in rows.column_names and is_image_rows(rows, question_column)
+            else rows
+            for split, rows in dataset.items()
+        }
+    )
+
+
+def load_dataset_dir(
+    dataset_dir: str,
+    image_column: str = "image",
+    question_column: str = "question",
+    answer_column: str = "answer",
+    expand: bool = True,
+) -> DatasetDict:
+    """A `DatasetDict` saved with ``save_to_disk`` (question rows, or image rows expanded to question rows unless
+    ``expand`` is False), or an imagefolder export (one folder per split, each with images and
+    ``metadata.jsonl``, as ``python -m retina_vqa.synthetic --format imagefolder`` writes); errors name the
+    folder and the fix."""
     path = Path(dataset_dir)
     if not path.exists():
         raise FileNotFoundError(
@@ -67,7 +100,7 @@ def load_dataset_dir(dataset_dir: str) -> DatasetDict:
             "test splits. Save it with DatasetDict({'train': ..., 'validation': ..., 'test': ...})"
             ".save_to_disk."
         )
-    return loaded
+    return as_question_rows(loaded, image_column, question_column, answer_column) if expand else loaded
 
 
 def _load_file(path: str, image_column: str) -> Dataset:

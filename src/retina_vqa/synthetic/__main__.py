@@ -19,7 +19,7 @@ from pathlib import Path
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES
 from .build import generate_dataset, validate_grade_weights
 from .conditions import CONDITIONS, DEFAULT_PREVALENCE, parse_conditions, parse_prevalence
-from .export import FORMATS, check_output_dir, parse_dataset_command, render_preview, save_dataset
+from .export import FORMATS, LAYOUTS, check_output_dir, parse_dataset_command, render_preview, save_dataset
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, default=384, help="side of the square images in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="save_to_disk", help="save_to_disk (default) or imagefolder")
+    p.add_argument(
+        "--layout",
+        default="image_rows",
+        choices=LAYOUTS,
+        help="save_to_disk rows: image_rows (default: each image stored once, its questions as lists) or "
+        "question_rows (the RetinaVQA format: one row and one image copy per question)",
+    )
     p.add_argument("--grade_weights", default="1,1,1,1,1", help="relative frequency of ICDR grades 0-4")
     p.add_argument("--paraphrase", action="store_true", help="vary the question wording per row")
     p.add_argument(
@@ -101,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
             conditions=conditions,
             prevalence=args.prevalence,
         )
-        save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command)
+        save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command, layout=args.layout)
     except ValueError as err:
         parser.error(str(err))
     summary = ", ".join(f"{s}: {dd[s].num_rows} rows" for s in dd)

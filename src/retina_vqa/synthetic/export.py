@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..data.layout import to_image_rows
 from ..questions import DIAGNOSIS_ANSWERS, QUESTION_TYPES
 from .build import render_example
 from .conditions import CUP_TO_DISC, OTHER_CONDITIONS, ConditionState, parse_conditions
@@ -49,6 +50,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMATS = ("save_to_disk", "imagefolder")
+# How save_to_disk stores the rows (data.layout): each image once, or one image copy per question.
+LAYOUTS = ("image_rows", "question_rows")
 PREVIEW_GRID = 4
 
 
@@ -88,18 +91,29 @@ def save_dataset(
     format: str = "save_to_disk",
     overwrite: bool = False,
     command: str | None = None,
+    layout: str = "image_rows",
 ) -> Path:
-    """Write ``dataset_dict`` to ``output_dir`` as ``save_to_disk`` or ``imagefolder``, plus README.md."""
+    """Write ``dataset_dict`` (question rows, as `generate_dataset` makes them) to ``output_dir`` as
+    ``save_to_disk`` or ``imagefolder``, plus README.md. ``save_to_disk`` stores image rows (`data.layout`: each
+    image once, its questions as lists) unless ``layout`` is ``"question_rows"`` (the RetinaVQA format, one image
+    copy per question); imagefolder writes one file per image either way."""
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"--layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(output_dir)
     check_output_dir(out, overwrite)
     if out.is_dir():
         shutil.rmtree(out)
     if format == "save_to_disk":
+        import datasets
+
+        stored = dataset_dict
+        if layout == "image_rows":
+            stored = datasets.DatasetDict({split: to_image_rows(ds) for split, ds in dataset_dict.items()})
         # An empty split would otherwise be written with zero shards, which load_from_disk cannot read.
-        empty = {split: 1 for split, ds in dataset_dict.items() if ds.num_rows == 0}
-        dataset_dict.save_to_disk(str(out), num_shards=empty or None)
+        empty = {split: 1 for split, ds in stored.items() if ds.num_rows == 0}
+        stored.save_to_disk(str(out), num_shards=empty or None)
     else:
         _save_imagefolder(dataset_dict, out)
     write_dataset_card(dataset_dict, out, format, command)
