@@ -23,7 +23,7 @@ from transformers import set_seed
 from retina_vqa.arguments import VqaTrainingArguments, choose_precision, parse_args
 from retina_vqa.data.loading import load_raw_datasets, rows_to_validate, select_task_splits
 from retina_vqa.data.preprocessing import prepare_split
-from retina_vqa.data.validation import drop_invalid, validate_on_main_process
+from retina_vqa.data.validation import drop_invalid, validate_on_all_processes
 from retina_vqa.models.lora import check_activation_checkpointing, merge_lora, parameter_counts
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
@@ -122,8 +122,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for task, dataset in splits.items():
             prepared[task] = prepare_split(dataset, processor, data_args, True, task[3:], family)
 
-    # 4. Every row validated before any model is built: on the main process, which shares its report.
-    report = validate_on_main_process(
+    # 4. Every row validated before any model is built (each image once, shared between processes; a dataset
+    # validated before with the same settings is not validated again).
+    report = validate_on_all_processes(
         rows_to_validate({task: (selected[task][0], dataset) for task, dataset in prepared.items()}),
         image_column=data_args.image_column,
         question_column=data_args.question_column,

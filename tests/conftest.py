@@ -29,9 +29,19 @@ def tiny_processor():
 
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory) -> Path:
-    """6/3/3 images at 64 px, 13 questions each, saved with save_to_disk."""
-    from retina_vqa.synthetic import generate_dataset
+    """6/3/3 images at 64 px, 13 questions each, saved as the generator saves them (image rows: each image once)."""
+    from retina_vqa.synthetic import generate_dataset, save_dataset
 
     path = tmp_path_factory.mktemp("data") / "retinavqa"
+    save_dataset(generate_dataset(6, 3, 3, image_size=64, seed=0, num_workers=1), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def question_rows_dataset_dir(tmp_path_factory) -> Path:
+    """The same data in question rows (the RetinaVQA format: one row and one image copy per question)."""
+    from retina_vqa.synthetic import generate_dataset
+
+    path = tmp_path_factory.mktemp("data") / "retinavqa-question-rows"
     generate_dataset(6, 3, 3, image_size=64, seed=0, num_workers=1).save_to_disk(str(path))
     return path

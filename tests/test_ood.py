@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.inference import answer_questions, load_for_inference
 from retina_vqa.ood import GUARD_CONFIG, GUARD_WEIGHTS, OODGuard, features_of, find_ood_guard, ledoit_wolf, main
 from retina_vqa.predict import main as predict_main
@@ -182,9 +183,8 @@ def guard(loaded):
 
 
 def test_cli_fits_on_train_and_thresholds_on_validation(guard, loaded, fundus_dataset):
-    import datasets
 
-    raw = datasets.load_from_disk(str(fundus_dataset))
+    raw = load_dataset_dir(str(fundus_dataset))
     assert (guard.num_train, guard.num_validation, guard.feature_size) == (24, 8, 128)
     model, processor = loaded
     validation = features_of(model, processor, distinct_images(raw["validation"]))
@@ -192,10 +192,9 @@ def test_cli_fits_on_train_and_thresholds_on_validation(guard, loaded, fundus_da
 
 
 def test_blank_frame_and_plot_are_flagged_held_out_fundus_mostly_not(guard, loaded, fundus_dataset):
-    import datasets
 
     model, processor = loaded
-    test_images = distinct_images(datasets.load_from_disk(str(fundus_dataset))["test"])
+    test_images = distinct_images(load_dataset_dir(str(fundus_dataset))["test"])
     held_out = guard.check(features_of(model, processor, test_images))
     assert sum(check["flagged"] for check in held_out) <= 1  # at most 1 of 8 held-out fundus photographs
     others = [Image.new("RGB", (64, 64)), Image.new("RGB", (64, 64), (255, 255, 255)), rendered_plot()]
@@ -209,10 +208,9 @@ def test_blank_frame_and_plot_are_flagged_held_out_fundus_mostly_not(guard, load
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory, fundus_dataset) -> dict[str, Path]:
-    import datasets
 
     folder = tmp_path_factory.mktemp("images")
-    fundus = distinct_images(datasets.load_from_disk(str(fundus_dataset))["train"])[0]
+    fundus = distinct_images(load_dataset_dir(str(fundus_dataset))["train"])[0]
     paths = {"fundus": folder / "fundus.png", "blank": folder / "blank.png", "plot": folder / "plot.png"}
     fundus.save(paths["fundus"])
     Image.new("RGB", (64, 64)).save(paths["blank"])

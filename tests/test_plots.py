@@ -6,7 +6,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +16,7 @@ from .helpers import ROOT, TINY_CONFIG, assert_png
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
+from retina_vqa.data.loading import load_dataset_dir
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def tiny_run(tiny_dataset_dir, tmp_path_factory) -> Path:
 
 
 def test_samples_rejects_ids_outside_the_split(tiny_dataset_dir, tmp_path):
-    dataset = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    dataset = load_dataset_dir(str(tiny_dataset_dir))["test"]
     records = [{"id": len(dataset), "question": "q", "prediction": "p"}]
     with pytest.raises(ValueError, match="outside the split"):
         plots.plot_samples(records, dataset, tmp_path / "x.png")
@@ -47,7 +47,7 @@ def test_samples_rejects_ids_outside_the_split(tiny_dataset_dir, tmp_path):
 def test_plot_run_writes_the_end_of_run_pictures(tiny_run, tiny_dataset_dir, tmp_path, caplog):
     for name in ("trainer_state.json", "predictions.jsonl"):
         shutil.copy(tiny_run / name, tmp_path / name)
-    test_split = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    test_split = load_dataset_dir(str(tiny_dataset_dir))["test"]
     written = plots.plot_run(tmp_path, test_split)
     assert sorted(p.name for p in written) == ["confusion.png", "curves.png", "samples.png"]
     for path in written:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.inference import answer_questions, load_for_inference
 from retina_vqa.metrics import normalize_answer
 from retina_vqa.models.generation_config import (
@@ -203,7 +203,7 @@ def test_dataset_predictions_equal_one_by_one_answers(model_dir, loaded, tiny_da
         + ["--max_samples", "12", "--batch_size", "5", "--output_file", str(output)],
         capsys,
     )
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(12))
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"].select(range(12))
     records = read_jsonl(output)
     assert [r["id"] for r in records] == list(range(12))
     assert [r["question"] for r in records] == test["question"]

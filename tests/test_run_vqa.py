@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 
-import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,6 +25,7 @@ from .wandb_records import history_rows
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
+from retina_vqa.data.loading import load_dataset_dir
 
 from .helpers import common_args, fine_tune_args, read_jsonl
 
@@ -53,7 +53,7 @@ def full_run(tiny_dataset_dir, tmp_path_factory):
 def test_results_files_hold_train_eval_predict_and_baseline(full_run, tiny_dataset_dir):
     output_dir, results = full_run
     all_results = json.loads((output_dir / "all_results.json").read_text())
-    test_rows = len(datasets.load_from_disk(str(tiny_dataset_dir))["test"])
+    test_rows = len(load_dataset_dir(str(tiny_dataset_dir))["test"])
     for key in (
         "train_loss",
         "eval_loss",
@@ -119,7 +119,7 @@ def test_saved_tokenizer_truncates_questions_as_training_did(full_run):
 
 def test_predictions_file_has_every_test_row_once(full_run, tiny_dataset_dir):
     output_dir, _ = full_run
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"]
     rows = read_jsonl(output_dir / "predictions.jsonl")
     assert [r["id"] for r in rows] == list(range(len(test)))
     assert [r["question"] for r in rows] == test["question"]
@@ -137,7 +137,7 @@ def test_reloaded_model_gives_the_same_predictions(full_run, tiny_dataset_dir):
     apply_cross_attention_mask_fix(model)
     processor = AutoProcessor.from_pretrained(output_dir)
     loaded = load_for_inference(output_dir, device="cpu")
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"]
     rows = read_jsonl(output_dir / "predictions.jsonl")
     # The run answered in batches with fused attention, here each question is asked alone: equal answers wherever
     # the choice is clear of float rounding (tests.same_answers), so counted where compared.
@@ -336,7 +336,7 @@ def test_accelerate_launch_two_cpu_processes(tiny_dataset_dir, tmp_path):
     # 13 and 27 rows over 2 processes: the padding duplicate must not be counted.
     assert results["eval_num_examples"] == 13 and results["predict_num_examples"] == 27
     rows = read_jsonl(output_dir / "predictions.jsonl")
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(27))
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"].select(range(27))
     assert [r["question"] for r in rows] == test["question"]
     # Each row's prediction is the saved model's answer to that row, asked alone: equal wherever the choice is clear
     # of float rounding between batched and single passes (tests.same_answers; ranked rows: the top probability
@@ -418,7 +418,7 @@ def test_grouped_evaluation_gives_the_same_metrics_and_predictions(tiny_dataset_
     # Other batches, other padding: every row's prediction the same where its choices are clear of float rounding
     # (tests.same_answers, the model asked each question alone), and every other field the same.
     model, processor = load_for_inference(tmp_path / "plain", device="cpu")
-    splits = datasets.load_from_disk(str(tiny_dataset_dir))
+    splits = load_dataset_dir(str(tiny_dataset_dir))
     clear = {}
     for prefix, split in (("eval_", "validation"), ("predict_", "test")):
         _, margins = answers_alone(
@@ -474,7 +474,7 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
     ).read_text()
 
     rows = read_jsonl(output_dir / "predictions.jsonl")
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(13))
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"].select(range(13))
     assert [r["question"] for r in rows] == test["question"]
     model = AutoModelForImageTextToText.from_pretrained(output_dir).eval()
     processor = AutoProcessor.from_pretrained(output_dir)
@@ -551,7 +551,7 @@ def test_lora_run_trains_adapters_only_and_hands_over_a_merged_model(tiny_datase
     # The folder itself is a plain BLIP (merged): no peft needed, same answers as the adapter model gave.
     assert json.loads((output_dir / "config.json").read_text())["architectures"] == ["BlipForQuestionAnswering"]
     assert not (output_dir / "adapter_config.json").exists()
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(13))
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"].select(range(13))
     model, processor = load_for_inference(output_dir, device="cpu")
     merged = answer_questions(model, processor, test["image"], test["question"], max_new_tokens=11)
     # The run evaluated and predicted with the merged model it hands over.

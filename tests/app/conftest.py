@@ -6,9 +6,10 @@ import io
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
 from PIL import Image
+
+from retina_vqa.data.loading import load_dataset_dir
 
 from ..helpers import ROOT, TINY_CONFIG
 
@@ -48,7 +49,7 @@ def fundus_files(tiny_dataset_dir, tmp_path_factory) -> dict[str, Path]:
     clockwise), ``second.png``, plus ``broken.jpg`` (cut short), ``notes.txt`` (text) and ``huge.jpg`` (1.5 MB,
     over the 1 MB upload limit the browser tests set)."""
     folder = tmp_path_factory.mktemp("uploads")
-    rows = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    rows = load_dataset_dir(str(tiny_dataset_dir))["test"]
     images = list(dict.fromkeys(row["image_id"] for row in rows))
     by_id = {row["image_id"]: row["image"] for row in rows}
     first = by_id[images[0]].convert("RGB").crop((0, 0, 64, 48))  # not square: a rotation shows in the size

@@ -13,6 +13,8 @@ import pytest
 from PIL import Image
 
 from retina_vqa.build_dataset import InputError, build_dataset
+from retina_vqa.build_dataset.rows import image_row_features
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.questions import DIAGNOSIS_ANSWERS, MACULAR_OEDEMA_ANSWERS, QUESTION_TYPES, answer_for
 from retina_vqa.synthetic import dataset_features as synthetic_features
 
@@ -36,7 +38,7 @@ def _build(fixture, source, output_dir, **overrides) -> datasets.DatasetDict:
     if source == "csv":
         overrides = {**CSV_COLUMNS, **overrides}
     build_dataset(fixture.options(source, output_dir, **overrides))
-    return datasets.load_from_disk(str(output_dir))
+    return load_dataset_dir(str(output_dir))
 
 
 def _rows(dataset_dict: datasets.DatasetDict) -> list[dict]:
@@ -57,9 +59,16 @@ def test_each_source_builds_the_synthetic_format_with_answers_from_the_grade(tmp
     built = _build(fixture, source, tmp_path / "out")
     assert list(built) == ["train", "validation", "test"]
     assert all(built[s].num_rows > 0 for s in built)
+    # Stored as the synthetic generator stores its rows (image rows), read as question rows like the synthetic set.
+    stored = datasets.load_from_disk(str(tmp_path / "out"))["train"].features
+    synthetic_stored = image_row_features(synthetic_features())
+    assert {n: f for n, f in stored.items() if n in synthetic_stored} == {
+        n: f for n, f in synthetic_stored.items() if n in stored
+    }
+    assert isinstance(stored["question"], datasets.List)
     features = built["train"].features
     synthetic = synthetic_features()
-    for name in ("image", "question", "answer", "image_id", "question_type", "answer_type", "grade", "laterality"):
+    for name in ("question", "answer", "image_id", "question_type", "answer_type", "grade", "laterality"):
         if name in features:
             assert features[name] == synthetic[name], name
     assert ("laterality" in features) == (source in ("eyepacs", "csv"))
@@ -228,15 +237,17 @@ def test_images_are_downsized_or_kept(tmp_path):
     big = fixture.images[0] / "3_left.jpeg"
     fundus_image(7, (400, 300)).save(big, quality=90)
 
-    def stored(built):
+    def stored(output_dir):
+        built = datasets.load_from_disk(str(output_dir))  # image rows: one stored image per row
         raw = datasets.concatenate_datasets(list(built.values())).cast_column("image", datasets.Image(decode=False))
         return {row["image_id"]: row["image"]["bytes"] for row in raw}
 
-    images = stored(_build(fixture, "eyepacs", tmp_path / "out", max_image_side=100))
+    _build(fixture, "eyepacs", tmp_path / "out", max_image_side=100)
+    images = stored(tmp_path / "out")
     assert Image.open(io.BytesIO(images["3_left"])).size == (100, 75)
     assert images["3_right"] == (fixture.images[0] / "3_right.jpeg").read_bytes()  # 80x60: stored as it was
-    images = stored(_build(fixture, "eyepacs", tmp_path / "kept", keep_original=True))
-    assert images["3_left"] == big.read_bytes()
+    _build(fixture, "eyepacs", tmp_path / "kept", keep_original=True)
+    assert stored(tmp_path / "kept")["3_left"] == big.read_bytes()
 
 
 def test_output_folder_is_replaced_only_with_overwrite_and_leftovers_are_cleared(tmp_path):
@@ -281,7 +292,7 @@ def test_images_no_asked_question_applies_to_are_left_out_and_counted(tmp_path):
     result = build_dataset(fixture.options("eyepacs", tmp_path / "out", question_types=["laterality"]))
     assert result.dropped["no_questions"] == 1
     assert sum(stats.images for stats in result.stats.values()) == 7
-    built = datasets.load_from_disk(str(tmp_path / "out"))
+    built = load_dataset_dir(str(tmp_path / "out"))
     assert "99" not in {row["image_id"] for split in built.values() for row in split}
     assert "none of the asked question types" in (tmp_path / "out" / "README.md").read_text()
 
@@ -299,7 +310,8 @@ def test_written_layout_is_what_save_to_disk_writes_in_any_number_of_shards(tmp_
     from retina_vqa.build_dataset import writer
 
     fixture = make_eyepacs(tmp_path / "in", patients=6)
-    built = _build(fixture, "eyepacs", tmp_path / "out")
+    _build(fixture, "eyepacs", tmp_path / "out")
+    built = datasets.load_from_disk(str(tmp_path / "out"))  # as stored: image rows
     built.save_to_disk(str(tmp_path / "resaved"))
     for split in built:
         ours, theirs = tmp_path / "out" / split, tmp_path / "resaved" / split
@@ -310,9 +322,10 @@ def test_written_layout_is_what_save_to_disk_writes_in_any_number_of_shards(tmp_
             k: v for k, v in reference.items() if k != "_fingerprint"
         }
     # Small batches, a new shard after every batch: the same rows in the same order.
-    monkeypatch.setattr(writer, "BATCH_ROWS", 5)
+    monkeypatch.setattr(writer, "BATCH_ROWS", 2)
     monkeypatch.setattr(writer, "SHARD_BYTES", 1)
-    sharded = _build(fixture, "eyepacs", tmp_path / "sharded")
+    _build(fixture, "eyepacs", tmp_path / "sharded")
+    sharded = datasets.load_from_disk(str(tmp_path / "sharded"))
     files = sorted(p.name for p in (tmp_path / "sharded" / "train").glob("data-*.arrow"))
     assert len(files) > 3 and files[-1] == f"data-{len(files) - 1:05d}-of-{len(files):05d}.arrow"
     assert _digest(sharded) == _digest(built)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import datasets
 import pytest
 
 from retina_vqa.build_dataset.__main__ import build_parser, main
+from retina_vqa.data.loading import load_dataset_dir
 
 from .helpers import make_aptos, make_ddr
 
@@ -33,7 +33,7 @@ def test_builds_and_prints_a_summary(tmp_path, capsys):
     main([*argv, "--output_dir", str(output), "--max_image_side", "64", "--disable_tqdm"])
     printed = capsys.readouterr().out
     assert "train: 11 images" in printed and "left out: ungradable 3" in printed
-    assert datasets.load_from_disk(str(output))["validation"].num_rows > 0
+    assert load_dataset_dir(str(output))["validation"].num_rows > 0
     assert (
         f"python -m retina_vqa.build_dataset --source ddr --labels {fixture.labels[0]}"
         in (output / "README.md").read_text()

@@ -12,6 +12,7 @@ import pytest
 
 from retina_vqa.build_dataset import InputError, build_dataset
 from retina_vqa.build_dataset.__main__ import build_parser, main
+from retina_vqa.data.loading import load_dataset_dir
 
 from .helpers import (
     label_names,
@@ -28,7 +29,7 @@ CSV_NO_PATIENT = {"image_column": "file", "grade_column": "dr_grade", "lateralit
 
 
 def _load(output_dir) -> datasets.DatasetDict:
-    return datasets.load_from_disk(str(output_dir))
+    return load_dataset_dir(str(output_dir))
 
 
 def _splits_of_patients(built: datasets.DatasetDict) -> dict[str, set[str]]:

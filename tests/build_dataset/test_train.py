@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 
-import datasets
 import pytest
 
 from retina_vqa.build_dataset import build_dataset
+from retina_vqa.data.loading import load_dataset_dir
 
 from ..helpers import common_args
 from ..test_run_vqa import run_vqa
@@ -32,7 +32,7 @@ def test_built_dataset_trains_through_run_vqa(source, tmp_path):
     data_dir = tmp_path / f"{source}-vqa"
     overrides = {"validation_fraction": 0.25, **(CSV_COLUMNS if source == "csv" else {})}
     build_dataset(fixture.options(source, data_dir, **overrides))
-    built = datasets.load_from_disk(str(data_dir))
+    built = load_dataset_dir(str(data_dir))
     output_dir = tmp_path / "run"
     args = common_args(data_dir, output_dir) + ["--do_train", "--do_eval", "--do_predict", "--max_steps", "2"]
     run_vqa.main(args + ["--plot", "false", "--save_strategy", "no"])
@@ -54,7 +54,7 @@ def test_an_eyepacs_build_is_scored_per_patient_and_at_operating_points(tmp_path
     fixture = MAKERS["eyepacs"](tmp_path / "in", patients=24)
     data_dir = tmp_path / "eyepacs-vqa"
     build_dataset(fixture.options("eyepacs", data_dir, validation_fraction=0.3))
-    test = datasets.load_from_disk(str(data_dir))["test"]
+    test = load_dataset_dir(str(data_dir))["test"]
     diagnosis_patients = {p for p, t in zip(test["patient_id"], test["question_type"], strict=True) if t == "diagnosis"}
     output_dir = tmp_path / "run"
     args = common_args(data_dir, output_dir) + ["--do_train", "--do_eval", "--do_predict", "--max_steps", "2"]

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from retina_vqa.arguments import DataTrainingArguments
-from retina_vqa.data.loading import check_columns, check_split, load_raw_datasets, rows_to_validate
+from retina_vqa.data.loading import check_columns, check_split, load_dataset_dir, load_raw_datasets, rows_to_validate
 
 
 def test_loads_the_save_to_disk_format(tiny_dataset_dir):
@@ -53,14 +53,14 @@ def test_imagefolder_folder_per_split(tmp_path):
 
 
 def test_check_columns_suggests_the_closest_column(tiny_dataset_dir):
-    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    train = load_dataset_dir(str(tiny_dataset_dir))["train"]
     check_columns(train, "train", {"image_column": "image", "question_column": "question"})
     with pytest.raises(ValueError, match=r"--answer_column 'answers'.*Did you mean --answer_column answer\?"):
         check_columns(train, "train", {"answer_column": "answers"})
 
 
 def test_check_split_lists_existing_splits(tiny_dataset_dir):
-    raw = datasets.load_from_disk(str(tiny_dataset_dir))
+    raw = load_dataset_dir(str(tiny_dataset_dir))
     with pytest.raises(
         ValueError, match=r"--do_eval needs a 'dev' split.*\['train', 'validation', 'test'\].*--validation_split"
     ):
@@ -68,7 +68,7 @@ def test_check_split_lists_existing_splits(tiny_dataset_dir):
 
 
 def test_rows_to_validate_keeps_the_longest_selection_of_a_split(tiny_dataset_dir):
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"]
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"]
     selected = {"do_eval": ("test", test.select(range(20))), "do_predict": ("test", test.select(range(5)))}
     assert {split: len(ds) for split, ds in rows_to_validate(selected).items()} == {"test": 20}
     selected["do_predict"] = ("test", test.select(range(30)))

@@ -1,10 +1,13 @@
 """Tokenised once: questions, BLIP's decoder inputs framed as [DEC] answer [SEP], and each row's image key."""
 
+import hashlib
+
 import datasets
 from transformers import AutoProcessor, BertTokenizerFast
 
 from retina_vqa.arguments import DataTrainingArguments
-from retina_vqa.data.images import image_key
+from retina_vqa.data.images import image_key, load_image
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.data.preprocessing import IMAGE_KEY, prepare_split
 from retina_vqa.models.family import tokenize_questions_and_answers
 
@@ -38,14 +41,27 @@ def test_decoder_inputs_start_with_dec_and_end_with_sep():
     assert len(long["decoder_input_ids"][0]) == 5 and long["decoder_input_ids"][0][-1] == tokenizer.sep_token_id
 
 
-def test_prepare_split_keeps_images_encoded(tiny_dataset_dir):
+def test_prepare_split_keeps_images_encoded(question_rows_dataset_dir):
     processor = AutoProcessor.from_pretrained(TINY_CONFIG)
-    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    train = load_dataset_dir(str(question_rows_dataset_dir))["train"]
     prepared = prepare_split(train, processor.tokenizer, DataTrainingArguments(dataset_dir="x"), True, "train")
     row = prepared[0]
     assert isinstance(row["image"], dict) and row["image"]["bytes"][:4] == b"\x89PNG"
     assert "decoder_input_ids" in row and "question_type" in row
     assert "pixel_values" not in prepared.column_names
+
+
+def test_prepared_image_rows_hold_references_not_bytes(tiny_dataset_dir):
+    """Image rows: the tokenised rows (and their cache file) hold a reference per question, keyed by its SHA-1."""
+    processor = AutoProcessor.from_pretrained(TINY_CONFIG)
+    train = load_dataset_dir(str(tiny_dataset_dir))["train"]
+    prepared = prepare_split(train, processor.tokenizer, DataTrainingArguments(dataset_dir="x"), True, "train")
+    row = prepared[0]
+    assert row["image"]["bytes"] is None and row["image"]["path"].startswith("retina-vqa-image://")
+    stored = datasets.load_from_disk(str(tiny_dataset_dir))["train"].cast_column("image", datasets.Image(decode=False))
+    first_image = stored[0]["image"]["bytes"]
+    assert row["image_key"] == row["image"]["path"].rsplit("#", 1)[1] == hashlib.sha1(first_image).hexdigest()
+    assert load_image(row["image"]).tobytes() == load_image(first_image).tobytes()
 
 
 def test_answers_are_framed_whatever_special_tokens_the_tokenizer_adds(tmp_path):

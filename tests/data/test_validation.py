@@ -143,36 +143,48 @@ def test_skip_invalid_examples_trains_and_counts_what_it_dropped(broken_dataset_
 
 VALIDATE_ON_TWO_RANKS = """
 import json, os, sys
-import datasets, torch.distributed as dist
+import torch.distributed as dist
 from retina_vqa.data import validation
+from retina_vqa.data.loading import load_dataset_dir
 
 dist.init_process_group("gloo")
 decoded = []
 inspect = validation._inspect
 validation._inspect = lambda *args, **kwargs: decoded.append(args[1]) or inspect(*args, **kwargs)
-train = datasets.load_from_disk(sys.argv[1])["train"]
-report = validation.validate_on_main_process(
+train = load_dataset_dir(sys.argv[1])["train"]
+report = validation.validate_on_all_processes(
     {"train": train}, image_column="image", question_column="question", answer_column="answer"
 )
 with open(os.path.join(sys.argv[2], f"rank{dist.get_rank()}.json"), "w") as f:
-    json.dump({"decoded": len(decoded), "counts": report.counts(), "bad": sorted(report.bad_rows("train"))}, f)
+    json.dump({"decoded": decoded, "counts": report.counts(), "bad": sorted(report.bad_rows("train"))}, f)
 dist.destroy_process_group()
 """
 
 
-@pytest.mark.e2e
-def test_only_the_main_process_decodes_and_every_rank_gets_its_report(broken_dataset_dir, tmp_path):
-    script = tmp_path / "validate.py"
+def _validate_on_two_ranks(dataset_dir, out_dir, port):
+    script = out_dir / "validate.py"
     script.write_text(VALIDATE_ON_TWO_RANKS)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     completed = subprocess.run(
-        [*command, str(script), str(broken_dataset_dir), str(tmp_path)], env=env, capture_output=True, text=True
+        [*command, str(script), str(dataset_dir), str(out_dir)], env=env, capture_output=True, text=True
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    main, other = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert main["decoded"] > 0 and other["decoded"] == 0
+    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.e2e
+def test_processes_share_the_decoding_and_every_rank_gets_the_whole_report(broken_dataset_dir, tmp_path):
+    main, other = _validate_on_two_ranks(broken_dataset_dir, tmp_path, 29541)
+    # Each distinct image decoded by exactly one process, both busy; both get every problem.
+    assert main["decoded"] and other["decoded"] and not set(main["decoded"]) & set(other["decoded"])
     assert main["counts"] == other["counts"] and main["bad"] == other["bad"] == [1, 2, 3, 4, 5, 6]
+    # The second run reads the kept report: nothing decoded, same report on both ranks.
+    again = tmp_path / "again"
+    again.mkdir()
+    main2, other2 = _validate_on_two_ranks(broken_dataset_dir, again, 29542)
+    assert main2["decoded"] == other2["decoded"] == []
+    assert main2["counts"] == main["counts"] and other2["bad"] == main["bad"]
 
 
 def test_images_are_decoded_no_larger_than_needed(monkeypatch):

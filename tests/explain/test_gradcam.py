@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 
-import datasets
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from retina_vqa.data.collator import PromptCollator
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.explain import gradcam
 from retina_vqa.models.attention import attention_implementation, set_attention_implementation
 from retina_vqa.models.blip import resize_image_size
@@ -25,7 +25,7 @@ from ..same_answers import CLEAR, StepRecorder, agreeing_steps
 
 @pytest.fixture(scope="module")
 def fundus(tiny_dataset_dir) -> Image.Image:
-    return datasets.load_from_disk(str(tiny_dataset_dir))["test"][0]["image"].convert("RGB")
+    return load_dataset_dir(str(tiny_dataset_dir))["test"][0]["image"].convert("RGB")
 
 
 def assert_unit_map(heatmap: np.ndarray, shape: tuple[int, ...]) -> None:

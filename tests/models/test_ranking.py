@@ -13,6 +13,7 @@ from PIL import Image
 
 from retina_vqa.answering.candidates import ALL_QUESTIONS, AnswerCandidates, candidates_for_run, load_answer_candidates
 from retina_vqa.answering.plan import RankingPlan, WithAnswerSets
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.inference import answer_questions, prompt_batch
 from retina_vqa.models.blip import set_label_smoothing
 from retina_vqa.models.ranking import blip_prefix, prompt_prefix, score_candidates, tokenize_candidates
@@ -198,9 +199,8 @@ def test_ranking_without_candidates_says_how_to_get_them(tiny_processor):
 
 
 def test_candidates_from_the_training_split(tiny_dataset_dir):
-    import datasets
 
-    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    train = load_dataset_dir(str(tiny_dataset_dir))["train"]
     candidates = AnswerCandidates.from_dataset(train.remove_columns("image"))
     rows = train.select_columns(["question", "answer", "question_type", "answer_type"]).to_dict()
     for question_type in set(rows["question_type"]):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import datasets
 import pytest
 from PIL import Image
 
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.questions import QUESTION_TYPES
 from retina_vqa.synthetic.__main__ import main
 from retina_vqa.synthetic.export import preview_label_height
@@ -37,9 +37,9 @@ def test_cli_writes_dataset_and_overwrites(tmp_path):
     argv = ["--output_dir", str(out), "--num_train_images", "3", "--num_validation_images", "1"]
     argv += ["--num_test_images", "1", "--image_size", "64", "--num_workers", "1"]
     main(argv)
-    assert datasets.load_from_disk(str(out))["train"].num_rows == 3 * len(QUESTION_TYPES)
+    assert load_dataset_dir(str(out))["train"].num_rows == 3 * len(QUESTION_TYPES)
     main([*argv, "--overwrite", "--question_types", "diagnosis,laterality"])
-    dd = datasets.load_from_disk(str(out))
+    dd = load_dataset_dir(str(out))
     assert dd["train"].num_rows == 6
     assert "--question_types diagnosis,laterality" in (out / "README.md").read_text()
 
@@ -63,3 +63,17 @@ def test_python_dash_m_runs_without_warnings():
     )
     assert result.returncode == 0, result.stderr
     assert "--output_dir" in result.stdout and "--preview" in result.stdout
+
+
+def test_cli_quality_defects_are_checked_and_reach_the_dataset(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--output_dir", str(tmp_path / "a"), "--quality_defects", "blurred,lens_flare"])
+    error = capsys.readouterr().err
+    assert exc.value.code == 2 and "--quality_defects" in error and "small_pupil" in error
+    assert not (tmp_path / "a").exists()
+    out = tmp_path / "defects"
+    argv = ["--output_dir", str(out), "--num_train_images", "4", "--num_validation_images", "0"]
+    argv += ["--num_test_images", "0", "--image_size", "64", "--num_workers", "1", "--quality_defect_rate", "1"]
+    main([*argv, "--quality_defects", "small_pupil"])
+    train = load_dataset_dir(str(out))["train"]
+    assert set(train["quality"]) == {"small_pupil"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 from PIL import Image
 
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.questions import QUESTION_TYPES
 from retina_vqa.synthetic.build import dataset_features, generate_dataset
 from retina_vqa.synthetic.export import save_dataset
@@ -14,7 +15,7 @@ from .helpers import SIZE
 
 def test_features_roundtrip_save_to_disk(small_dd, tmp_path):
     out = save_dataset(small_dd, tmp_path / "ds", "save_to_disk", command="python -m retina_vqa.synthetic x")
-    loaded = datasets.load_from_disk(str(out))
+    loaded = load_dataset_dir(str(out))
     assert set(loaded) == {"train", "validation", "test"}
     assert loaded["train"].features == dataset_features()
     assert loaded["train"].num_rows == 10 * len(QUESTION_TYPES)

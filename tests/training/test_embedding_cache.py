@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 
-import datasets
 import pytest
 import torch
 
@@ -19,6 +18,7 @@ from ..same_answers import CLEAR, answers_alone
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
+from retina_vqa.data.loading import load_dataset_dir
 
 
 def _counting(model):
@@ -104,7 +104,7 @@ def test_training_with_kept_outputs_equals_training_without(tiny_dataset_dir, tm
     # answers wherever the choices are clear of float rounding (tests.same_answers; bf16: of its unit roundoff,
     # 4e-3), so exact match moves by at most one row for each validation answer that is not (none in fp32 here).
     model, processor = load_for_inference(tmp_path / "plain", device="cpu")
-    validation = datasets.load_from_disk(str(tiny_dataset_dir))["validation"]
+    validation = load_dataset_dir(str(tiny_dataset_dir))["validation"]
     _, margins = answers_alone(model, processor, validation["image"], validation["question"], max_new_tokens=11)
     unclear = sum(margin <= (1e-2 if precision == "bf16" else CLEAR) for margin in margins)
     assert abs(cached["eval_exact_match"] - plain["eval_exact_match"]) <= unclear / len(margins), unclear

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoModelForVisualQuestionAnswering, AutoProcessor
 
 import run_vqa
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.inference import load_for_inference
 from retina_vqa.models.blip2 import init_query_tokens
 
@@ -55,7 +55,7 @@ def _assert_answers_as_predicted(model_name_or_path: str, data_dir, predicted: l
     """The model loaded from `model_name_or_path` answers the run's rows as it predicted them: each question alone,
     compared wherever every choice is clear (the run batched them otherwise, and a near-tied random model's answers
     may flip with the rounding: `tests/same_answers.py`)."""
-    test = datasets.load_from_disk(str(data_dir))["test"].select(range(PREDICTED))
+    test = load_dataset_dir(str(data_dir))["test"].select(range(PREDICTED))
     model, processor = load_for_inference(model_name_or_path, device="cpu")
     alone, margins = answers_alone(model, processor, list(test["image"]), list(test["question"]))
     assert_same_where_clear(predicted, alone, margins, at_least=PREDICTED // 2)

@@ -10,11 +10,11 @@ import shutil
 import subprocess
 import sys
 
-import datasets
 import pytest
 import torch
 from transformers import AutoProcessor
 
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.inference import load_for_inference
 from retina_vqa.training.checkpoints import is_complete
 
@@ -107,7 +107,7 @@ def test_sharded_run_resumes_and_saves_a_full_model(engine, tiny_dataset_dir, tm
     # One question a batch on two processes, 16 on one: the same answers wherever every choice is clear of float
     # rounding (tests.same_answers, from the saved model asking each question alone).
     model, processor = load_for_inference(resumed, device="cpu")
-    test = datasets.load_from_disk(str(tiny_dataset_dir))["test"].select(range(24))
+    test = load_dataset_dir(str(tiny_dataset_dir))["test"].select(range(24))
     alone, margins = answers_alone(model, processor, test["image"], test["question"], max_new_tokens=11)
     assert_same_where_clear(sharded, whole, margins, at_least=18)
     assert_same_where_clear(whole, alone, margins, at_least=18)

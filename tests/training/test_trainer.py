@@ -11,6 +11,7 @@ from ..helpers import ROOT, common_args
 
 sys.path.insert(0, str(ROOT))
 import run_vqa  # noqa: E402
+from retina_vqa.data.loading import load_dataset_dir
 
 
 def test_non_finite_loss_stops_the_run_and_names_the_last_good_checkpoint(tiny_dataset_dir, tmp_path):
@@ -120,7 +121,6 @@ def test_torch_compile_traces_one_graph_for_batches_of_every_shape(tiny_dataset_
 
 def _trainer(tiny_dataset_dir, tmp_path, **overrides):
     """A VqaTrainer over the prepared tiny training split, as run_vqa.py builds it (no training run)."""
-    import datasets
 
     from retina_vqa.arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
     from retina_vqa.data.collator import VqaCollator
@@ -135,7 +135,7 @@ def _trainer(tiny_dataset_dir, tmp_path, **overrides):
     settings = {"output_dir": str(tmp_path / "out"), "per_device_train_batch_size": 8, "report_to": "none"}
     args = VqaTrainingArguments(**{**settings, **overrides})
     processor = load_processor(model_args)
-    train = datasets.load_from_disk(str(tiny_dataset_dir))["train"]
+    train = load_dataset_dir(str(tiny_dataset_dir))["train"]
     prepared = prepare_split(train, processor.tokenizer, data_args, with_answers=True, description="train")
     collator = VqaCollator(processor.image_processor, processor.tokenizer.pad_token_id, return_image_keys=True)
     model = load_model(model_args, processor)

@@ -118,13 +118,16 @@ Produced by:
 {command}
 ```
 
-Load with `datasets.load_from_disk("{output_dir}")`. The images and labels keep the licence of their source.
+Load with `retina_vqa.data.loading.load_dataset_dir("{output_dir}")` (one row per question, as run_vqa.py reads
+it) or `datasets.load_from_disk("{output_dir}")` (one row per image). The images and labels keep the licence of
+their source.
 
 ## Columns
 
 {", ".join(f"`{c}`" for c in columns)}.
 
-One row per (image, question type); `grade` is the ICDR grade 0-4 (-1: ungradable).
+One row per image, each image stored once; `question`, `answer`, `question_type` and `answer_type` are lists
+with one item per question asked of the image. `grade` is the ICDR grade 0-4 (-1: ungradable).
 
 ## Questions
 

@@ -18,6 +18,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..data.layout import PER_QUESTION_COLUMNS
 from ..questions import LABEL_QUESTION_TYPES, graded_answer_for, graded_question
 from ..synthetic.build import row_columns
 from .records import LabelRecord
@@ -25,7 +26,15 @@ from .records import LabelRecord
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["UNGRADABLE_GRADE", "UNGRADABLE_QUESTION_TYPES", "dataset_features", "question_types_for", "rows_for"]
+__all__ = [
+    "UNGRADABLE_GRADE",
+    "UNGRADABLE_QUESTION_TYPES",
+    "dataset_features",
+    "image_row",
+    "image_row_features",
+    "question_types_for",
+    "rows_for",
+]
 
 UNGRADABLE_GRADE = -1
 # The questions an ungradable image can answer: everything else needs a grade.
@@ -68,7 +77,7 @@ def rows_for(
     with_laterality: bool,
     with_patient: bool,
 ) -> list[dict[str, Any]]:
-    """One row per question type, without the image (the writer adds the same image bytes to each)."""
+    """One row per question type, without the image (the writer stores them as one image row, `image_row`)."""
     # String seeds are hashed with SHA-512 by `random`: the same on every machine and Python run.
     rng = random.Random(f"{seed}/{record.image_id}")
     rows = []
@@ -91,3 +100,20 @@ def rows_for(
             row["patient_id"] = record.patient_id
         rows.append(row)
     return rows
+
+
+def image_row_features(features: datasets.Features) -> datasets.Features:
+    """The columns as written (image rows, `retina_vqa.data.layout`): per-question columns become lists."""
+    import datasets
+
+    return datasets.Features(
+        {name: datasets.List(f) if name in PER_QUESTION_COLUMNS else f for name, f in features.items()}
+    )
+
+
+def image_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One image's question rows (`rows_for`) as its image row: per-question columns as lists, one value each;
+    the other columns describe the image and are the same in every row."""
+    return {
+        name: [row[name] for row in rows] if name in PER_QUESTION_COLUMNS else value for name, value in rows[0].items()
+    }

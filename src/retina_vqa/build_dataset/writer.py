@@ -7,8 +7,9 @@ This module owns:
   same command. The output folder itself is never half-written: it appears complete or not at all.
 * `write_splits`: each split written in ``save_to_disk`` layout. ``num_proc`` worker processes decode, resize
   and encode the images (`images.encode_image`), a few per worker in flight, results taken in record order;
-  the main process adds each image's question rows and appends them to Arrow shards (IPC stream files of at
-  most 500 MB, as ``save_to_disk`` writes them) in small record batches. Memory is bounded by the images in
+  the main process makes each image's row (image rows, `retina_vqa.data.layout`: the image stored once, its
+  questions and answers as lists) and appends them to Arrow shards (IPC stream files of at most 500 MB, as
+  ``save_to_disk`` writes them) in small record batches. Memory is bounded by the images in
   flight and one record batch, whatever the number of images, and the rows come out in the same order for
   any ``num_proc``. The Arrow files are written once, straight into the output layout: going through
   ``Dataset.from_generator`` and ``save_to_disk`` would write every image twice and spend about as long
@@ -41,16 +42,16 @@ from tqdm.auto import tqdm
 from ..data.images import ImageLoadError
 from .images import encode_image
 from .records import LabelRecord, Problem
-from .rows import dataset_features, rows_for
+from .rows import dataset_features, image_row, image_row_features, rows_for
 
 __all__ = ["SplitStats", "WriteSettings", "check_output_dir", "partial_dir", "publish", "write_splits"]
 
 logger = logging.getLogger(__name__)
 
-# One Arrow record batch holds at most this many rows or bytes. Every row holds its image, so this bounds the
+# One Arrow record batch holds at most this many images or bytes. Every row holds its image, so this bounds the
 # write buffer (~10 MB of 1024 px JPEGs) and keeps a batch's binary column far below Arrow's 2 GB limit even
 # with --keep_original on huge files.
-BATCH_ROWS = 64
+BATCH_ROWS = 16
 BATCH_BYTES = 64 * 2**20
 # A new shard file starts past this size (datasets' own default for save_to_disk).
 SHARD_BYTES = 500 * 2**20
@@ -196,8 +197,9 @@ class _ShardWriter:
         split_dir.mkdir(parents=True)
 
     def add(self, data: bytes, rows: Sequence[dict[str, Any]]) -> None:
-        self.pending.extend((data, row) for row in rows)
-        self.pending_bytes += len(data) * len(rows)
+        """One image and its question rows, written as one image row."""
+        self.pending.append((data, image_row(rows)))
+        self.pending_bytes += len(data)
         if len(self.pending) >= BATCH_ROWS or self.pending_bytes >= BATCH_BYTES:
             self._flush()
 
@@ -284,7 +286,7 @@ def write_splits(
     """
     import datasets
 
-    features = dataset_features(settings.with_laterality, settings.with_patient)
+    features = image_row_features(dataset_features(settings.with_laterality, settings.with_patient))
     dataset_dir = work_dir / "dataset"
     dataset_dir.mkdir()
     stats: dict[str, SplitStats] = {}
@@ -322,10 +324,10 @@ def write_splits(
     (dataset_dir / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}), encoding="utf-8")
     reloaded = datasets.load_from_disk(str(dataset_dir))
     written = {split: reloaded[split].num_rows for split in reloaded}
-    expected = {split: stats[split].rows for split in splits}
+    expected = {split: stats[split].images for split in splits}
     if written != expected or any(reloaded[split].features != features for split in reloaded):
         raise RuntimeError(
-            f"the dataset read back has rows {written} (expected {expected}) and features "
+            f"the dataset read back has images {written} (expected {expected}) and features "
             f"{reloaded[next(iter(reloaded))].features}; nothing was published. The datasets library's save_to_disk "
             "layout may have changed: report this with your datasets version."
         )

@@ -24,7 +24,8 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from datasets import Dataset, DatasetDict, Features, Image, List, Sequence as SequenceFeature, Value
+from datasets import Dataset, DatasetDict, Features, Image, List
+from datasets import Sequence as SequenceFeature
 
 from . import image_table
 
@@ -103,15 +104,13 @@ def expand_questions(
     features = Features(
         {
             name: (
-                Image(decode=False)
-                if name == image_column
-                else feature.feature
-                if name in per_question
-                else feature
+                Image(decode=False) if name == image_column else feature.feature if name in per_question else feature
             )
             for name, feature in images.features.items()
         }
     )
+    if len(images) == 0:  # datasets maps no rows to no columns
+        return Dataset.from_dict({name: [] for name in features}, features=features, split=images.split)
     source = images.cast_column(image_column, Image(decode=False))
     return source.map(
         _explode,

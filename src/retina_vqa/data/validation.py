@@ -4,9 +4,11 @@ A fine-tune that dies at hour three on one corrupt image costs a day. This pass 
 and decodes every distinct image once (images repeat across questions), then either stops with the
 full report or, with ``--skip_invalid_examples``, drops the bad rows and counts them per reason.
 
-In a distributed run only the main process checks (`validate_on_main_process`) and the others receive its
-report. Images are decoded no larger than ``decode_side`` (JPEGs at a reduced DCT scale): a full decode at
-that scale still reads every byte, so truncated files are caught, without full-resolution memory.
+In a distributed run every process decodes its share of the distinct images and all get the same report
+(`validate_on_all_processes`); a report is kept next to the dataset's cache files, keyed by the splits'
+fingerprints and the settings, so data validated before is not validated again. Images are decoded no
+larger than ``decode_side`` (JPEGs at a reduced DCT scale): a full decode at that scale still reads every
+byte, so truncated files are caught, without full-resolution memory.
 
 Errors (the row cannot be used): empty or whitespace-only question or answer, a missing image,
 undecodable / truncated / zero-size images, images over Pillow's decompression-bomb limit, images
@@ -17,9 +19,14 @@ tokens (truncated), non-RGB images (converted), the same image in training and e
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
+import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from datasets import Dataset, Image
@@ -96,45 +103,55 @@ def _check_answer_length(
         )
 
 
-def _check_images(
-    report: ValidationReport,
-    split: str,
-    dataset: Dataset,
-    column: str,
-    seen: dict[str, dict],
-    hashes: dict,
-    decode_side: int | None,
-) -> None:
-    """Decode each distinct image once; `seen` caches the outcome by image key across splits. A prepared split
-    (data/preprocessing.py) brings its keys along, so no image is hashed twice."""
+def _image_rows(split: str, dataset: Dataset, column: str, report: ValidationReport) -> list[tuple[int, str, object]]:
+    """``(row, key, image)`` of every row with an image; rows without one are reported here. A prepared split
+    (data/preprocessing.py) brings its keys along, and question rows made from image rows carry the SHA-1 in
+    their reference (data/image_table.py), so no image is read to key it more than once."""
     if isinstance(dataset.features.get(column), Image):
         dataset = dataset.cast_column(column, Image(decode=False))
     keyed = IMAGE_KEY in dataset.column_names
     images = dataset.select_columns([column, IMAGE_KEY] if keyed else [column])
-    modes: collections.Counter = collections.Counter()
-    split_hashes: set[str] = set()
-    progress = tqdm(total=len(images), desc=f"Checking {split} images", unit="row", leave=False)
+    rows = []
     for start in range(0, len(images), _BATCH):
         batch = images[start : start + _BATCH]
         for offset, value in enumerate(batch[column]):
             row = start + offset
-            progress.update(1)
             if value is None or (isinstance(value, dict) and not value.get("bytes") and not value.get("path")):
                 report.problems.append(Problem(split, row, column, "missing image"))
                 continue
-            where = f"{split} row {row}, column {column!r}"
-            key = batch[IMAGE_KEY][offset] if keyed else image_key(value)
-            if not key.startswith("unreadable:"):
-                split_hashes.add(key)
-            if key not in seen:
-                seen[key] = _inspect(value, where, decode_side)
-            outcome = seen[key]
-            if "reason" in outcome:
-                report.problems.append(Problem(split, row, column, outcome["reason"], outcome["detail"]))
-            elif outcome["mode"] != "RGB":
-                modes[outcome["mode"]] += 1
-    progress.close()
-    hashes[split] = split_hashes
+            rows.append((row, batch[IMAGE_KEY][offset] if keyed else image_key(value), value))
+    return rows
+
+
+def _inspect_share(
+    first: dict[str, tuple[str, object]], decode_side: int | None, rank: int = 0, world: int = 1
+) -> dict[str, dict]:
+    """Decode this process's share of the distinct images (every ``world``-th key from ``rank``, keys sorted so
+    every process agrees on the shares): ``{key: outcome}``."""
+    keys = sorted(first)[rank::world]
+    outcomes = {}
+    for key in tqdm(keys, desc="Checking images", unit="img", leave=False, disable=rank != 0):
+        where, value = first[key]
+        outcomes[key] = _inspect(value, where, decode_side)
+    return outcomes
+
+
+def _add_image_problems(
+    report: ValidationReport,
+    split: str,
+    column: str,
+    rows: list[tuple[int, str, object]],
+    outcomes: dict[str, dict],
+    hashes: dict,
+) -> None:
+    modes: collections.Counter = collections.Counter()
+    hashes[split] = {key for _, key, _ in rows if not key.startswith("unreadable:")}
+    for row, key, _ in rows:
+        outcome = outcomes[key]
+        if "reason" in outcome:
+            report.problems.append(Problem(split, row, column, outcome["reason"], outcome["detail"]))
+        elif outcome["mode"] != "RGB":
+            modes[outcome["mode"]] += 1
     if modes:
         report.warnings.append(
             f"{split}: converted non-RGB images to RGB ({', '.join(f'{m}: {n} rows' for m, n in modes.items())})."
@@ -176,31 +193,109 @@ def validate_splits(
     max_answer_length: int | None = None,
     train_split: str = "train",
     decode_side: int | None = DECODE_SIDE,
+    rank: int = 0,
+    world: int = 1,
+    gather=None,
 ) -> ValidationReport:
-    """Check every split; nothing is raised here, the caller decides what to do with the report."""
+    """Check every split; nothing is raised here, the caller decides what to do with the report.
+
+    Each distinct image (by key, across splits) is decoded once. Several processes share the decoding: each
+    passes its ``rank`` of ``world`` and a ``gather`` that merges their outcome dicts (all get the same report)."""
     report = ValidationReport()
-    seen: dict[str, dict] = {}
-    hashes: dict[str, set[str]] = {}
+    rows: dict[str, list] = {}
+    first: dict[str, tuple[str, object]] = {}
     for split, dataset in splits.items():
         _check_text(report, split, dataset, [question_column, answer_column])
         if tokenizer is not None and max_answer_length is not None:
             _check_answer_length(report, split, dataset, answer_column, tokenizer, max_answer_length)
-        _check_images(report, split, dataset, image_column, seen, hashes, decode_side)
+        rows[split] = _image_rows(split, dataset, image_column, report)
+        for row, key, value in rows[split]:
+            first.setdefault(key, (f"{split} row {row}, column {image_column!r}", value))
+    outcomes = _inspect_share(first, decode_side, rank, world)
+    if gather is not None:
+        outcomes = gather(outcomes)
+    hashes: dict[str, set[str]] = {}
+    for split in splits:
+        _add_image_problems(report, split, image_column, rows[split], outcomes, hashes)
     _check_leakage(report, hashes, train_split)
+    return report
+
+
+def _gather_outcomes(outcomes: dict[str, dict]) -> dict[str, dict]:
+    gathered: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, outcomes)
+    return {key: outcome for part in gathered for key, outcome in part.items()}
+
+
+def validate_on_all_processes(splits: dict[str, Dataset], **kwargs) -> ValidationReport:
+    """`validate_splits`, or its cached report (`cache_path`: a dataset validated before with the same settings
+    is not validated again). In a distributed run every process decodes its share of the images and all get
+    the same report, so they drop the same rows, and no process waits for one to check everything (at EyePACS
+    size that would approach the distributed timeout). The main process decides whether the cache holds the
+    report and writes it."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world = torch.distributed.get_world_size() if distributed else 1
+    rank = torch.distributed.get_rank() if distributed else 0
+    path = cache_path(splits, **kwargs)
+    cached = [_read_cache(path) if rank == 0 else None]
+    if world > 1:
+        torch.distributed.broadcast_object_list(cached, src=0)
+    if cached[0] is not None:
+        report = cached[0]
+        logger.info("Data validated before with these settings: report read from %s (delete it to check again).", path)
+    else:
+        gather = _gather_outcomes if world > 1 else None
+        report = validate_splits(splits, rank=rank, world=world, gather=gather, **kwargs)
+        if rank == 0:
+            _write_cache(path, report)
     for warning in report.warnings:
         logger.warning(warning)
     return report
 
 
-def validate_on_main_process(splits: dict[str, Dataset], **kwargs) -> ValidationReport:
-    """`validate_splits` on the main process only; in a distributed run the other processes receive its report
-    (they would otherwise each decode every image again) and so drop the same rows."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not distributed or torch.distributed.get_world_size() == 1:
-        return validate_splits(splits, **kwargs)
-    shared = [validate_splits(splits, **kwargs) if torch.distributed.get_rank() == 0 else None]
-    torch.distributed.broadcast_object_list(shared, src=0)
-    return shared[0]
+# Bumped when validation checks something new, so that earlier cached reports are not trusted.
+_CACHE_VERSION = 1
+
+
+def cache_path(splits: dict[str, Dataset], **kwargs) -> Path | None:
+    """Where the report of these splits under these settings is kept: next to the datasets' own cache files,
+    named by their fingerprints and the settings; None for data held in memory only."""
+    folders = [os.path.dirname(d.cache_files[0]["filename"]) for d in splits.values() if d.cache_files]
+    if not folders or len(folders) != len(splits):
+        return None
+    tokenizer = kwargs.get("tokenizer")
+    settings = {
+        "version": _CACHE_VERSION,
+        "splits": {split: d._fingerprint for split, d in splits.items()},
+        "rows": {split: len(d) for split, d in splits.items()},
+        "tokenizer": getattr(tokenizer, "name_or_path", None) if tokenizer is not None else None,
+        **{k: v for k, v in kwargs.items() if k != "tokenizer"},
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(folders[0]) / f"retina_vqa-validation-{digest}.json"
+
+
+def _read_cache(path: Path | None) -> ValidationReport | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        return ValidationReport([Problem(**p) for p in saved["problems"]], list(saved["warnings"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("Ignoring the unreadable validation cache %s (%s); validating again.", path, error)
+        return None
+
+
+def _write_cache(path: Path | None, report: ValidationReport) -> None:
+    if path is None:
+        return
+    saved = {"problems": [dataclasses.asdict(p) for p in report.problems], "warnings": report.warnings}
+    try:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(saved), encoding="utf-8")
+        temporary.replace(path)
+    except OSError as error:  # a read-only dataset folder: validation simply runs again next time
+        logger.info("Could not keep the validation report in %s (%s).", path, error)
 
 
 def drop_invalid(dataset: Dataset, bad_rows: set[int]) -> Dataset:
