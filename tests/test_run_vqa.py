@@ -482,7 +482,7 @@ def test_blip2_families_train_evaluate_predict_and_answer_as_plain_transformers(
     plain, margins = [], []
     for image, question in zip(test["image"], test["question"], strict=True):
         inputs = processor(
-            images=image.convert("RGB"),
+            images=load_image(image),
             text=f"Question: {question} Answer:",
             truncation=True,
             return_tensors="pt",

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from retina_vqa import visualize
+from retina_vqa.data.images import load_image
 from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.explain import PRESENCE_LESION_TYPES
 
@@ -95,7 +96,7 @@ def saved_prompt_models(tmp_path_factory) -> dict:
 def test_attention_and_pointing_on_a_saved_blip2(name, saved_prompt_models, tiny_dataset_dir, tmp_path, capsys):
     folder = str(saved_prompt_models[name])
     image = tmp_path / "fundus.png"
-    load_dataset_dir(str(tiny_dataset_dir))["test"][0]["image"].save(image)
+    load_image(load_dataset_dir(str(tiny_dataset_dir))["test"][0]["image"]).save(image)
     common = ["--model_name_or_path", folder, "--image", str(image), "--question", "are there haemorrhages?"]
     size = visualize.main(["attention", *common, "--output", str(tmp_path / "att.png")])
     assert size == (1000, 500)  # image | overlay

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from retina_vqa.data.images import load_image
 from retina_vqa.data.loading import load_dataset_dir
 
 from ..helpers import ROOT, TINY_CONFIG
@@ -51,7 +52,7 @@ def fundus_files(tiny_dataset_dir, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("uploads")
     rows = load_dataset_dir(str(tiny_dataset_dir))["test"]
     images = list(dict.fromkeys(row["image_id"] for row in rows))
-    by_id = {row["image_id"]: row["image"] for row in rows}
+    by_id = {row["image_id"]: load_image(row["image"]) for row in rows}
     first = by_id[images[0]].convert("RGB").crop((0, 0, 64, 48))  # not square: a rotation shows in the size
     exif = Image.Exif()
     exif[0x0112] = 6

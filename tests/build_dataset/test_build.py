@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from retina_vqa.build_dataset import InputError, build_dataset
-from retina_vqa.build_dataset.rows import image_row_features
+from retina_vqa.data.layout import image_row_features
 from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.questions import DIAGNOSIS_ANSWERS, MACULAR_OEDEMA_ANSWERS, QUESTION_TYPES, answer_for
 from retina_vqa.synthetic import dataset_features as synthetic_features

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.data.validation import drop_invalid, validate_splits
 
 from ..helpers import ROOT, common_args
@@ -185,6 +186,28 @@ def test_processes_share_the_decoding_and_every_rank_gets_the_whole_report(broke
     main2, other2 = _validate_on_two_ranks(broken_dataset_dir, again, 29542)
     assert main2["decoded"] == other2["decoded"] == []
     assert main2["counts"] == main["counts"] and other2["bad"] == main["bad"]
+
+
+def test_a_dataset_validated_before_is_not_decoded_again(broken_dataset_dir, monkeypatch):
+    from retina_vqa.data import validation
+
+    decoded = []
+    inspect = validation._inspect
+    monkeypatch.setattr(validation, "_inspect", lambda *a, **k: decoded.append(a[1]) or inspect(*a, **k))
+    train = load_dataset_dir(str(broken_dataset_dir))["train"]
+    columns = {"image_column": "image", "question_column": "question", "answer_column": "answer"}
+    first = validation.validate_on_all_processes({"train": train}, **columns)
+    assert decoded and validation.cache_path({"train": train}, **columns).is_file()
+    decoded.clear()
+    reloaded = load_dataset_dir(str(broken_dataset_dir))["train"]
+    second = validation.validate_on_all_processes({"train": reloaded}, **columns)
+    assert decoded == [] and second.counts() == first.counts() and second.bad_rows("train") == first.bad_rows("train")
+    # Other rows or other settings: validated again.
+    validation.validate_on_all_processes({"train": train.select(range(8))}, **columns)
+    assert decoded
+    decoded.clear()
+    validation.validate_on_all_processes({"train": train}, **columns, decode_side=256)
+    assert decoded
 
 
 def test_images_are_decoded_no_larger_than_needed(monkeypatch):

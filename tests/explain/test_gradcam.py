@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from retina_vqa.data.collator import PromptCollator
+from retina_vqa.data.images import load_image
 from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.explain import gradcam
 from retina_vqa.models.attention import attention_implementation, set_attention_implementation
@@ -25,7 +26,7 @@ from ..same_answers import CLEAR, StepRecorder, agreeing_steps
 
 @pytest.fixture(scope="module")
 def fundus(tiny_dataset_dir) -> Image.Image:
-    return load_dataset_dir(str(tiny_dataset_dir))["test"][0]["image"].convert("RGB")
+    return load_image(load_dataset_dir(str(tiny_dataset_dir))["test"][0]["image"])
 
 
 def assert_unit_map(heatmap: np.ndarray, shape: tuple[int, ...]) -> None:

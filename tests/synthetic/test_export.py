@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 from PIL import Image
 
+from retina_vqa.data.layout import image_row_features
 from retina_vqa.data.loading import load_dataset_dir
 from retina_vqa.questions import QUESTION_TYPES
 from retina_vqa.synthetic.build import dataset_features, generate_dataset
@@ -15,14 +16,19 @@ from .helpers import SIZE
 
 def test_features_roundtrip_save_to_disk(small_dd, tmp_path):
     out = save_dataset(small_dd, tmp_path / "ds", "save_to_disk", command="python -m retina_vqa.synthetic x")
+    stored = datasets.load_from_disk(str(out))  # image rows: each image once, its questions as lists
+    assert stored["train"].num_rows == 10 and stored["train"].features == image_row_features(dataset_features())
+    row = stored["test"][0]
+    assert isinstance(row["image"], Image.Image) and row["image"].size == (SIZE, SIZE)
+    assert row["image"].format == "PNG" and len(row["question"]) == len(QUESTION_TYPES)
     loaded = load_dataset_dir(str(out))
     assert set(loaded) == {"train", "validation", "test"}
-    assert loaded["train"].features == dataset_features()
+    features = dataset_features()
+    features["image"] = datasets.Image(decode=False)  # references into the stored images
+    assert loaded["train"].features == features
     assert loaded["train"].num_rows == 10 * len(QUESTION_TYPES)
-    row = loaded["test"][0]
-    assert isinstance(row["image"], Image.Image) and row["image"].size == (SIZE, SIZE)
-    assert row["image"].format == "PNG"
-    assert isinstance(row["lesions"], list)
+    assert loaded["test"].remove_columns("image").to_list() == small_dd["test"].remove_columns("image").to_list()
+    assert isinstance(loaded["test"][0]["lesions"], list)
     card = (out / "README.md").read_text()
     assert "python -m retina_vqa.synthetic x" in card
     assert "| train | 10 | 130 |" in card

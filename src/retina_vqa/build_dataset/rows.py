@@ -18,7 +18,7 @@ import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..data.layout import PER_QUESTION_COLUMNS
+from ..data.layout import PER_QUESTION_COLUMNS, image_row_features
 from ..questions import LABEL_QUESTION_TYPES, graded_answer_for, graded_question
 from ..synthetic.build import row_columns
 from .records import LabelRecord
@@ -100,15 +100,6 @@ def rows_for(
             row["patient_id"] = record.patient_id
         rows.append(row)
     return rows
-
-
-def image_row_features(features: datasets.Features) -> datasets.Features:
-    """The columns as written (image rows, `retina_vqa.data.layout`): per-question columns become lists."""
-    import datasets
-
-    return datasets.Features(
-        {name: datasets.List(f) if name in PER_QUESTION_COLUMNS else f for name, f in features.items()}
-    )
 
 
 def image_row(rows: list[dict[str, Any]]) -> dict[str, Any]:

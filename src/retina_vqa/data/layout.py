@@ -29,7 +29,7 @@ from datasets import Sequence as SequenceFeature
 
 from . import image_table
 
-__all__ = ["PER_QUESTION_COLUMNS", "expand_questions", "is_image_rows", "to_image_rows"]
+__all__ = ["PER_QUESTION_COLUMNS", "expand_questions", "image_row_features", "is_image_rows", "to_image_rows"]
 
 # Columns that hold one value per question (lists in image rows); the question and answer columns a run names
 # are added to these.
@@ -130,6 +130,11 @@ def expand_questions(
     )
 
 
+def image_row_features(features: Features, per_question: Sequence[str] = PER_QUESTION_COLUMNS) -> Features:
+    """The column types of image rows for question rows of ``features``: per-question columns become lists."""
+    return Features({name: List(f) if name in per_question else f for name, f in features.items()})
+
+
 def to_image_rows(
     questions: Dataset,
     image_column: str = "image",
@@ -145,9 +150,7 @@ def to_image_rows(
     per_question = _per_question(questions, [question_column, answer_column])
     source = questions.cast_column(image_column, Image(decode=False))
     use_id = image_id_column is not None and image_id_column in source.column_names
-    features = Features(
-        {name: List(feature) if name in per_question else feature for name, feature in questions.features.items()}
-    )
+    features = image_row_features(questions.features, per_question)
 
     def groups():
         current: dict[str, Any] | None = None
