@@ -26,6 +26,7 @@ from .helpers import (
     make_csv,
     make_ddr,
     make_eyepacs,
+    make_eyepacs_photos,
     make_idrid,
     make_messidor2,
     write_csv,
@@ -379,3 +380,24 @@ def test_a_symlink_inside_the_images_folder_pointing_inside_builds(tmp_path):
     (photos / "p00od.jpg").symlink_to(Path("originals") / "p00od.jpg")
     built = _build(fixture, "csv", tmp_path / "out")
     assert {r["image_id"] for r in _rows(built)} == set(fixture.grades)
+
+
+def test_every_question_type_costs_about_the_disk_of_one(tmp_path):
+    """EyePACS-shaped photographs: image rows store each image once, so all seven question types take at most
+    1.3x the disk of one; the RetinaVQA layout (question rows) pays for each question type again."""
+    fixture = make_eyepacs_photos(tmp_path / "in")
+
+    def stored_bytes(name, **overrides):
+        build_dataset(fixture.options("eyepacs", tmp_path / name, max_image_side=384, **overrides))
+        return sum(f.stat().st_size for f in (tmp_path / name).rglob("data-*.arrow"))
+
+    one = stored_bytes("one", question_types=["diagnosis"])
+    every = stored_bytes("every")
+    per_question = stored_bytes("question_rows", layout="question_rows")
+    rows = _rows(load_dataset_dir(str(tmp_path / "every")))
+    assert len({r["question_type"] for r in rows}) == 7
+    assert {r["question_type"] for r in _rows(load_dataset_dir(str(tmp_path / "one")))} == {"diagnosis"}
+    assert every <= 1.3 * one
+    assert per_question >= 6 * every
+    # Both layouts hold the same question rows.
+    assert rows == _rows(load_dataset_dir(str(tmp_path / "question_rows")))

@@ -40,8 +40,11 @@ adjudicated_gradable 0) are left out and counted in the dataset card, unless --k
 Bad input is reported all at once before anything is written; --skip_invalid leaves it out instead and counts
 it in the dataset card. The output folder appears complete or not at all (the build writes to a hidden
 .NAME.partial folder next to it and renames it at the end); after an interruption run the same command again.
-Disk: every question row stores its image, so the output is about (images x questions per image x stored
-image size): 6-8 questions per image at ~0.1-0.2 MB per 1024 px JPEG. --question_types asks fewer.
+Disk: each image is stored once (image rows: one row per image, its questions as lists; run_vqa.py and the
+other commands read them as one row per question), so the output is about images x stored image size plus
+~0.2 KB of text per question: ~0.1-0.2 MB per image at --max_image_side 1024, whatever the number of question
+types (EyePACS, 88,702 images: bench/README.md gives the measured figures). --layout question_rows writes the
+RetinaVQA format instead (one row and one image copy per question: x the 6-8 question types).
 """
 
 
@@ -86,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and to train larger); large JPEGs are decoded at a reduced scale",
     )
     p.add_argument("--keep_original", action="store_true", help="store every image file as it is (no resize)")
+    p.add_argument(
+        "--layout",
+        default="image_rows",
+        choices=("image_rows", "question_rows"),
+        help="image_rows (default: each image stored once, its questions as lists; disk ~ images x image size) or "
+        "question_rows (the RetinaVQA format: one row and one image copy per question; disk x questions per image)",
+    )
     p.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of resized images (default 95)")
     p.add_argument(
         "--num_proc", type=int, default=1, help="processes decoding and resizing images (default 1; up to your cores)"
@@ -153,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             test_fraction=args.test_fraction,
             max_image_side=args.max_image_side,
             keep_original=args.keep_original,
+            layout=args.layout,
             jpeg_quality=args.jpeg_quality,
             num_proc=args.num_proc,
             skip_invalid=args.skip_invalid,

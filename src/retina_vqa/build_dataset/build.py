@@ -46,6 +46,7 @@ class BuildOptions:
     test_fraction: float = 0.2
     max_image_side: int = 1024
     keep_original: bool = False
+    layout: str = "image_rows"
     jpeg_quality: int = 95
     num_proc: int = 1
     skip_invalid: bool = False
@@ -78,6 +79,8 @@ class BuildOptions:
         check_fractions(self.validation_fraction, self.test_fraction)
         if self.max_image_side < 16:
             raise ValueError(f"--max_image_side must be at least 16 (one ViT patch), got {self.max_image_side}")
+        if self.layout not in ("image_rows", "question_rows"):
+            raise ValueError(f"--layout must be image_rows or question_rows, got {self.layout!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"--jpeg_quality must be between 1 and 100, got {self.jpeg_quality}")
         if self.num_proc < 1:
@@ -252,6 +255,7 @@ def build_dataset(options: BuildOptions) -> BuildResult:
         max_image_side=options.max_image_side,
         keep_original=options.keep_original,
         jpeg_quality=options.jpeg_quality,
+        image_rows=options.layout == "image_rows",
     )
     work_dir = partial_dir(options.output_dir)
     try:

@@ -49,6 +49,13 @@ _REASONS = {
 }
 
 
+# How the rows are stored (`--layout`), for the card's column section.
+_LAYOUT = {
+    True: "One row per image, each image stored once; `question`, `answer`, `question_type` and `answer_type` are "
+    "lists with one item per question asked of the image.",
+    False: "One row per (image, question type), each with its own copy of the image (`--layout question_rows`).",
+}
+
 def write_card(
     dataset_dir: Path,
     *,
@@ -119,15 +126,14 @@ Produced by:
 ```
 
 Load with `retina_vqa.data.loading.load_dataset_dir("{output_dir}")` (one row per question, as run_vqa.py reads
-it) or `datasets.load_from_disk("{output_dir}")` (one row per image). The images and labels keep the licence of
+it) or `datasets.load_from_disk("{output_dir}")` (the rows as stored). The images and labels keep the licence of
 their source.
 
 ## Columns
 
 {", ".join(f"`{c}`" for c in columns)}.
 
-One row per image, each image stored once; `question`, `answer`, `question_type` and `answer_type` are lists
-with one item per question asked of the image. `grade` is the ICDR grade 0-4 (-1: ungradable).
+{_LAYOUT[settings.image_rows]} `grade` is the ICDR grade 0-4 (-1: ungradable).
 
 ## Questions
 

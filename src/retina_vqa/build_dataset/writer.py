@@ -71,6 +71,8 @@ class WriteSettings:
     max_image_side: int
     keep_original: bool
     jpeg_quality: int
+    # Image rows (each image once, questions as lists) or question rows (one image copy per question).
+    image_rows: bool = True
 
 
 @dataclass
@@ -182,9 +184,10 @@ def _ordered_map(pool, function: Callable, items: Iterable, in_flight: int) -> I
 class _ShardWriter:
     """One split's rows as Arrow IPC stream shards ``part-NNNNN.arrow`` in ``split_dir``, batched and rolled over."""
 
-    def __init__(self, split_dir: Path, features) -> None:
+    def __init__(self, split_dir: Path, features, image_rows: bool = True) -> None:
         import pyarrow as pa
 
+        self.image_rows = image_rows
         self.pa = pa
         self.split_dir = split_dir
         self.schema = features.arrow_schema
@@ -197,9 +200,13 @@ class _ShardWriter:
         split_dir.mkdir(parents=True)
 
     def add(self, data: bytes, rows: Sequence[dict[str, Any]]) -> None:
-        """One image and its question rows, written as one image row."""
-        self.pending.append((data, image_row(rows)))
-        self.pending_bytes += len(data)
+        """One image and its question rows, written as one image row (or as question rows, each with the image)."""
+        if self.image_rows:
+            self.pending.append((data, image_row(rows)))
+            self.pending_bytes += len(data)
+        else:
+            self.pending.extend((data, row) for row in rows)
+            self.pending_bytes += len(data) * len(rows)
         if len(self.pending) >= BATCH_ROWS or self.pending_bytes >= BATCH_BYTES:
             self._flush()
 
@@ -286,7 +293,9 @@ def write_splits(
     """
     import datasets
 
-    features = image_row_features(dataset_features(settings.with_laterality, settings.with_patient))
+    features = dataset_features(settings.with_laterality, settings.with_patient)
+    if settings.image_rows:
+        features = image_row_features(features)
     dataset_dir = work_dir / "dataset"
     dataset_dir.mkdir()
     stats: dict[str, SplitStats] = {}
@@ -298,7 +307,7 @@ def write_splits(
     try:
         for split, records in splits.items():
             stats[split] = SplitStats()
-            writer = _ShardWriter(dataset_dir / split, features)
+            writer = _ShardWriter(dataset_dir / split, features, settings.image_rows)
             tasks = ((r.path, s.max_image_side, s.keep_original, s.jpeg_quality) for r in records)
             results = _ordered_map(pool, _convert, tasks, IN_FLIGHT_PER_PROCESS * num_proc)
             for record, (data, error) in zip(records, results, strict=True):
@@ -324,10 +333,10 @@ def write_splits(
     (dataset_dir / "dataset_dict.json").write_text(json.dumps({"splits": list(splits)}), encoding="utf-8")
     reloaded = datasets.load_from_disk(str(dataset_dir))
     written = {split: reloaded[split].num_rows for split in reloaded}
-    expected = {split: stats[split].images for split in splits}
+    expected = {split: stats[split].images if s.image_rows else stats[split].rows for split in splits}
     if written != expected or any(reloaded[split].features != features for split in reloaded):
         raise RuntimeError(
-            f"the dataset read back has images {written} (expected {expected}) and features "
+            f"the dataset read back has rows {written} (expected {expected}) and features "
             f"{reloaded[next(iter(reloaded))].features}; nothing was published. The datasets library's save_to_disk "
             "layout may have changed: report this with your datasets version."
         )
