@@ -39,6 +39,7 @@ from .data.collator import PromptCollator
 from .data.images import ImageSource, image_key, load_image
 from .data.ordering import answering_plan
 from .metrics import decode_ids
+from .metrics.gradability import GRADING_TYPES, UNGRADABLE_OUTCOME, ungradable_images
 from .metrics.screening import OperatingPoint, referral
 from .models.blip import encode_images
 from .models.blip2 import DEFAULT_PROMPT_TEMPLATE, PromptLayout
@@ -322,7 +323,10 @@ def answer_questions(
         top_k: longer candidate lists are pre-selected by the first token's probability (BLIP's k).
         operating_points: with `return_scores`, ranked diagnosis answers also get ``referral`` (P(referable) and
             "refer" / "do not refer" at each point): the points saved with the model by ``--operating_points``
-            (`metrics.screening.find_operating_points`).
+            (`metrics.screening.find_operating_points`). Whatever the points, when the model answers "no" to an
+            image's quality question ("is the image quality adequate for grading?", asked among the questions), that
+            image's grading answers (DR grade, referable DR, any DR) get ``screening``: "ungradable: re-image"
+            instead of a ``referral`` (`add_referrals`); their answers stay.
         ood_guard: with `return_scores`, every answer also gets ``out_of_distribution``: ``{"score", "threshold",
             "flagged"}`` of its image (`retina_vqa.ood`). Default: the guard saved with the model
             (``ood_guard.json``), if any; False: no check.
@@ -386,8 +390,8 @@ def answer_questions(
         top_k=top_k,
         return_scores=return_scores,
     )
-    if return_scores and operating_points:
-        add_referrals(answered, operating_points)
+    if return_scores:
+        add_referrals(answered, operating_points or [], keys)
     # Out-of-distribution guard: each distinct image's distance to the training images' features.
     guard = None
     if return_scores and ood_guard is not False:
@@ -399,9 +403,28 @@ def answer_questions(
     return answered
 
 
-def add_referrals(answers: Sequence[dict[str, Any]], points: Sequence[OperatingPoint]) -> None:
-    """Give each ranked diagnosis answer its ``referral`` at the saved operating points (``operating_points.json``,
-    `metrics.screening.referral`): P(referable) and "refer" / "do not refer" per point."""
-    for answer in answers:
-        if answer.get("question_type") == "diagnosis" and answer.get("answer_scores"):
+def add_referrals(
+    answers: Sequence[dict[str, Any]],
+    points: Sequence[OperatingPoint],
+    image_keys: Sequence[Hashable] | None = None,
+) -> None:
+    """The screening outcome of each answer (scored answers, as `answer_questions` returns them with
+    `return_scores`), in place.
+
+    With `image_keys` (one per answer, the same for the answers about one image), an image whose quality question
+    the model answers "no" is ungradable: its grading answers (`metrics.gradability.GRADING_TYPES`) get
+    ``screening`` = "ungradable: re-image" and no ``referral``. Otherwise each ranked diagnosis answer gets its
+    ``referral`` at the saved operating points `points` (``operating_points.json``, `metrics.screening.referral`):
+    P(referable) and "refer" / "do not refer" per point. A quality question not asked is not guessed at.
+    """
+    keys = list(image_keys) if image_keys is not None else [None] * len(answers)
+    if len(keys) != len(answers):
+        raise ValueError(f"{len(keys)} image keys for {len(answers)} answers.")
+    types = [answer.get("question_type") for answer in answers]
+    ungradable = ungradable_images(keys, types, [str(answer.get("answer", "")) for answer in answers])
+    for answer, key, kind in zip(answers, keys, types, strict=True):
+        if key is not None and key in ungradable and kind in GRADING_TYPES:
+            answer.pop("referral", None)
+            answer["screening"] = UNGRADABLE_OUTCOME
+        elif points and kind == "diagnosis" and answer.get("answer_scores"):
             answer["referral"] = referral(answer["answer_scores"], points)

@@ -54,7 +54,14 @@ from tqdm.auto import tqdm
 from transformers import BlipForQuestionAnswering
 
 from .answering.candidates import ANSWER_MODES, AnswerCandidates, load_answer_candidates
-from .answering.records import dataset_summary, prediction_records, write_cross_dataset_table, write_predictions
+from .answering.records import (
+    dataset_summary,
+    gradability_summary,
+    graded_diagnosis_rows,
+    prediction_records,
+    write_cross_dataset_table,
+    write_predictions,
+)
 from .arguments import DataTrainingArguments
 from .data.images import ImageLoadError, image_key, load_image
 from .data.loading import check_columns, load_raw_datasets
@@ -249,6 +256,17 @@ def _format_referral(decision: dict) -> str:
     return f"P(referable) {decision['p_referable']:.3f}; {points}"
 
 
+def _format_gradability(numbers: dict) -> str:
+    """The ungradable line of a dataset's summary: the model's rate, and the reference's with what it left out."""
+    line = f"Ungradable images: model {numbers['predicted_ungradable_rate']:.3f}"
+    if "ungradable_rate" in numbers:
+        line += (
+            f", reference {numbers['ungradable_rate']:.3f} ({numbers['ungradable_images']} images; their "
+            f"{numbers['ungradable_rows']} grading questions left out of the grading metrics)"
+        )
+    return line
+
+
 def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, max_side: int | None) -> None:
     images = []
     for path in args.image:
@@ -290,6 +308,8 @@ def _predict_images(parser: argparse.ArgumentParser, args: argparse.Namespace, m
                 print(f"Probabilities: {_format_scores(answer['answer_scores'])}")
             if "referral" in answer:
                 print(f"Referral: {_format_referral(answer['referral'])}")
+            if "screening" in answer:  # the model called the image ungradable: no grade, no referral
+                print(f"Screening: {answer['screening']}")
 
 
 def _load_dataset(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Dataset, str]:
@@ -394,11 +414,13 @@ def _predict_dataset(
         answer_scores=[a["answer_scores"] for a in answered],
     )
     points = find_operating_points(args.model_name_or_path)
-    if points:  # the saved operating points: each ranked diagnosis answer's referral
-        add_referrals(answered, points)
-        for record, answer in zip(records, answered, strict=True):
-            if "referral" in answer:
-                record["referral"] = answer["referral"]
+    # The saved operating points: each ranked diagnosis answer's referral; "ungradable: re-image" instead for the
+    # grading answers of an image whose quality question the model answered "no".
+    add_referrals(answered, points or [], keys)
+    for record, answer in zip(records, answered, strict=True):
+        for key in ("referral", "screening"):
+            if key in answer:
+                record[key] = answer[key]
     # Out-of-distribution guard saved with the model: each record gets its image's check, and a count is printed.
     guard = find_ood_guard(model)
     if guard is not None:
@@ -418,8 +440,11 @@ def _predict_dataset(
         summary += f": exact match {correct / len(records):.4f} ({correct}/{len(records)})"
     print(f"{summary}; predictions written to {output_file}")
     # The diagnosis question's grading metrics (kappa, referable / any DR sensitivity and specificity), as
-    # run_vqa.py reports them, when the data says which rows are diagnosis questions.
-    diagnosis = [r for r in records if r.get("question_type") == "diagnosis" and "reference" in r]
+    # run_vqa.py reports them, when the data says which rows are diagnosis questions: on gradable images only.
+    gradability = gradability_summary(records, keys)
+    if gradability:
+        print(_format_gradability(gradability))
+    diagnosis = [records[i] for i in graded_diagnosis_rows(records, keys)]
     grading = grading_metrics([r["reference"] for r in diagnosis], [r["prediction"] for r in diagnosis])
     lines = format_grading(grading)
     if lines:
@@ -427,14 +452,15 @@ def _predict_dataset(
         print(f"Diagnosis ({len(diagnosis)} question{plural}): " + "\n  ".join(lines))
     if row_sets is not None and answer_column is not None:
         ranked = []
-        for record, set_name in zip(records, row_sets, strict=True):
+        graded = set(graded_diagnosis_rows(records, keys))  # the referable-DR AUC leaves ungradable eyes out
+        for row, (record, set_name) in enumerate(zip(records, row_sets, strict=True)):
             if set_name is not None:
                 scores = record["answer_scores"]
                 with np.errstate(divide="ignore"):  # log-probabilities: a candidate never scored has probability 0
                     log_probs = np.log(np.array(list(scores.values())))
-                ranked.append(
-                    ScoredAnswer(set_name, tuple(scores), log_probs, record["reference"], record.get("question_type"))
-                )
+                kind = record.get("question_type")
+                gradable = kind != "diagnosis" or row in graded
+                ranked.append(ScoredAnswer(set_name, tuple(scores), log_probs, record["reference"], kind, gradable))
         if ranked:
             # The probabilities written (temperature-scaled when the model was calibrated).
             numbers = calibration_metrics(ranked)
@@ -446,7 +472,7 @@ def _predict_dataset(
     patients = None
     if "patient_id" in dataset.column_names:
         patients = dataset.select_columns(["patient_id"]).to_dict()["patient_id"]
-    return dataset_summary(name, records, patients, points)
+    return dataset_summary(name, records, patients, points, keys)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -270,3 +270,69 @@ def test_the_page_refers_at_the_operating_points_saved_with_the_model(app_model_
     assert diagnosis["referral"]["high_sensitivity"] == "refer" and 0 <= diagnosis["referral"]["p_referable"] <= 1
     # Without saved points the page says nothing about referral.
     assert "Referral" not in Answerer.load(app_model_dir, device="cpu").on_report(str(fundus_files["second.png"]))[2]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Ungradable images and the batch tab's out-of-distribution warnings
+# ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_blip():
+    """A random tiny BLIP and its processor: the answers these tests need are forced by one-answer lists."""
+    from transformers import AutoProcessor
+
+    from retina_vqa.models.generation_config import configure_answer_generation
+
+    from ..helpers import TINY_CONFIG, make_tiny_model
+
+    model = make_tiny_model(init_range=0.5, seed=0).eval()
+    configure_answer_generation(model, 8, num_beams=1)
+    return model, AutoProcessor.from_pretrained(TINY_CONFIG)
+
+
+def test_the_report_says_ungradable_instead_of_a_referral_when_the_model_says_so(random_blip, tmp_path):
+    from retina_vqa.answering.candidates import AnswerCandidates
+    from retina_vqa.metrics.gradability import UNGRADABLE_OUTCOME
+    from retina_vqa.metrics.screening import OperatingPoint
+    from retina_vqa.questions import DIAGNOSIS_ANSWERS
+
+    quality, diagnosis = QUESTION_TYPES["quality"]["question"], QUESTION_TYPES["diagnosis"]["question"]
+    Image.new("RGB", (48, 48), (180, 60, 30)).save(tmp_path / "eye.png")
+    points = [OperatingPoint("high_sensitivity", 0.9, 0.0, 1.0, 0.0)]  # refers every gradable eye
+    messages = {}
+    for answer in ("no", "yes"):
+        candidates = AnswerCandidates(
+            answers={"quality": (answer,), "diagnosis": DIAGNOSIS_ANSWERS},
+            questions={quality: "quality", diagnosis: "diagnosis"},
+        )
+        answerer = Answerer(*random_blip, candidates, name="forced", operating_points=points)
+        rows, path, messages[answer] = answerer.on_report(str(tmp_path / "eye.png"))
+        assert [row[0] for row in rows] == ["diagnosis", "quality"]
+        saved = {a["question_type"]: a for a in json.loads(open(path).read())["answers"]}
+        assert saved["quality"]["answer"] == answer
+        assert saved["diagnosis"]["answer"] in DIAGNOSIS_ANSWERS  # the grade answer stays in the table and file
+        if answer == "no":
+            assert saved["diagnosis"]["screening"] == UNGRADABLE_OUTCOME and saved["diagnosis"]["referral"] is None
+        else:
+            assert saved["diagnosis"]["screening"] is None and saved["diagnosis"]["referral"]["high_sensitivity"]
+        answerer.close()
+    assert messages["no"].endswith(f" Screening: {UNGRADABLE_OUTCOME}.") and "Referral" not in messages["no"]
+    assert "high sensitivity point: refer." in messages["yes"] and UNGRADABLE_OUTCOME not in messages["yes"]
+
+
+def test_the_batch_tab_warns_about_each_flagged_image(tmp_path):
+    from retina_vqa.ood import ood_warning
+
+    for name in ("odd.png", "fine.png"):
+        Image.new("RGB", (32, 32), (120, 40, 20)).save(tmp_path / name)
+    flagged = {"score": 41.2, "threshold": 17.9, "flagged": True}
+    checks = [flagged, {"score": 3.1, "threshold": 17.9, "flagged": False}]
+    answerer = Answerer(None, None, name="stub")
+    answerer.answer = lambda images, questions: [  # the guard's checks, as answer_questions attaches them
+        handlers.Answer(q, "yes", out_of_distribution=check) for q, check in zip(questions, checks, strict=True)
+    ]
+    rows, message = answerer.on_batch([str(tmp_path / "odd.png"), str(tmp_path / "fine.png")], None, "any lesion?")
+    assert len(rows) == 2
+    assert message == f"Answered 2 of 2 images. odd.png: {ood_warning(flagged)}"
+    answerer.close()

@@ -111,3 +111,26 @@ def test_prior_metrics_of_a_run_carry_the_grading_metrics():
     for key in GRADING_KEYS:
         assert reported[f"eval_prior_diagnosis_{key}"] == scores[f"diagnosis_{key}"], key
     assert not any("confusion" in key for key in reported)
+
+
+def test_score_prior_leaves_the_grading_rows_of_ungradable_images_out_as_for_the_model():
+    train = datasets.Dataset.from_dict(
+        {
+            "question": ["what is the diagnosis?", "is the image quality adequate for grading?"] * 2,
+            "answer": ["mild dr", "yes", "mild dr", "yes"],
+            "question_type": ["diagnosis", "quality"] * 2,
+        }
+    )
+    evaluated = datasets.Dataset.from_dict(
+        {
+            "question": ["what is the diagnosis?", "is the image quality adequate for grading?"] * 2,
+            "answer": ["mild dr", "yes", "severe dr", "no"],
+            "question_type": ["diagnosis", "quality"] * 2,
+            "image_id": ["a", "a", "b", "b"],
+        }
+    )
+    scores = score_prior(train, evaluated)
+    # Image b is ungradable: its wrong "mild dr" is not graded; the prior's quality "yes" is still wrong for it.
+    assert scores["diagnosis_accuracy"] == 1.0 and scores["ungradable_rows"] == 1
+    assert scores["exact_match/quality"] == 0.5
+    assert score_prior(train, evaluated.remove_columns("image_id"))["diagnosis_accuracy"] == 0.5

@@ -136,3 +136,33 @@ def test_bad_arguments_name_the_flag(kwargs, flag):
     }
     with pytest.raises(ValueError, match=flag):
         generate_dataset(**args)
+
+
+def test_opt_in_defects_are_drawn_and_answered_ungradable():
+    kinds = "small_pupil,eyelashes"
+    dd = generate_dataset(8, 0, 0, image_size=64, seed=1, quality_defect_rate=1.0, quality_defects=kinds)
+    rows = dd["train"].select_columns(["image_id", "question_type", "answer", "quality"]).to_dict()
+    per_image = dict(zip(rows["image_id"], rows["quality"], strict=True))
+    assert set(per_image.values()) == {"small_pupil", "eyelashes"}  # both kinds, nothing else, at rate 1
+    quality_answers = [a for t, a in zip(rows["question_type"], rows["answer"], strict=True) if t == "quality"]
+    assert quality_answers == ["no"] * 8
+    # Another defect set is another dataset: its cache key differs from the default's.
+    default = generate_dataset(8, 0, 0, image_size=64, seed=1, quality_defect_rate=1.0)
+    assert dd["train"]._fingerprint != default["train"]._fingerprint
+    assert set(default["train"]["quality"]) <= {"blurred", "underexposed", "overexposed"}
+
+
+def test_naming_the_default_defects_changes_nothing():
+    default = generate_dataset(4, 1, 1, image_size=64, seed=0, num_workers=1)
+    named = generate_dataset(
+        4, 1, 1, image_size=64, seed=0, num_workers=1, quality_defects="blurred,underexposed,overexposed"
+    )
+    assert _digest(named) == _digest(default)
+    assert [named[s]._fingerprint for s in named] == [default[s]._fingerprint for s in default]
+
+
+@pytest.mark.parametrize("kinds", ["blurred,foggy", ["eyelash"], ""])
+def test_unknown_quality_defects_name_the_valid_ones(kinds):
+    with pytest.raises(ValueError, match="--quality_defects") as excinfo:
+        generate_dataset(2, 0, 0, image_size=64, quality_defects=kinds)
+    assert "small_pupil" in str(excinfo.value) and "eyelashes" in str(excinfo.value)

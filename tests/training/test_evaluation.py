@@ -134,3 +134,77 @@ def test_a_run_fits_the_out_of_distribution_guard_and_saves_it_with_the_model(di
     blank = Image.new("RGB", (64, 64), "white")
     (answer,) = answer_questions(model, processor, blank, "what is the diagnosis?", return_scores=True)
     assert answer["out_of_distribution"]["flagged"] and answer["out_of_distribution"]["score"] > config["threshold"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ungradable images: the grade-based screening numbers leave them out
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_screening_rows_of_ungradable_images_are_left_out():
+    from types import SimpleNamespace
+
+    import datasets
+    import numpy as np
+
+    from retina_vqa.metrics.calibration import ScoredAnswer
+    from retina_vqa.questions import DIAGNOSIS_ANSWERS
+    from retina_vqa.training.evaluation import diagnosis_scores, patient_metrics, screening_metrics
+
+    grades = tuple(DIAGNOSIS_ANSWERS)
+    scores = np.array([0.0, 0.0, 3.0, 0.0, 0.0])
+    rows = [
+        ScoredAnswer("diagnosis", grades, scores, "moderate dr", "diagnosis"),
+        ScoredAnswer("diagnosis", grades, scores, "healthy retina", "diagnosis", gradable=False),
+        ScoredAnswer("diagnosis", grades, np.array([3.0, 0.0, 0.0, 0.0, 0.0]), "healthy retina", "diagnosis"),
+    ]
+    p, referable, _, reference_grades = diagnosis_scores(SimpleNamespace(last_rows=rows), None)
+    assert list(reference_grades) == [2, 0] and list(referable) == [True, False]
+    # Gradable eyes only: the moderate eye scored above the healthy one, so every grade's AUROC is perfect.
+    metrics, _ = screening_metrics(SimpleNamespace(last_rows=rows), None, "eval")
+    assert metrics["eval_diagnosis_macro_auroc"] == 1.0
+
+    # Patient level, worse eye: patient 1's ungradable eye (reference proliferative, answered healthy) is left out.
+    rows = [  # image, question type, reference, prediction
+        ("a", "quality", "yes", "yes"),
+        ("a", "diagnosis", "healthy retina", "healthy retina"),
+        ("b", "quality", "no", "yes"),
+        ("b", "diagnosis", "proliferative dr", "healthy retina"),
+        ("c", "quality", "yes", "yes"),
+        ("c", "diagnosis", "moderate dr", "moderate dr"),
+    ]
+    records = [
+        {"image_id": i, "question_type": t, "reference": r, "prediction": p, "correct": r == p} for i, t, r, p in rows
+    ]
+    split = datasets.Dataset.from_dict({"patient_id": ["p1", "p1", "p1", "p1", "p2", "p2"]})
+    args = SimpleNamespace(patient_column="patient_id")
+    metrics = patient_metrics(records, split, args, "predict")
+    assert metrics["predict_diagnosis_patient_referable_sensitivity"] == 1.0  # p2 referred; p1 not referable now
+    assert metrics["predict_diagnosis_patient_referable_specificity"] == 1.0
+    # Without the quality rows every eye counts: p1's missed proliferative eye makes sensitivity 1/2.
+    graded_all = [r for r in records if r["question_type"] == "diagnosis"]
+    everything = patient_metrics(graded_all, datasets.Dataset.from_dict({"patient_id": ["p1", "p1", "p2"]}), args, "p")
+    assert everything["p_diagnosis_patient_referable_sensitivity"] == 0.5
+
+
+def test_a_run_grades_gradable_images_only_and_reports_the_ungradable_rates(tmp_path):
+    """End to end: opt-in defects drawn by the generator, a quality question, and a run whose diagnosis numbers count
+    the gradable test images only, with the ungradable rates in all_results.json."""
+    from retina_vqa.synthetic import generate_dataset
+
+    dataset = generate_dataset(
+        8, 10, 12, image_size=64, seed=5, num_workers=1, question_types=["diagnosis", "quality"],
+        quality_defect_rate=0.4, quality_defects="small_pupil,eyelashes,blurred",
+    )  # fmt: skip
+    dataset.save_to_disk(str(tmp_path / "data"))
+    results = _run(tmp_path / "data", tmp_path / "out")
+    for split, prefix in (("validation", "eval"), ("test", "predict")):
+        qualities = dict(zip(dataset[split]["image_id"], dataset[split]["quality"], strict=True))
+        ungradable = sum(q != "good" for q in qualities.values())
+        assert 0 < ungradable < len(qualities)
+        assert results[f"{prefix}_ungradable_images"] == ungradable == results[f"{prefix}_ungradable_rows"]
+        assert results[f"{prefix}_ungradable_rate"] == pytest.approx(ungradable / len(qualities))
+        assert 0 <= results[f"{prefix}_predicted_ungradable_rate"] <= 1
+        # The diagnosis confusion counts the gradable images' answers only.
+        counted = sum(v for k, v in results.items() if k.startswith(f"{prefix}_diagnosis_confusion/"))
+        assert counted == len(qualities) - ungradable

@@ -88,11 +88,13 @@ class RankingPlan:
         answer_column: str = "answer",
         question_type_column: str = "question_type",
         temperatures: Mapping[str, float] | None = None,
+        image_key_column: str = "image_key",
     ) -> RankedAnswerMetrics:
         """`compute_metrics` with the calibration numbers of the ranked rows of `dataset` (evaluation order), which
-        holds the ``answer_set`` column."""
+        holds the ``answer_set`` column (and the image keys that mark the grading rows of ungradable images)."""
         names = dataset.column_names
-        columns = [c for c in (ANSWER_SET_COLUMN, answer_column, question_type_column) if c in names]
+        wanted = (ANSWER_SET_COLUMN, answer_column, question_type_column, image_key_column)
+        columns = [c for c in wanted if c in names]
         data = dataset.select_columns(columns).to_dict()
         return RankedAnswerMetrics(
             compute_metrics,
@@ -102,6 +104,7 @@ class RankingPlan:
             references=data.get(answer_column),
             question_types=data.get(question_type_column),
             temperatures=temperatures,
+            image_keys=data.get(image_key_column),
         )
 
     def rank(

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..metrics import normalize_answer
 from ..metrics.calibration import referable_probability
+from ..metrics.gradability import gradability_metrics, gradable_rows, predicted_ungradable_rate
 from ..metrics.grading import REFERABLE_FROM_GRADE, answer_grades, grading_metrics
 from ..metrics.screening import apply_operating_points, grade_probabilities, macro_ovr_auroc, patient_screening_metrics
 from ..questions import DIAGNOSIS_ANSWERS
@@ -93,7 +94,52 @@ CROSS_DATASET_COLUMNS = (
     ("referable spec. (eye)", "diagnosis_referable_specificity"),
     ("referable sens. (patient)", "diagnosis_patient_referable_sensitivity"),
     ("referable spec. (patient)", "diagnosis_patient_referable_specificity"),
+    ("ungradable (reference)", "ungradable_rate"),
+    ("ungradable (model)", "predicted_ungradable_rate"),
 )
+
+
+def _record_images(records: Sequence[dict[str, Any]], image_keys: Sequence[Any] | None) -> list[Any] | None:
+    """Which image each record is about: `image_keys` (row by row) when given, else the records' ``image_id``;
+    None when neither says."""
+    if image_keys is not None:
+        if len(image_keys) != len(records):
+            raise ValueError(f"{len(image_keys)} image keys for {len(records)} answered rows.")
+        return list(image_keys)
+    ids = [r.get("image_id") for r in records]
+    return None if any(i is None for i in ids) else ids
+
+
+def graded_diagnosis_rows(records: Sequence[dict[str, Any]], image_keys: Sequence[Any] | None = None) -> list[int]:
+    """The diagnosis rows with a reference that the grading metrics score: those of gradable images only (an image
+    whose reference quality answer is "no" is left out, `metrics.gradability`), every one without a quality row or
+    without a way to tell the images apart (`image_keys`, else the records' ``image_id``)."""
+    images = _record_images(records, image_keys)
+    keep = None
+    if images is not None:
+        types = [r.get("question_type") for r in records]
+        keep = gradable_rows(images, types, [str(r.get("reference", "")) for r in records])
+    return [
+        i
+        for i, r in enumerate(records)
+        if r.get("question_type") == "diagnosis" and "reference" in r and (keep is None or keep[i])
+    ]
+
+
+def gradability_summary(
+    records: Sequence[dict[str, Any]], image_keys: Sequence[Any] | None = None
+) -> dict[str, float | int]:
+    """The ungradable counts and rates of answered rows (`metrics.gradability.gradability_metrics`); without
+    references only ``predicted_ungradable_rate``. Empty without a quality question or image identities."""
+    images = _record_images(records, image_keys)
+    if images is None:
+        return {}
+    types = [r.get("question_type") for r in records]
+    predictions = [str(r["prediction"]) for r in records]
+    if all("reference" in r for r in records):
+        return gradability_metrics(images, types, [str(r["reference"]) for r in records], predictions)
+    rate = predicted_ungradable_rate(images, types, predictions)
+    return {} if rate is None else {"predicted_ungradable_rate": rate}
 
 
 def dataset_summary(
@@ -101,15 +147,19 @@ def dataset_summary(
     records: Sequence[dict[str, Any]],
     patients: Sequence[Any] | None = None,
     points: Sequence[Any] | None = None,
+    image_keys: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """One dataset's screening numbers from its answered rows (`prediction_records`): exact match; for the diagnosis
-    rows QWK and referable DR per eye (`metrics.grading`), macro one-vs-rest AUROC and the saved operating points
-    (ranked answers: their candidate probabilities), referable DR per patient (with `patients`, row by row)."""
+    """One dataset's screening numbers from its answered rows (`prediction_records`): exact match; the ungradable
+    rates (`gradability_summary`); for the diagnosis rows of gradable images (`graded_diagnosis_rows`; `image_keys`
+    row by row, else the records' ``image_id``) QWK and referable DR per eye (`metrics.grading`), macro one-vs-rest
+    AUROC and the saved operating points (ranked answers: their candidate probabilities), referable DR per patient
+    (with `patients`, row by row)."""
     summary: dict[str, Any] = {"dataset": name, "questions": len(records)}
     scored = [r for r in records if "correct" in r]
     if scored:
         summary["exact_match"] = sum(r["correct"] for r in scored) / len(scored)
-    rows = [i for i, r in enumerate(records) if r.get("question_type") == "diagnosis" and "reference" in r]
+    summary.update(gradability_summary(records, image_keys))
+    rows = graded_diagnosis_rows(records, image_keys)
     if not rows:
         return summary
     references = [records[i]["reference"] for i in rows]

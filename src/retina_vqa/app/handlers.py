@@ -95,6 +95,9 @@ class Answer:
     answer_scores: dict[str, float] | None = None
     question_type: str | None = None
     referral: dict[str, Any] | None = None  # ranked diagnosis: P(referable) and the call at each operating point
+    # "ungradable: re-image" on the grading answers of an image the model calls ungradable (quality "no"), instead
+    # of a referral; None otherwise.
+    screening: str | None = None
     # Out-of-distribution guard saved with the model: {"score", "threshold", "flagged"} of the image, else None.
     out_of_distribution: dict[str, Any] | None = None
 
@@ -232,6 +235,7 @@ class Answerer:
                 answer_scores=record.get("answer_scores"),
                 question_type=record.get("question_type") or self.question_type(record["question"]),
                 referral=record.get("referral"),
+                screening=record.get("screening"),
                 out_of_distribution=record.get("out_of_distribution"),
             )
             for record in records
@@ -324,7 +328,8 @@ class Answerer:
             logger.exception("screening report failed")
             return [], None, f"Could not write the report: {type(error).__name__}: {error}"
         rows = [[a.question_type or "", a.question, a.answer, _percent(a.probability)] for a in answers]
-        referral = "".join(_referral_text(a) for a in answers if a.referral)
+        # One screening line: the referral of the diagnosis answer, or "ungradable: re-image" (said once).
+        referral = "".join(dict.fromkeys(_referral_text(a) for a in answers if a.referral or a.screening))
         message = f"{_ood_text(answers)}Screening report: {len(answers)} questions about {Path(path).name}.{referral}"
         return rows, str(report), message
 
@@ -332,7 +337,8 @@ class Answerer:
         self, paths: Sequence[str] | str | None, choice: str | None, typed: str | None
     ) -> tuple[list[list[Any]], str]:
         """One question about several images: ``(rows of image name, question, answer, probability, message)``;
-        unreadable files are listed in the message, the others answered."""
+        unreadable files are listed in the message, the others answered; the message names each image the
+        out-of-distribution guard flags, with its warning, as the single-image tab does."""
         paths = [paths] if isinstance(paths, str) else list(paths or [])
         try:
             question = _question(choice, typed)
@@ -359,6 +365,12 @@ class Answerer:
             return [], f"Could not answer: {type(error).__name__}: {error}"
         rows = [[name, a.question, a.answer, _percent(a.probability)] for name, a in zip(names, answers, strict=True)]
         message = f"Answered {len(rows)} of {len(paths)} images."
+        # The out-of-distribution guard's warning of each flagged image, by name.
+        flagged = [
+            f"{name}: {_ood_text([a]).strip()}" for name, a in zip(names, answers, strict=True) if _ood_text([a])
+        ]
+        if flagged:
+            message += " " + " ".join(flagged)
         if problems:
             message += " Skipped: " + " ".join(problems)
         return rows, message
@@ -371,7 +383,10 @@ def _ood_text(answers: Sequence[Answer]) -> str:
 
 
 def _referral_text(answer: Answer) -> str:
-    """The referral of a ranked diagnosis answer at the model's operating points, as the page says it."""
+    """The referral of a ranked diagnosis answer at the model's operating points, as the page says it; for an image
+    the model calls ungradable, its screening outcome ("ungradable: re-image") instead."""
+    if answer.screening:
+        return f" Screening: {answer.screening}."
     if not answer.referral:
         return ""
     calls = "; ".join(

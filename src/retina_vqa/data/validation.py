@@ -242,7 +242,12 @@ def validate_on_all_processes(splits: dict[str, Dataset], **kwargs) -> Validatio
         torch.distributed.broadcast_object_list(cached, src=0)
     if cached[0] is not None:
         report = cached[0]
-        logger.info("Data validated before with these settings: report read from %s (delete it to check again).", path)
+        # A warning, so that a user who changed files in place sees that the images were not checked again.
+        logger.warning(
+            "Data validated before (same splits by fingerprint, same settings): the report is read from %s; delete "
+            "it to check the images again.",
+            path,
+        )
     else:
         gather = _gather_outcomes if world > 1 else None
         report = validate_splits(splits, rank=rank, world=world, gather=gather, **kwargs)

@@ -8,6 +8,7 @@ specificity with Wilson intervals), ``vqa.py`` (all metrics of a set, ``compute_
 cup-to-disc ratio), ``prior.py`` (the image-blind baseline), ``evaluate_metric.py`` (``RetinaVQAMetric``, the
 ``evaluate.Metric``; imported on first use, since ``evaluate`` pulls in torch).
 ``screening.py`` (grade-wise AUROC, referable-DR operating points fitted on validation rows, the ROC curve).
+``gradability.py`` (images whose quality answer is "no": left out of the grading metrics, counted, their rates).
 """
 
 from .findings import PRIOR_REPORTED_KEYS, extract_findings, multidisease_metrics, report_metrics

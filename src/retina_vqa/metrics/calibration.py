@@ -21,13 +21,14 @@ Numpy only (no torch), so `plots` can use it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..questions import DIAGNOSIS_ANSWERS
+from .gradability import gradable_rows
 from .normalize import normalize_answer
 
 __all__ = [
@@ -202,7 +203,8 @@ class ScoredAnswer:
     """One ranked question: its candidate set, the candidates' log-likelihoods, and (when known) the reference.
 
     ``question_type`` (the dataset's column, when it has one) groups the per-type numbers; without it the
-    candidate set's name does.
+    candidate set's name does. ``gradable`` is False for a grading question of an image whose reference says it
+    cannot be graded (`gradability.gradable_rows`): the referable-DR numbers leave it out.
     """
 
     set_name: str
@@ -210,6 +212,7 @@ class ScoredAnswer:
     scores: np.ndarray
     reference: str | None = None
     question_type: str | None = None
+    gradable: bool = True
 
     @property
     def group(self) -> str:
@@ -265,7 +268,7 @@ def _scored(rows: Sequence[ScoredAnswer], temperatures: Mapping[str, float] | No
 def _referable_auc(
     rows: Sequence[ScoredAnswer], temperatures: Mapping[str, float] | None, diagnosis_type: str
 ) -> float:
-    diagnosis = [row for row in rows if row.group == diagnosis_type and row.reference is not None]
+    diagnosis = [row for row in rows if row.group == diagnosis_type and row.reference is not None and row.gradable]
     referable = {normalize_answer(a) for a in REFERABLE_ANSWERS}
     scores = [
         referable_probability(row.answers, probabilities(row.scores, (temperatures or {}).get(row.set_name, 1.0)))
@@ -286,9 +289,9 @@ def calibration_metrics(
     ``ranked_questions`` (rows ranked), ``ranked_accuracy`` and ``ranked_reference_not_in_list`` (rows whose
     reference is no candidate: counted wrong); ``ece`` over all ranked rows and ``ece/<type>`` per question type
     (probabilities at temperature 1); ``diagnosis_referable_auc`` (ROC AUC of P(referable) for the
-    `diagnosis_type` rows, when both classes occur). With `temperatures` (per candidate set), the same with
-    temperature scaling as ``ece_calibrated``, ``ece_calibrated/<type>``, ``diagnosis_referable_auc_calibrated``,
-    and ``temperature/<set>``. Keys of empty groups are left out.
+    `diagnosis_type` rows of gradable images, when both classes occur). With `temperatures` (per candidate set),
+    the same with temperature scaling as ``ece_calibrated``, ``ece_calibrated/<type>``,
+    ``diagnosis_referable_auc_calibrated``, and ``temperature/<set>``. Keys of empty groups are left out.
     """
     metrics: dict[str, float | int] = {"ranked_questions": len(rows)}
     with_reference = [row for row in rows if row.reference is not None]
@@ -327,7 +330,9 @@ class RankedAnswerMetrics:
     ``set_names``/``set_answers``, -1 for generated rows).
 
     The rows of the last call are kept (`last_rows`), so that temperatures can be fitted on them afterwards;
-    `temperatures` (set by then) adds the temperature-scaled numbers to later calls.
+    `temperatures` (set by then) adds the temperature-scaled numbers to later calls. With `image_keys` (one per
+    evaluated row) and a quality question among `question_types`, the grading rows of images whose reference says
+    ungradable are marked (``ScoredAnswer.gradable``), for the screening numbers to leave out.
     """
 
     def __init__(
@@ -340,6 +345,7 @@ class RankedAnswerMetrics:
         question_types: Sequence[str] | None = None,
         temperatures: Mapping[str, float] | None = None,
         diagnosis_type: str = "diagnosis",
+        image_keys: Sequence[Hashable] | None = None,
     ) -> None:
         if len(set_names) != len(set_answers):
             raise ValueError(f"{len(set_names)} candidate set names for {len(set_answers)} candidate sets.")
@@ -351,6 +357,9 @@ class RankedAnswerMetrics:
         self.question_types = None if question_types is None else list(question_types)
         self.temperatures = dict(temperatures or {})
         self.diagnosis_type = diagnosis_type
+        self.gradable = None
+        if image_keys is not None and self.question_types is not None and self.references is not None:
+            self.gradable = gradable_rows(image_keys, self.question_types, self.references)
         self.last_rows: list[ScoredAnswer] = []
 
     def rows(self, scores: np.ndarray | None) -> list[ScoredAnswer]:
@@ -374,6 +383,7 @@ class RankedAnswerMetrics:
                     scores=np.asarray(scores[i][: len(answers)], dtype=np.float64),
                     reference=None if self.references is None else self.references[i],
                     question_type=None if self.question_types is None else self.question_types[i],
+                    gradable=True if self.gradable is None else self.gradable[i],
                 )
             )
         return rows

@@ -96,12 +96,15 @@ def score_prior(
     answer_column: str = "answer",
     question_type_column: str = "question_type",
     answer_type_column: str = "answer_type",
+    image_id_column: str = "image_id",
 ) -> dict[str, float | int]:
     """Fit the baseline on `train_dataset` and score it on `eval_dataset` with `compute_vqa_metrics`.
 
-    Question types are used only when both splits have them (the baseline's keys must exist at both ends).
+    Question types are used only when both splits have them (the baseline's keys must exist at both ends). The
+    evaluated split's `image_id_column`, when it has one, tells which rows are about one image, so that the grading
+    questions of ungradable images are left out as they are for the model (`gradability.py`).
     """
-    columns = [question_column, answer_column, question_type_column, answer_type_column]
+    columns = [question_column, answer_column, question_type_column, answer_type_column, image_id_column]
     train, evaluated = _text(train_dataset, columns), _text(eval_dataset, columns)
     for name, split in (("training", train), ("evaluation", evaluated)):
         missing = [c for c in (question_column, answer_column) if c not in split]
@@ -119,4 +122,5 @@ def score_prior(
         evaluated[answer_column],
         question_types=evaluated.get(question_type_column),
         answer_types=evaluated.get(answer_type_column),
+        image_keys=evaluated.get(image_id_column),
     )

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import scores
 from .findings import multidisease_metrics
+from .gradability import gradability_metrics, gradable_rows
 from .grading import grading_metrics
 from .normalize import normalize_answer
 
@@ -64,6 +65,7 @@ def compute_vqa_metrics(
     answer_types: Sequence[str] | None = None,
     diagnosis_labels: Sequence[str] | None = None,
     diagnosis_type: str = "diagnosis",
+    image_keys: Sequence[Hashable] | None = None,
 ) -> dict[str, float | int]:
     """Compute all VQA metrics as one flat ``dict`` of numbers.
 
@@ -76,6 +78,9 @@ def compute_vqa_metrics(
             "healthy retina") and as open otherwise.
         diagnosis_labels: Label set of the diagnosis questions, defaults to `scores.DEFAULT_DIAGNOSIS_LABELS`.
         diagnosis_type: The question type whose rows are the diagnosis questions.
+        image_keys: Optional image key per example (rows of one image share it). With question types and a quality
+            question, the grading questions of the images whose reference quality answer is "no" are left out of
+            ``exact_match/<grading type>`` and every ``diagnosis_*`` number (`gradability.py`).
 
     Returns:
         ``num_examples`` (int); ``exact_match``, ``token_f1``, ``rouge_l`` (means over examples) and ``bleu``
@@ -96,6 +101,7 @@ def compute_vqa_metrics(
     _check_length("references", references, n)
     _check_length("question types", question_types, n)
     _check_length("answer types", answer_types, n)
+    _check_length("image keys", image_keys, n)
     predictions = ["" if p is None else str(p) for p in predictions]
     references = ["" if r is None else str(r) for r in references]
 
@@ -124,9 +130,10 @@ def compute_vqa_metrics(
         metrics["open_bleu"] = scores.corpus_bleu(open_preds, open_refs)
 
     if question_types is not None:
-        by_type: dict[str, list[int]] = {}
-        for i, question_type in enumerate(question_types):
-            by_type.setdefault(str(question_type), []).append(i)
+        question_types = [str(t) for t in question_types]
+        by_type = _rows_by_type(question_types, references, image_keys)
+        if image_keys is not None:
+            metrics.update(gradability_metrics(image_keys, question_types, references, predictions))
         for question_type, rows in by_type.items():
             metrics[f"exact_match/{question_type}"] = _mean([em[i] for i in rows])
 
@@ -153,8 +160,21 @@ def compute_vqa_metrics(
             metrics.update(grading_metrics(refs, preds, labels))
         # Multi-disease rows: findings reports scored by their findings, set answers as sets, the cup-to-disc
         # ratio by absolute error (`findings.py`); nothing for datasets without those question types.
-        metrics.update(multidisease_metrics(predictions, references, [str(t) for t in question_types]))
+        metrics.update(multidisease_metrics(predictions, references, question_types))
     return metrics
+
+
+def _rows_by_type(
+    question_types: Sequence[str], references: Sequence[str], image_keys: Sequence[Hashable] | None
+) -> dict[str, list[int]]:
+    """The scored rows of each question type: all of them, except the grading questions of ungradable images
+    (`gradability.gradable_rows`) when image keys are given; a type left without rows is dropped."""
+    keep = None if image_keys is None else gradable_rows(image_keys, question_types, references)
+    by_type: dict[str, list[int]] = {}
+    for i, question_type in enumerate(question_types):
+        if keep is None or keep[i]:
+            by_type.setdefault(question_type, []).append(i)
+    return by_type
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,13 +228,15 @@ def build_compute_metrics(
     answer_type_column: str = "answer_type",
     diagnosis_labels: Sequence[str] | None = None,
     diagnosis_type: str = "diagnosis",
+    image_key_column: str = "image_key",
 ) -> Callable[[EvalPrediction], dict[str, float | int]]:
     """Build the ``compute_metrics`` callback of a ``Seq2SeqTrainer`` with ``predict_with_generate=True``.
 
     The callback decodes the generated ids (``eval_pred.predictions``, or its first element when it is a
     tuple), replacing -100 by the pad token id first, and scores them with :func:`compute_vqa_metrics`
     against the raw strings of ``eval_dataset[answer_column]`` (never the label ids: see the module
-    docstring). Question and answer types are read from ``eval_dataset`` columns when present. The Trainer
+    docstring). Question and answer types, and the image keys that tell which rows are about one image (for the
+    ungradable images: `gradability.py`), are read from ``eval_dataset`` columns when present. The Trainer
     keeps dataset order (``gather_for_metrics`` in a distributed run), so row i of the dataset is prediction i.
 
     Args:
@@ -225,6 +247,7 @@ def build_compute_metrics(
         answer_type_column: Column holding "closed" / "open".
         diagnosis_labels: Forwarded to :func:`compute_vqa_metrics`.
         diagnosis_type: Forwarded to :func:`compute_vqa_metrics`.
+        image_key_column: Column holding each row's image key (``data.prepare_split`` adds ``image_key``).
     """
     inner_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     pad_token_id = getattr(inner_tokenizer, "pad_token_id", None)
@@ -245,6 +268,7 @@ def build_compute_metrics(
             answer_types=_dataset_column(eval_dataset, answer_type_column, len(predictions)),
             diagnosis_labels=diagnosis_labels,
             diagnosis_type=diagnosis_type,
+            image_keys=_dataset_column(eval_dataset, image_key_column, len(predictions)),
         )
 
     return compute_metrics

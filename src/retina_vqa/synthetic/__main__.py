@@ -17,9 +17,10 @@ import argparse
 from pathlib import Path
 
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES
-from .build import generate_dataset, validate_grade_weights
+from .build import generate_dataset, parse_quality_defects, validate_grade_weights
 from .conditions import CONDITIONS, DEFAULT_PREVALENCE, parse_conditions, parse_prevalence
 from .export import FORMATS, LAYOUTS, check_output_dir, parse_dataset_command, render_preview, save_dataset
+from .render import DEFAULT_QUALITY_DEFECTS, QUALITY_DEFECTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--quality_defect_rate",
         type=float,
         default=0.1,
-        help="fraction of images blurred, under- or overexposed",
+        help="fraction of images with a photographic defect (ungradable: the quality answer is no)",
+    )
+    p.add_argument(
+        "--quality_defects",
+        default=",".join(DEFAULT_QUALITY_DEFECTS),
+        help=f"comma-separated defect kinds those images draw from, of {','.join(QUALITY_DEFECTS)} (default "
+        f"{','.join(DEFAULT_QUALITY_DEFECTS)}: the images of before; small_pupil and eyelashes are opt in)",
     )
     p.add_argument(
         "--question_types",
@@ -82,8 +89,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         conditions = parse_conditions(args.conditions)
         parse_prevalence(args.prevalence, conditions)  # a bad --prevalence fails before any drawing
+        quality_defects = parse_quality_defects(args.quality_defects)
         if args.preview:
-            grid = render_preview(args.image_size, args.seed, args.quality_defect_rate, conditions)
+            grid = render_preview(args.image_size, args.seed, args.quality_defect_rate, conditions, quality_defects)
             Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
             grid.save(args.preview)
             print(f"wrote preview {args.preview} ({grid.width}x{grid.height})")
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
             num_workers=args.num_workers,
             conditions=conditions,
             prevalence=args.prevalence,
+            quality_defects=quality_defects,
         )
         save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command, layout=args.layout)
     except ValueError as err:

@@ -32,7 +32,14 @@ import numpy as np
 
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES, REPORT_QUESTION_TYPE, answer_for, condition_answer_for
 from .conditions import OTHER_CONDITIONS, parse_conditions, parse_prevalence, sample_conditions
-from .render import LATERALITIES, MIN_IMAGE_SIZE, QUALITIES, render_eye, render_fundus
+from .render import (
+    DEFAULT_QUALITY_DEFECTS,
+    LATERALITIES,
+    MIN_IMAGE_SIZE,
+    QUALITY_DEFECTS,
+    render_eye,
+    render_fundus,
+)
 from .reports import write_report
 
 if TYPE_CHECKING:
@@ -43,6 +50,7 @@ __all__ = [
     "condition_question_types",
     "dataset_features",
     "generate_dataset",
+    "parse_quality_defects",
     "render_example",
     "validate_grade_weights",
 ]
@@ -70,25 +78,47 @@ def _image_rng(seed: int, split: str, index: int, stream: int) -> np.random.Gene
     return np.random.default_rng([seed, split_key, index, stream])
 
 
-def _draw_quality(rng: np.random.Generator, defect_rate: float) -> str:
+def _draw_quality(
+    rng: np.random.Generator, defect_rate: float, defects: Sequence[str] = DEFAULT_QUALITY_DEFECTS
+) -> str:
+    # The same two draws whatever the defects: the default three give exactly the qualities of before.
     if rng.random() < defect_rate:
-        return str(rng.choice(QUALITIES[1:]))
+        return str(rng.choice(tuple(defects)))
     return "good"
 
 
+def parse_quality_defects(quality_defects: Sequence[str] | str | None) -> tuple[str, ...]:
+    """Check ``--quality_defects``: a comma-separated string or a list of ``render.QUALITY_DEFECTS`` (default: the
+    first three, blurred, underexposed, overexposed); duplicates dropped, order kept."""
+    if quality_defects is None:
+        return DEFAULT_QUALITY_DEFECTS
+    names = quality_defects.split(",") if isinstance(quality_defects, str) else list(quality_defects)
+    names = [str(n).strip() for n in names if str(n).strip()]
+    unknown = [n for n in names if n not in QUALITY_DEFECTS]
+    if unknown or not names:
+        raise ValueError(
+            f"--quality_defects has unknown or no defect kinds {unknown}; choose one or more of "
+            f"{','.join(QUALITY_DEFECTS)} (default {','.join(DEFAULT_QUALITY_DEFECTS)})"
+        )
+    return tuple(dict.fromkeys(names))
+
+
 def render_example(task: tuple) -> dict[str, Any]:
-    """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate[, conditions])``.
+    """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate[, conditions[, defects]])``.
 
     Returns its PNG bytes and metadata (``image_id``, ``grade``, ``laterality``, ``quality``, ``lesions``).
     The optional seventh item ``(enabled conditions, prevalence items, forced ConditionState or None)`` draws
-    the other conditions too and adds ``conditions`` (stages, cup-to-disc ratio, branch quadrant, findings).
-    One tuple argument, so that ``Pool.map`` can call it; the result depends on nothing else.
+    the other conditions too and adds ``conditions`` (stages, cup-to-disc ratio, branch quadrant, findings); None
+    leaves them out. The optional eighth item is the defect kinds a defective image draws from (default
+    ``render.DEFAULT_QUALITY_DEFECTS``). One tuple argument, so that ``Pool.map`` can call it; the result depends on
+    nothing else.
     """
     seed, split, index, grade, image_size, defect_rate = task[:6]
     spec = task[6] if len(task) > 6 else None
+    defects = task[7] if len(task) > 7 else DEFAULT_QUALITY_DEFECTS
     rng = _image_rng(seed, split, index, 0)
     laterality = LATERALITIES[int(rng.integers(0, 2))]
-    quality = _draw_quality(rng, defect_rate)
+    quality = _draw_quality(rng, defect_rate, defects)
     meta = None
     if spec is None:
         image, lesions = render_fundus(rng, image_size, grade, laterality, quality)
@@ -329,6 +359,7 @@ def generate_dataset(
     num_workers: int | None = None,
     conditions: Sequence[str] | str | None = None,
     prevalence: Mapping[str, float] | str | None = None,
+    quality_defects: Sequence[str] | str | None = None,
 ) -> datasets.DatasetDict:
     """Generate train/validation/test splits with one row per (image, question type).
 
@@ -336,7 +367,9 @@ def generate_dataset(
     (seed, split, image index) alone, so the same arguments always give the same dataset.
     ``conditions`` ("dr", the default, "all", or a list of ``conditions.CONDITIONS``) adds the other
     conditions, each present with its ``prevalence`` (``conditions.DEFAULT_PREVALENCE`` for those not given);
-    the default question types then become ``condition_question_types(conditions)``.
+    the default question types then become ``condition_question_types(conditions)``. ``quality_defects`` (a list
+    or comma-separated string of ``render.QUALITY_DEFECTS``) are the kinds a defective image (``quality_defect_rate``
+    of them) draws from; the default, blurred, underexposed and overexposed, gives the images of before.
     """
     import datasets
 
@@ -347,6 +380,7 @@ def generate_dataset(
     }
     enabled = parse_conditions(conditions)
     prevalence_of = parse_prevalence(prevalence, enabled)
+    defects = parse_quality_defects(quality_defects)
     _validate_args(counts, image_size, quality_defect_rate, question_types, enabled)
     weights = validate_grade_weights(grade_weights)
     qtypes = list(question_types) if question_types is not None else condition_question_types(enabled)
@@ -360,8 +394,10 @@ def generate_dataset(
     for split, n in zip(SPLITS, counts.values(), strict=True):
         grades = _split_grades(int(n), weights, np.random.default_rng([seed, SPLITS.index(split), 2**31]))
         tasks[split] = [(seed, split, i, g, image_size, quality_defect_rate) for i, g in enumerate(grades)]
-        if spec is not None:
+        if spec is not None or defects != DEFAULT_QUALITY_DEFECTS:
             tasks[split] = [(*t, spec) for t in tasks[split]]
+        if defects != DEFAULT_QUALITY_DEFECTS:  # only then, so that the default tasks are those of before
+            tasks[split] = [(*t, defects) for t in tasks[split]]
     flat = [t for split in SPLITS for t in tasks[split]]
     logger.info("Rendering %d images at %d px with %d worker(s)", len(flat), image_size, workers)
     if workers > 1 and len(flat) > 8:
@@ -385,6 +421,9 @@ def generate_dataset(
     if multidisease:
         # Only here, so that DR-only datasets keep their cache keys.
         params.append([list(enabled), sorted(prevalence_of.items())])
+    if defects != DEFAULT_QUALITY_DEFECTS:
+        # Likewise: the default defect kinds keep their cache keys.
+        params.append(["quality_defects", list(defects)])
     splits = {}
     offset = 0
     for split in SPLITS:

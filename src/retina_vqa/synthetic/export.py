@@ -18,7 +18,7 @@ import os
 import shlex
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from ..data.layout import to_image_rows
 from ..questions import DIAGNOSIS_ANSWERS, QUESTION_TYPES
 from .build import render_example
 from .conditions import CUP_TO_DISC, OTHER_CONDITIONS, ConditionState, parse_conditions
-from .render import MIN_IMAGE_SIZE, QUALITIES
+from .render import DEFAULT_QUALITY_DEFECTS, MIN_IMAGE_SIZE, QUALITIES, QUALITY_DEFECTS
 
 if TYPE_CHECKING:
     import argparse
@@ -198,6 +198,8 @@ def write_dataset_card(
     qt_counts = per_split("question_type")
     grade_counts = per_split("grade", by_image=True)
     quality_counts = per_split("quality", by_image=True)
+    # The qualities of before always; the opt-in defect kinds where drawn (the default card stays as it was).
+    quality_rows = [q for q in ("good", *QUALITY_DEFECTS) if q in QUALITIES or _drawn(quality_counts, q)]
     answer_counts: dict[str, collections.Counter] = {}
     pairs: list[tuple[str, str]] = []
     for s in splits:
@@ -245,7 +247,7 @@ vertical and horizontal lines through the image centre.
 
 ## Images per quality
 
-{table(quality_counts, QUALITIES, "quality")}
+{table(quality_counts, quality_rows, "quality")}
 
 ## Rows per question type
 
@@ -346,8 +348,10 @@ def render_preview(
     seed: int = 0,
     quality_defect_rate: float = 0.1,
     conditions: Sequence[str] | str | None = None,
+    quality_defects: Sequence[str] = DEFAULT_QUALITY_DEFECTS,
 ) -> Image.Image:
-    """A 4x4 grid of samples cycling through the grades, each captioned with grade, eye and quality.
+    """A 4x4 grid of samples cycling through the grades, each captioned with grade, eye and quality (defects drawn
+    from ``quality_defects``).
 
     With ``conditions`` beyond "dr", the grid shows each enabled condition at two or more stages instead
     (good-quality images, captioned with the stages and, when glaucoma is drawn, the cup-to-disc ratio).
@@ -364,7 +368,10 @@ def render_preview(
     font = ImageFont.load_default(size=max(9, label_h - 4))
     for i in range(n * n):
         grade = i % 5
-        ex = render_example((seed, "preview", i, grade, image_size, quality_defect_rate))
+        task = (seed, "preview", i, grade, image_size, quality_defect_rate)
+        if tuple(quality_defects) != DEFAULT_QUALITY_DEFECTS:
+            task += (None, tuple(quality_defects))
+        ex = render_example(task)
         tile = Image.open(io.BytesIO(ex["png"]))
         x, y = (i % n) * image_size, (i // n) * (image_size + label_h)
         grid.paste(tile, (x, y))
@@ -394,3 +401,8 @@ def _condition_preview(image_size: int, seed: int, enabled: Sequence[str], label
         text = caption if draw.textlength(caption, font=font) <= image_size - 4 else short
         draw.text((x + 3, y + image_size + 1), text, fill=(0, 0, 0), font=font)
     return grid
+
+
+def _drawn(counts: Mapping[str, Mapping[str, int]], value: str) -> bool:
+    """Whether any split of a per-split count table holds ``value`` (opt-in defect kinds are listed when drawn)."""
+    return any(split_counts.get(value) for split_counts in counts.values())

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from ..questions import FINDINGS
 from . import signs
@@ -32,6 +32,8 @@ __all__ = [
     "LATERALITIES",
     "MIN_IMAGE_SIZE",
     "QUALITIES",
+    "QUALITY_DEFECTS",
+    "DEFAULT_QUALITY_DEFECTS",
     "RenderedEye",
     "fov_geometry",
     "render_eye",
@@ -39,6 +41,12 @@ __all__ = [
 ]
 
 QUALITIES = ("good", "blurred", "underexposed", "overexposed")
+# Every photographic defect the renderer draws. The default set is the first three, drawn as they always were; the
+# others are opt in (``generate_dataset(quality_defects=...)``): a small pupil (dark vignetting closing in from the
+# rim) and eyelashes (dark blurred streaks and bright reflection haze at one edge). Any defect makes the image
+# ungradable (the quality answer "no").
+QUALITY_DEFECTS = ("blurred", "underexposed", "overexposed", "small_pupil", "eyelashes")
+DEFAULT_QUALITY_DEFECTS = QUALITIES[1:]
 LATERALITIES = ("left", "right")
 MIN_IMAGE_SIZE = 64
 
@@ -72,8 +80,8 @@ def _check(grade: int, laterality: str, quality: str) -> None:
         raise ValueError(f"grade must be 0-4, got {grade}")
     if laterality not in LATERALITIES:
         raise ValueError(f"laterality must be one of {LATERALITIES}, got {laterality!r}")
-    if quality not in QUALITIES:
-        raise ValueError(f"quality must be one of {QUALITIES}, got {quality!r}")
+    if quality != "good" and quality not in QUALITY_DEFECTS:
+        raise ValueError(f"quality must be one of {('good', *QUALITY_DEFECTS)}, got {quality!r}")
 
 
 def render_fundus(
@@ -193,4 +201,59 @@ def _apply_quality(rng: np.random.Generator, img: np.ndarray, size: int, quality
     elif quality == "overexposed":
         grey = img.mean(axis=2, keepdims=True)
         img = (0.55 * img + 0.45 * grey) * rng.uniform(1.7, 2.1) + 0.12
+    elif quality == "small_pupil":
+        img = _small_pupil(rng, img, size)
+    elif quality == "eyelashes":
+        img = _eyelashes(rng, img, size)
     return img
+
+
+def _small_pupil(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
+    """A pupil too small for the camera: the illumination falls off well inside the field of view, leaving a bright
+    disc of 35-55% of its radius (a little off centre) in a dark, faintly orange surround, as undilated photographs
+    look."""
+    yy, xx = pixel_grid(size)
+    cx, cy, fov_r = fov_geometry(size)
+    cx += rng.uniform(-0.08, 0.08) * fov_r
+    cy += rng.uniform(-0.08, 0.08) * fov_r
+    dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / fov_r
+    inner = rng.uniform(0.35, 0.55)
+    edge = rng.uniform(0.12, 0.22)  # width of the fall-off: a soft ring, not a sharp stop
+    light = np.clip((inner + edge - dist) / edge, 0.0, 1.0) ** 1.5
+    floor = rng.uniform(0.04, 0.1)
+    surround = np.array([floor * 1.6, floor * 0.7, floor * 0.4], np.float32)  # stray orange glow of the iris
+    return img * light[..., None] + surround * (1.0 - light[..., None]) * 0.5
+
+
+def _eyelashes(rng: np.random.Generator, img: np.ndarray, size: int) -> np.ndarray:
+    """Eyelashes and lid in the light path: dark blurred curved streaks across one edge of the field (upper or
+    lower lid), with a bright hazy reflection arc along the rim next to them."""
+    cx, cy, fov_r = fov_geometry(size)
+    side = -1.0 if rng.random() < 0.7 else 1.0  # the upper lid more often than the lower
+    lashes = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(lashes)
+    t = np.linspace(0.0, 1.0, 24)[:, None]
+    for _ in range(int(rng.integers(5, 10))):
+        # Each lash a curved stroke (a quadratic Bezier curve) from beyond the rim into the field, bent sideways.
+        angle = side * np.pi / 2 + rng.uniform(-0.9, 0.9)
+        length = rng.uniform(0.3, 0.6)
+        start = np.array([np.cos(angle), np.sin(angle)]) * 1.08
+        tip = angle + rng.uniform(-0.5, 0.5)
+        end = np.array([np.cos(tip), np.sin(tip)]) * (1.0 - length)
+        normal = np.array([-start[1], start[0]]) / 1.08
+        control = (start + end) / 2 + normal * rng.uniform(-0.25, 0.25)
+        curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * control + t**2 * end
+        points = [(cx + x * fov_r, cy + y * fov_r) for x, y in curve]
+        draw.line(points, fill=255, width=max(2, int(rng.uniform(0.025, 0.05) * size)), joint="curve")
+    lashes = lashes.filter(ImageFilter.GaussianBlur(radius=rng.uniform(0.012, 0.025) * size))
+    shade = np.clip(np.asarray(lashes, np.float32)[..., None] / 255.0 * 1.6, 0.0, 1.0)
+
+    yy, xx = pixel_grid(size)
+    dist = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / fov_r
+    # Reflection haze: brightest at the rim on the lid's side, fading inwards and round the circle.
+    toward = np.clip(side * (yy - cy) / fov_r, 0.0, 1.0)
+    rim = np.exp(-(((dist - rng.uniform(0.8, 0.9)) / rng.uniform(0.08, 0.14)) ** 2))
+    haze = rng.uniform(0.55, 0.85) * rim * toward**1.5
+    img = img + haze[..., None] * np.array([0.95, 0.95, 1.0], np.float32)
+    # The lashes in front of the haze: they shade whatever light reaches the camera behind them.
+    return img * (1.0 - rng.uniform(0.8, 0.92) * shade)

@@ -15,7 +15,13 @@ from datasets import Dataset
 
 from ..answering.candidates import ANSWER_SET_COLUMN, AnswerCandidates, candidates_for_run
 from ..answering.plan import RankingPlan, WithAnswerSets
-from ..answering.records import in_row_order, prediction_records, ranked_answers, write_predictions
+from ..answering.records import (
+    graded_diagnosis_rows,
+    in_row_order,
+    prediction_records,
+    ranked_answers,
+    write_predictions,
+)
 from ..arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
 from ..data.collator import PromptCollator, VqaCollator
 from ..data.ordering import answering_order
@@ -219,11 +225,12 @@ def patient_metrics(
 ) -> dict[str, float]:
     """With a patient column (``--patient_column``): the diagnosis rows' referable / any-DR sensitivity and
     specificity per patient, worse eye (`metrics.screening.patient_screening_metrics`), as
-    ``<prefix>_diagnosis_patient_*``. Empty without patients or diagnosis rows."""
+    ``<prefix>_diagnosis_patient_*``; the eyes whose reference says ungradable are left out
+    (`answering.records.graded_diagnosis_rows`). Empty without patients or diagnosis rows."""
     if data_args.patient_column not in split.column_names:
         return {}
     patients = split.select_columns([data_args.patient_column]).to_dict()[data_args.patient_column]
-    rows = [i for i, r in enumerate(records) if r.get("question_type") == "diagnosis" and "reference" in r]
+    rows = graded_diagnosis_rows(records)
     if not rows:
         return {}
     metrics = patient_screening_metrics(
@@ -238,12 +245,13 @@ def patient_metrics(
 def diagnosis_scores(
     compute_metrics: Any, temperatures: dict[str, float] | None, diagnosis_type: str = "diagnosis"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The ranked diagnosis rows of the last evaluation whose reference is a grade: ``(P(referable), referable,
-    grade probabilities (rows x 5, ICDR order), grades)``, at the saved temperatures. Empty without ranked rows."""
+    """The ranked diagnosis rows of the last evaluation whose reference is a grade, on gradable images (rows of an
+    image whose reference quality answer is "no" are left out): ``(P(referable), referable, grade probabilities
+    (rows x 5, ICDR order), grades)``, at the saved temperatures. Empty without ranked rows."""
     p, labels, grade_probs, grades = [], [], [], []
     for row in getattr(compute_metrics, "last_rows", None) or []:
         (grade,) = answer_grades([row.reference or ""])
-        if row.group != diagnosis_type or grade < 0:
+        if row.group != diagnosis_type or grade < 0 or not row.gradable:
             continue
         probs = probabilities(row.scores, (temperatures or {}).get(row.set_name, 1.0))
         p.append(referable_probability(row.answers, probs))
