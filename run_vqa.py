@@ -40,6 +40,7 @@ from retina_vqa.training.evaluation import (
     run_candidates,
     screening_metrics,
     write_run_predictions,
+    write_run_table,
 )
 from retina_vqa.training.model_setup import load_family, load_processor, load_training_model
 from retina_vqa.training.outputs import prior_metrics
@@ -266,6 +267,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 training_args.output_dir,
             )
             metrics.update(patient_metrics(records, splits["do_predict"], data_args, "predict"))
+            # The cross-dataset table's row of this split, as `python -m retina_vqa.predict --dataset_dir A B C`
+            # writes it for several datasets (with this model: its saved operating points).
+            write_run_table(
+                records, predict_dataset, orders.get("do_predict"), splits["do_predict"], data_args, points,
+                training_args.output_dir,
+            )  # fmt: skip
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         results.update(metrics)

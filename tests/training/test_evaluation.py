@@ -48,6 +48,15 @@ def test_operating_points_come_from_validation_and_are_applied_to_the_test_split
             if key in results:
                 assert results[f"{key}_ci_low"] <= results[key] <= results[f"{key}_ci_high"]
     assert 0 <= results["eval_diagnosis_macro_auroc"] <= 1 and 0 <= results["predict_diagnosis_macro_auroc"] <= 1
+    # The cross-dataset table's row of the test split: the run's own numbers, the saved points included.
+    table = json.loads((tmp_path / "a" / "cross_dataset-test.json").read_text())
+    assert len(table) == 1 and table[0]["questions"] == results["predict_samples"]
+    assert table[0]["diagnosis_macro_auroc"] == pytest.approx(results["predict_diagnosis_macro_auroc"])
+    assert table[0]["diagnosis_qwk"] == pytest.approx(results["predict_diagnosis_qwk"])
+    for point in saved["operating_points"]:
+        key = f"operating_point_{point['name']}_specificity"
+        assert table[0].get(key) == pytest.approx(results.get(f"predict_{key}"))
+    assert "| QWK | macro AUROC |" in (tmp_path / "a" / "cross_dataset-test.md").read_text()
     card = (tmp_path / "a" / "README.md").read_text()
     threshold = results["predict_operating_point_high_sensitivity_threshold"]
     assert f"| high sensitivity | {threshold:.4f} |" in card and "macro one-vs-rest AUROC" in card

@@ -16,10 +16,12 @@ from datasets import Dataset
 from ..answering.candidates import ANSWER_SET_COLUMN, AnswerCandidates, candidates_for_run
 from ..answering.plan import RankingPlan, WithAnswerSets
 from ..answering.records import (
+    dataset_summary,
     graded_diagnosis_rows,
     in_row_order,
     prediction_records,
     ranked_answers,
+    write_cross_dataset_table,
     write_predictions,
 )
 from ..arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
@@ -218,6 +220,29 @@ def write_run_predictions(
     )
     write_predictions(os.path.join(output_dir, "predictions.jsonl"), records)
     return records
+
+
+def write_run_table(
+    records: list[dict[str, Any]],
+    predicted: Dataset,
+    order: list[int] | None,
+    split: Dataset,
+    data_args: DataTrainingArguments,
+    points: list[OperatingPoint] | None,
+    output_dir: str,
+) -> str:
+    """The run's row of the cross-dataset table (`answering.records.dataset_summary`: exact match, ungradable rates,
+    QWK, macro AUROC, referable DR per eye and per patient, the saved operating points), written as
+    ``cross_dataset-<split>.md`` / ``.json`` in `output_dir`, the files ``python -m retina_vqa.predict
+    --dataset_dir A B C`` writes for several datasets; returns the table. `predicted`: the split as answered
+    (in `order`), whose image keys say which rows share an image."""
+    keys = in_row_order(predicted.select_columns([IMAGE_KEY]).to_dict()[IMAGE_KEY], order)
+    patients = None
+    if data_args.patient_column in split.column_names:
+        patients = split.select_columns([data_args.patient_column]).to_dict()[data_args.patient_column]
+    name = data_args.dataset_name or data_args.dataset_dir or data_args.test_file or "test"
+    summary = dataset_summary(f"{name} ({data_args.test_split})", records, patients, points, keys)
+    return write_cross_dataset_table([summary], os.path.join(output_dir, f"cross_dataset-{data_args.test_split}"))
 
 
 def patient_metrics(
