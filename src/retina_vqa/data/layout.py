@@ -79,7 +79,7 @@ def _references(images: list, indices: list[int], counts: list[int], token: str)
     """Each question's image: a reference carrying the SHA-1 of the bytes, hashed here once per image."""
     references = []
     for row, value, n in zip(indices, images, counts, strict=True):
-        data = value.get("bytes") if value else None
+        data = value.get("bytes") if isinstance(value, dict) else None
         if data is None:  # a missing image stays missing (validation reports it); a path stays a path
             references += [value] * n
             continue
@@ -101,17 +101,22 @@ def expand_questions(
         raise ValueError(f"image rows without the image column {image_column!r}; they have {images.column_names}")
     token = image_table.register(images, image_column)
     per_question = _per_question(images, [question_column, answer_column])
+    stored = isinstance(images.features[image_column], Image)  # else paths, kept as they are
     features = Features(
         {
             name: (
-                Image(decode=False) if name == image_column else feature.feature if name in per_question else feature
+                Image(decode=False)
+                if name == image_column and stored
+                else feature.feature
+                if name in per_question
+                else feature
             )
             for name, feature in images.features.items()
         }
     )
     if len(images) == 0:  # datasets maps no rows to no columns
         return Dataset.from_dict({name: [] for name in features}, features=features, split=images.split)
-    source = images.cast_column(image_column, Image(decode=False))
+    source = images.cast_column(image_column, Image(decode=False)) if stored else images
     return source.map(
         _explode,
         batched=True,
