@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES
-from .build import generate_dataset, parse_quality_defects, validate_grade_weights
+from .build import EYES_PER_PATIENT, generate_dataset, parse_quality_defects, validate_grade_weights
 from .conditions import CONDITIONS, DEFAULT_PREVALENCE, parse_conditions, parse_prevalence
 from .export import FORMATS, LAYOUTS, check_output_dir, parse_dataset_command, render_preview, save_dataset
 from .render import DEFAULT_QUALITY_DEFECTS, QUALITY_DEFECTS
@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
         + ",".join(f"{k}={v}" for k, v in DEFAULT_PREVALENCE.items())
         + "); conditions are drawn independently, so they co-occur",
     )
+    p.add_argument(
+        "--eyes_per_patient",
+        type=int,
+        default=1,
+        choices=EYES_PER_PATIENT,
+        help="1 (default): independent images; 2: images come in pairs, one patient's right and left eye, with a "
+        "patient_id column and DR grades that mostly agree between the eyes (every split needs an even image count)",
+    )
     p.add_argument("--num_workers", type=int, default=None, help="rendering processes (default up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     return p
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> None:
             conditions=conditions,
             prevalence=args.prevalence,
             quality_defects=quality_defects,
+            eyes_per_patient=args.eyes_per_patient,
         )
         save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command, layout=args.layout)
     except ValueError as err:

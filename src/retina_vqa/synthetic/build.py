@@ -7,11 +7,16 @@ question/answer row per (image, question type) and ``generate_dataset`` itself. 
 :mod:`.reports`.
 
 Each image has its generators keyed by (seed, split, index, stream): stream 0 draws the DR eye, 1 the question
-paraphrases, 2 the other conditions (:mod:`.conditions`), 4 the report wording, 10-13 the signs of glaucoma,
-AMD, hypertensive retinopathy and vein occlusion. A DR-only dataset (``conditions=("dr",)``, the default, with
+paraphrases, 2 the other conditions (:mod:`.conditions`), 4 the report wording, 5 the patient of a pair (which eye
+comes first, the fellow eye's DR grade; keyed by the pair's first image), 10-13 the signs of glaucoma, AMD,
+hypertensive retinopathy and vein occlusion. A DR-only dataset (``conditions=("dr",)``, the default, with
 DR question types) touches streams 0 and 1 only and has the columns it always had, so it is byte-identical to
 the output of the generator before the other conditions; asking for another condition or one of
 ``questions.CONDITION_QUESTION_TYPES`` adds a ``conditions`` column (stages, cup-to-disc ratio, findings).
+
+``eyes_per_patient=2`` draws patients instead of independent images: images 2k and 2k+1 of a split are one patient's
+right and left eye (a ``patient_id`` column), their DR grades agree as a patient's two eyes do
+(``fellow_eye_kernel``). The default, 1, draws and writes exactly what it did before.
 """
 
 from __future__ import annotations
@@ -46,9 +51,12 @@ if TYPE_CHECKING:
     import datasets
 
 __all__ = [
+    "EYES_PER_PATIENT",
+    "FELLOW_EYE_AGREEMENT",
     "SPLITS",
     "condition_question_types",
     "dataset_features",
+    "fellow_eye_kernel",
     "generate_dataset",
     "parse_quality_defects",
     "render_example",
@@ -65,7 +73,16 @@ _GENERATOR_VERSION = 2
 # Streams of an image's generators (see the module docstring); 0 and 1 are the DR-only generator's.
 _STREAM_CONDITIONS = 2
 _STREAM_REPORT = 4
+_STREAM_PATIENT = 5
 _STREAM_SIGNS = 10
+EYES_PER_PATIENT = (1, 2)
+# Share of patients whose two eyes have the same DR grade. DR is largely symmetric between the eyes: most patients
+# have the same ICDR grade in both, most of the others grades one step apart, and asymmetry of two or more steps is
+# uncommon.
+FELLOW_EYE_AGREEMENT = 0.70
+# Relative chance of proposing a fellow eye one or two grades away from the first (see fellow_eye_kernel); never three.
+# With balanced weights: 27.5% of pairs one grade apart, 2.5% two.
+_FELLOW_EYE_STEPS = {1: 1.0, 2: 0.12}
 # DR notebook questions whose answers speak of diabetic retinopathy alone ("can this condition cause blindness?"
 # would answer "no" for an eye blinded by a vein occlusion): not asked by default when other conditions are drawn.
 _DR_ONLY_TYPES = ("blindness", "cause")
@@ -104,20 +121,26 @@ def parse_quality_defects(quality_defects: Sequence[str] | str | None) -> tuple[
 
 
 def render_example(task: tuple) -> dict[str, Any]:
-    """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate[, conditions[, defects]])``.
+    """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate[, conditions[, defects[,
+    patient]]])``.
 
     Returns its PNG bytes and metadata (``image_id``, ``grade``, ``laterality``, ``quality``, ``lesions``).
     The optional seventh item ``(enabled conditions, prevalence items, forced ConditionState or None)`` draws
     the other conditions too and adds ``conditions`` (stages, cup-to-disc ratio, branch quadrant, findings); None
     leaves them out. The optional eighth item is the defect kinds a defective image draws from (default
-    ``render.DEFAULT_QUALITY_DEFECTS``). One tuple argument, so that ``Pool.map`` can call it; the result depends on
-    nothing else.
+    ``render.DEFAULT_QUALITY_DEFECTS``). The optional ninth item ``(patient_id, laterality)`` makes the image that
+    eye of that patient and adds ``patient_id``. One tuple argument, so that ``Pool.map`` can call it; the result
+    depends on nothing else.
     """
     seed, split, index, grade, image_size, defect_rate = task[:6]
     spec = task[6] if len(task) > 6 else None
     defects = task[7] if len(task) > 7 else DEFAULT_QUALITY_DEFECTS
+    patient = task[8] if len(task) > 8 else None
     rng = _image_rng(seed, split, index, 0)
     laterality = LATERALITIES[int(rng.integers(0, 2))]
+    if patient is not None:
+        # The patient decides the eye; the draw above still happens, so the rest of the image draws as a single eye.
+        patient_id, laterality = patient
     quality = _draw_quality(rng, defect_rate, defects)
     meta = None
     if spec is None:
@@ -149,6 +172,8 @@ def render_example(task: tuple) -> dict[str, Any]:
         "quality": quality,
         "lesions": lesions,
     }
+    if patient is not None:
+        example["patient_id"] = patient_id
     if meta is not None:
         example["conditions"] = meta
         example["enabled"] = tuple(enabled)
@@ -165,6 +190,53 @@ def _split_grades(n: int, weights: Sequence[float], rng: np.random.Generator) ->
         counts[i] += 1
     grades = np.repeat(np.arange(5), counts)
     return [int(g) for g in rng.permutation(grades)]
+
+
+def fellow_eye_kernel(weights: Sequence[float], agreement: float = FELLOW_EYE_AGREEMENT) -> np.ndarray:
+    """``kernel[i, j]``: the chance that a patient's second eye has DR grade j when the first has grade i.
+
+    A Metropolis kernel: a step of one or two grades (``_FELLOW_EYE_STEPS``) accepted with probability
+    min(1, w_j / w_i), so that ``weights @ kernel == weights`` (up to normalising): fellow eyes keep the grade mix of
+    the first eyes, and no eye gets a grade of weight zero. The steps are scaled so that the eyes agree in
+    ``agreement`` of the pairs whatever the weights (with skewed weights the rare grades carry more of the
+    asymmetry); weights that leave no room to move (a single grade) make every pair agree.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    step = np.abs(np.subtract.outer(np.arange(5), np.arange(5)))
+    proposal = np.zeros((5, 5))
+    for size, chance in _FELLOW_EYE_STEPS.items():
+        proposal[step == size] = chance
+    # w_i * kernel[i, j] = scale * proposal[i, j] * min(w_i, w_j): symmetric (detailed balance), so w is kept.
+    flow = proposal * np.minimum.outer(w, w)
+    leave = np.divide(flow, w[:, None], out=np.zeros((5, 5)), where=w[:, None] > 0)
+    scale = 0.0
+    if flow.sum() > 0:
+        scale = min((1.0 - agreement) / flow.sum(), 1.0 / leave.sum(axis=1).max())
+    kernel = scale * leave
+    kernel[np.diag_indices(5)] = 1.0 - kernel.sum(axis=1)
+    return kernel
+
+
+def _split_patients(
+    split: str, n: int, weights: Sequence[float], seed: int, grade_rng: np.random.Generator
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Grades and ``(patient_id, laterality)`` of a split of ``n`` images, two eyes per patient.
+
+    The first eyes' grades are the split's grade list for ``n // 2`` patients (``_split_grades``); the fellow eye's
+    grade is drawn from ``fellow_eye_kernel``, and which eye comes first from the patient's generator.
+    """
+    kernel = fellow_eye_kernel(weights)
+    grades: list[int] = []
+    eyes: list[tuple[str, str]] = []
+    for k, first_grade in enumerate(_split_grades(n // 2, weights, grade_rng)):
+        rng = _image_rng(seed, split, 2 * k, _STREAM_PATIENT)
+        first = int(rng.integers(0, 2))
+        fellow_grade = int(rng.choice(5, p=kernel[first_grade]))
+        patient_id = f"{split}-p{k:05d}"
+        grades += [first_grade, fellow_grade]
+        eyes += [(patient_id, LATERALITIES[first]), (patient_id, LATERALITIES[1 - first])]
+    return grades, eyes
 
 
 def validate_grade_weights(grade_weights: Sequence[float] | str | None) -> tuple[float, ...]:
@@ -211,10 +283,23 @@ def _validate_args(
     quality_defect_rate: float,
     question_types: Sequence[str] | None,
     enabled: Sequence[str] = ("dr",),
+    eyes_per_patient: int = 1,
 ) -> None:
     for name, n in counts.items():
         if int(n) != n or n < 0:
             raise ValueError(f"--{name} must be a non-negative integer, got {n}")
+    if eyes_per_patient not in EYES_PER_PATIENT:
+        raise ValueError(
+            f"--eyes_per_patient must be 1 (independent images, the default) or 2 (each patient's right and left "
+            f"eye), got {eyes_per_patient!r}"
+        )
+    if eyes_per_patient == 2:
+        for split, (name, n) in zip(SPLITS, counts.items(), strict=True):
+            if n % 2:
+                raise ValueError(
+                    f"--{name} is {n}, odd: with --eyes_per_patient 2 every patient of the {split} split has two "
+                    f"images; pass an even number ({n - 1} or {n + 1})"
+                )
     if sum(counts.values()) == 0:
         raise ValueError("all image counts are zero; set --num_train_images (and the others) to at least 1")
     if image_size < MIN_IMAGE_SIZE:
@@ -248,8 +333,9 @@ def row_columns() -> dict[str, Any]:
     }
 
 
-def dataset_features(multidisease: bool = False) -> datasets.Features:
-    """The explicit column types of every split; ``multidisease`` adds the ``conditions`` column."""
+def dataset_features(multidisease: bool = False, patients: bool = False) -> datasets.Features:
+    """The explicit column types of every split; ``multidisease`` adds the ``conditions`` column, ``patients`` the
+    ``patient_id`` column (two eyes per patient)."""
     # Imported here: rendering workers only need numpy and Pillow.
     import datasets
 
@@ -266,6 +352,8 @@ def dataset_features(multidisease: bool = False) -> datasets.Features:
         "quality": datasets.Value("string"),
         "lesions": datasets.List(box),
     }
+    if patients:
+        columns["patient_id"] = datasets.Value("string")
     if multidisease:
         columns["conditions"] = {
             "diseases": datasets.List(datasets.Value("string")),
@@ -312,6 +400,8 @@ def _rows_for(
         rows["laterality"].append(example["laterality"])
         rows["quality"].append(example["quality"])
         rows["lesions"].append(example["lesions"])
+        if "patient_id" in example:
+            rows["patient_id"].append(example["patient_id"])
         if "conditions" in example:
             rows["conditions"].append(example["conditions"])
     return rows
@@ -360,6 +450,7 @@ def generate_dataset(
     conditions: Sequence[str] | str | None = None,
     prevalence: Mapping[str, float] | str | None = None,
     quality_defects: Sequence[str] | str | None = None,
+    eyes_per_patient: int = 1,
 ) -> datasets.DatasetDict:
     """Generate train/validation/test splits with one row per (image, question type).
 
@@ -370,6 +461,9 @@ def generate_dataset(
     the default question types then become ``condition_question_types(conditions)``. ``quality_defects`` (a list
     or comma-separated string of ``render.QUALITY_DEFECTS``) are the kinds a defective image (``quality_defect_rate``
     of them) draws from; the default, blurred, underexposed and overexposed, gives the images of before.
+    ``eyes_per_patient=2`` makes images 2k and 2k+1 of each split one patient's two eyes (opposite laterality, the
+    same ``patient_id``, DR grades drawn by ``fellow_eye_kernel``; other conditions drawn per eye, independently);
+    every split then needs an even number of images.
     """
     import datasets
 
@@ -381,19 +475,26 @@ def generate_dataset(
     enabled = parse_conditions(conditions)
     prevalence_of = parse_prevalence(prevalence, enabled)
     defects = parse_quality_defects(quality_defects)
-    _validate_args(counts, image_size, quality_defect_rate, question_types, enabled)
+    _validate_args(counts, image_size, quality_defect_rate, question_types, enabled, eyes_per_patient)
     weights = validate_grade_weights(grade_weights)
     qtypes = list(question_types) if question_types is not None else condition_question_types(enabled)
     workers = _default_workers() if num_workers is None else max(1, int(num_workers))
     # DR only and DR questions only: the rows and columns of before, drawn exactly as before.
     multidisease = enabled != ("dr",) or any(q in CONDITION_QUESTION_TYPES for q in qtypes)
-    features = dataset_features(multidisease)
+    features = dataset_features(multidisease, patients=eyes_per_patient == 2)
     spec = (enabled, tuple(sorted(prevalence_of.items())), None) if multidisease else None
 
     tasks: dict[str, list[tuple]] = {}
     for split, n in zip(SPLITS, counts.values(), strict=True):
-        grades = _split_grades(int(n), weights, np.random.default_rng([seed, SPLITS.index(split), 2**31]))
+        grade_rng = np.random.default_rng([seed, SPLITS.index(split), 2**31])
+        if eyes_per_patient == 2:
+            grades, eyes = _split_patients(split, int(n), weights, seed, grade_rng)
+        else:
+            grades = _split_grades(int(n), weights, grade_rng)
         tasks[split] = [(seed, split, i, g, image_size, quality_defect_rate) for i, g in enumerate(grades)]
+        if eyes_per_patient == 2:
+            tasks[split] = [(*t, spec, defects, eye) for t, eye in zip(tasks[split], eyes, strict=True)]
+            continue
         if spec is not None or defects != DEFAULT_QUALITY_DEFECTS:
             tasks[split] = [(*t, spec) for t in tasks[split]]
         if defects != DEFAULT_QUALITY_DEFECTS:  # only then, so that the default tasks are those of before
@@ -424,6 +525,9 @@ def generate_dataset(
     if defects != DEFAULT_QUALITY_DEFECTS:
         # Likewise: the default defect kinds keep their cache keys.
         params.append(["quality_defects", list(defects)])
+    if eyes_per_patient == 2:
+        # Likewise: independent images keep their cache keys.
+        params.append(["eyes_per_patient", 2])
     splits = {}
     offset = 0
     for split in SPLITS:

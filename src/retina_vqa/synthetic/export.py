@@ -2,7 +2,8 @@
 
 This module owns what leaves memory: ``save_dataset`` (``save_to_disk`` or ``imagefolder``), the
 output-directory checks that keep ``--overwrite`` from deleting the wrong folder, the README.md dataset
-card with per-split counts (and per-condition stages when other conditions are drawn), and ``render_preview``
+card with per-split counts (per-condition stages when other conditions are drawn, patients and the agreement of
+their two eyes when pairs are drawn), and ``render_preview``
 (a captioned grid of images for eyeballing the drawing: the DR grades, or each condition at two or more
 stages). ``parse_dataset_command`` starts the command lines that write a dataset (logging, arguments, and the
 command the card quotes).
@@ -26,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..data.layout import to_image_rows
 from ..questions import DIAGNOSIS_ANSWERS, QUESTION_TYPES
-from .build import render_example
+from .build import FELLOW_EYE_AGREEMENT, render_example
 from .conditions import CUP_TO_DISC, OTHER_CONDITIONS, ConditionState, parse_conditions
 from .render import DEFAULT_QUALITY_DEFECTS, MIN_IMAGE_SIZE, QUALITIES, QUALITY_DEFECTS
 
@@ -256,11 +257,41 @@ vertical and horizontal lines through the image centre.
 ## Rows per answer
 
 {answer_table}
-{_conditions_section(dataset_dict)}"""
+{_patients_section(dataset_dict)}{_conditions_section(dataset_dict)}"""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(card, encoding="utf-8")
     return path
+
+
+def _patients_section(dataset_dict: datasets.DatasetDict) -> str:
+    """Patients per split and how often their two eyes share the DR grade (``--eyes_per_patient 2`` only)."""
+    splits = [s for s in dataset_dict if "patient_id" in dataset_dict[s].column_names]
+    if not splits:
+        return ""
+    rows = []
+    for split in splits:
+        meta = dataset_dict[split].select_columns(["image_id", "patient_id", "grade"]).to_dict()
+        grades: dict[str, list[int]] = collections.defaultdict(list)
+        by_image = dict(zip(meta["image_id"], zip(meta["patient_id"], meta["grade"], strict=True), strict=True))
+        for patient, grade in by_image.values():
+            grades[patient].append(grade)
+        # Grade steps between a patient's eyes: 0, 1, or 2 and more.
+        apart = collections.Counter(min(max(g) - min(g), 2) for g in grades.values())
+        n = len(grades)
+        rows.append([split, n, *(f"{apart[k]} ({apart[k] / max(n, 1):.0%})" for k in range(3))])
+    table = markdown_table(["split", "patients", "same grade", "one grade apart", "two or more apart"], rows)
+    return f"""
+## Patients
+
+Two images per patient (`--eyes_per_patient 2`): images 2k and 2k+1 of a split are one patient's right and left
+eye, with the same `patient_id` (e.g. `train-p00000`); no patient is in two splits. The second eye's DR grade is
+drawn from the first's so that about {FELLOW_EYE_AGREEMENT:.0%} of patients have the same grade in both eyes,
+most others grades one step apart, and the grade mix stays that of `--grade_weights`. Other conditions are drawn
+per eye, independently. Between-eye agreement of the DR grade, observed:
+
+{table}
+"""
 
 
 def _conditions_section(dataset_dict: datasets.DatasetDict) -> str:
