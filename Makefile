@@ -14,7 +14,9 @@ LATEST_VENV ?= .venv-latest
 LATEST_TORCH ?= torch==2.13.0
 DATA_DIR ?= data/retinavqa-synthetic
 # The demo's synthetic set: 128 px is what the tiny model sees; 13 questions per image.
-DEMO_DATA_ARGS ?= --image_size 128 --num_train_images 1500 --num_validation_images 200 --num_test_images 300 --seed 0
+# Both eyes of each patient (patient-level screening numbers), and every kind of ungradable photograph.
+DEMO_DATA_ARGS ?= --image_size 128 --num_train_images 1500 --num_validation_images 200 --num_test_images 300 --seed 0 \
+	--eyes_per_patient 2 --quality_defects blurred,underexposed,overexposed,small_pupil,eyelashes
 
 .PHONY: install data demo demo-blip2 app test test-fast test-latest latest-venv lock lint clean
 

@@ -117,7 +117,7 @@ def save_dataset(
         stored.save_to_disk(str(out), num_shards=empty or None)
     else:
         _save_imagefolder(dataset_dict, out)
-    write_dataset_card(dataset_dict, out, format, command)
+    write_dataset_card(dataset_dict, out, format, command, layout)
     logger.info("Wrote %s dataset to %s", format, out)
     return out
 
@@ -174,8 +174,10 @@ def write_dataset_card(
     output_dir: str | os.PathLike,
     format: str = "save_to_disk",
     command: str | None = None,
+    layout: str = "image_rows",
 ) -> Path:
-    """Write README.md with per-split counts of images, rows, question types, answers and grades."""
+    """Write README.md with per-split counts of images, rows, question types, answers and grades; ``layout`` is how
+    `save_dataset` stored the rows (``save_to_disk`` only)."""
     splits = list(dataset_dict)
     meta = {
         s: dataset_dict[s].select_columns(["image_id", "question_type", "answer", "grade", "quality"]).to_dict()
@@ -219,6 +221,13 @@ def write_dataset_card(
         if format == "save_to_disk"
         else f'datasets.load_dataset("imagefolder", data_dir="{output_dir}")'
     )
+    rows = "Each image gives one row per question type."
+    if format == "save_to_disk" and layout == "image_rows":
+        load = f'retina_vqa.data.loading.load_dataset_dir("{output_dir}")` (one row per question) or `{load}'
+        rows = (
+            "Each image is stored once, in one row whose `question`, `answer`, `question_type` and `answer_type` are "
+            "lists, one item per question (`--layout image_rows`); read as one row per question type."
+        )
     card = f"""# retinavqa-synthetic
 
 Synthetic colour fundus photographs with diabetic retinopathy lesions (ICDR grades 0-4) and
@@ -233,7 +242,7 @@ Produced by:
 
 Load with `{load}`.
 
-Each image gives one row per question type. Columns: `image`, `question`, `answer`, `image_id`,
+{rows} Columns: `image`, `question`, `answer`, `image_id`,
 `question_type`, `answer_type` (closed/open), `grade` (0-4), `laterality`, `quality`, `lesions`
 (boxes with `type`, `x0`, `y0`, `x1`, `y1` in pixels). Haemorrhage quadrants are split by the
 vertical and horizontal lines through the image centre.
