@@ -40,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,34 +118,43 @@ def _write_image(task: tuple[int, str]) -> None:
     Image.fromarray(pixels).save(path, format="JPEG", quality=95)
 
 
-def make_images(count: int, width: int, height: int, processes: int) -> Path:
-    """``count`` JPEGs + trainLabels.csv in a cached folder (see the module docstring)."""
-    root = common.CACHE_ROOT / f"build_dataset-{width}x{height}-{count}"
+def eyepacs_folder(prefix: str, count: int, generate: Callable[[list[tuple[int, str]]], None]) -> Path:
+    """``count`` JPEGs named as EyePACS names them (``{patient}_left`` / ``_right``) + trainLabels.csv, in the cached
+    folder ``<prefix>-<count>``: ``generate`` writes the images of ``(index, path)`` tasks, unless a larger cached
+    folder of the same prefix exists, whose first images are linked instead (no second copy on disk)."""
+    root = common.CACHE_ROOT / f"{prefix}-{count}"
     if (root / "trainLabels.csv").exists():
         return root
+    common.CACHE_ROOT.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=common.CACHE_ROOT))
     images = tmp / "train"
     images.mkdir()
     names = [f"{i // 2 + 1}_{'left' if i % 2 == 0 else 'right'}" for i in range(count)]
-    larger = sorted(
-        common.CACHE_ROOT.glob(f"build_dataset-{width}x{height}-*"), key=lambda p: int(p.name.split("-")[-1])
-    )
-    source = next((p for p in larger if int(p.name.split("-")[-1]) > count), None)
+    larger = sorted(common.CACHE_ROOT.glob(f"{prefix}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    source = next((p for p in larger if int(p.name.rsplit("-", 1)[1]) > count), None)
     if source is not None:
-        for name in names:  # the first images of a larger set, linked: no second copy on disk
+        for name in names:
             os.link(source / "train" / f"{name}.jpeg", images / f"{name}.jpeg")
     else:
-        tasks = [(i, str(images / f"{name}.jpeg")) for i, name in enumerate(names)]
-        print(f"  generating {count} JPEGs of {width}x{height}", file=sys.stderr, flush=True)
-        with multiprocessing.get_context("fork").Pool(processes, _init_worker, (width, height)) as pool:
-            for _ in pool.imap_unordered(_write_image, tasks, chunksize=8):
-                pass
+        generate([(i, str(images / f"{name}.jpeg")) for i, name in enumerate(names)])
     with open(tmp / "trainLabels.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "level"])
         writer.writerows([name, i // 2 % 5] for i, name in enumerate(names))
     os.replace(tmp, root)
     return root
+
+
+def make_images(count: int, width: int, height: int, processes: int) -> Path:
+    """``count`` JPEGs + trainLabels.csv in a cached folder (see the module docstring)."""
+
+    def generate(tasks: list[tuple[int, str]]) -> None:
+        print(f"  generating {count} JPEGs of {width}x{height}", file=sys.stderr, flush=True)
+        with multiprocessing.get_context("fork").Pool(processes, _init_worker, (width, height)) as pool:
+            for _ in pool.imap_unordered(_write_image, tasks, chunksize=8):
+                pass
+
+    return eyepacs_folder(f"build_dataset-{width}x{height}", count, generate)
 
 
 def make_larger_first(counts: list[int], width: int, height: int, processes: int) -> dict[int, Path]:

@@ -17,8 +17,9 @@ Then ``run_vqa.py`` trains the tiny model (``configs/blip-tiny``, 384 px) on eac
 steps (batch 32, two threads) and the script reads the run's output as it comes: **start-up** is the time from
 the command's start to the end of the first training step (loading, expanding image rows, tokenising,
 validating, building the model, one step); **training samples/s** is measured between the first and the last
-logged step. Image rows run twice: the second run reads the expanded rows, the tokenised text and the
-validation report back from the cache (nothing is decoded or hashed again).
+logged step; then 640 validation and 640 test questions are answered (``--predict_with_generate``) and the
+Trainer's evaluation and prediction samples/s are read. Image rows run twice: the second run reads the expanded
+rows, the tokenised text and the validation report back from the cache (nothing is decoded or hashed again).
 
     python bench/dataset_scale.py                 # 5,000 and 20,000 images; question rows at 2,500 (~30 min)
     python bench/dataset_scale.py --counts 2000 8000 --question_rows_count 1000
@@ -28,7 +29,6 @@ validation report back from the cache (nothing is decoded or hashed again).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import os
@@ -84,30 +84,14 @@ def _write_image(task: tuple[int, str]) -> None:
 
 def make_photos(count: int, side: int, processes: int) -> Path:
     """``count`` JPEGs + trainLabels.csv in a cached folder (see the module docstring)."""
-    root = common.CACHE_ROOT / f"dataset_scale-{side}px-{count}"
-    if (root / "trainLabels.csv").exists():
-        return root
-    common.CACHE_ROOT.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=common.CACHE_ROOT))
-    images = tmp / "train"
-    images.mkdir()
-    names = [f"{i // 2 + 1}_{'left' if i % 2 == 0 else 'right'}" for i in range(count)]
-    larger = [p for p in common.CACHE_ROOT.glob(f"dataset_scale-{side}px-*") if int(p.name.rsplit("-", 1)[1]) > count]
-    if larger:
-        for name in names:  # the first images of a larger set, linked: no second copy on disk
-            os.link(larger[0] / "train" / f"{name}.jpeg", images / f"{name}.jpeg")
-    else:
+
+    def generate(tasks: list[tuple[int, str]]) -> None:
         print(f"  generating {count} JPEGs of {side} px", file=sys.stderr, flush=True)
-        tasks = [(i, str(images / f"{name}.jpeg")) for i, name in enumerate(names)]
         with multiprocessing.get_context("fork").Pool(processes, _init_worker, (side,)) as pool:
             for _ in pool.imap_unordered(_write_image, tasks, chunksize=16):
                 pass
-    with open(tmp / "trainLabels.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image", "level"])
-        writer.writerows([name, i // 2 % 5] for i, name in enumerate(names))
-    os.replace(tmp, root)
-    return root
+
+    return builder_bench.eyepacs_folder(f"dataset_scale-{side}px", count, generate)
 
 
 # -------------------------------------------------------------------------------------------------- measuring
@@ -140,6 +124,10 @@ def build(folder: Path, output: Path, layout: str, side: int, num_proc: int) -> 
 
 
 STEP_LINE = re.compile(r"\{'loss': ")
+# The Trainer's printed metrics: "  eval_samples_per_second  =  123.4" (evaluation and prediction with generate).
+SPEED_LINE = re.compile(r"^\s*(eval|predict)_samples_per_second\s*=\s*([\d.]+)")
+# Validation and test questions answered per run (the first rows of each split).
+EVAL_ROWS = 640
 
 
 def train(dataset_dir: Path, output_dir: Path, steps: int, batch_size: int) -> dict[str, Any]:
@@ -147,22 +135,35 @@ def train(dataset_dir: Path, output_dir: Path, steps: int, batch_size: int) -> d
     command = [sys.executable, str(ROOT / "run_vqa.py"), "--model_name_or_path", "", "--config_name"]
     command += [str(ROOT / "configs" / "blip-tiny"), "--dataset_dir", str(dataset_dir), "--output_dir", str(output_dir)]
     command += ["--do_train", "--max_steps", str(steps), "--per_device_train_batch_size", str(batch_size)]
+    command += [
+        "--do_eval",
+        "--max_eval_samples",
+        str(EVAL_ROWS),
+        "--do_predict",
+        "--max_predict_samples",
+        str(EVAL_ROWS),
+    ]
+    command += ["--per_device_eval_batch_size", "64", "--predict_with_generate", "true", "--generation_max_length", "8"]
     command += ["--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--plot", "false"]
     command += ["--dataloader_num_workers", "0", "--disable_tqdm", "true", "--overwrite_output_dir"]
     env = dict(os.environ, OMP_NUM_THREADS="2", MKL_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    step_times, tail, validated = [], [], True
+    step_times, tail, validated, speeds = [], [], True, {}
     for line in process.stdout:
         tail = (tail + [line])[-60:]
         if STEP_LINE.search(line):
             step_times.append(time.perf_counter() - start)
         validated = validated and "Data validated before" not in line
+        speed = SPEED_LINE.search(line)
+        if speed:
+            speeds[f"{speed.group(1)}_samples_per_s"] = float(speed.group(2))
     if process.wait() != 0 or len(step_times) < 2:
         raise RuntimeError(f"run_vqa.py on {dataset_dir} failed:\n{''.join(tail)}")
     return {
         "startup_s": step_times[0],
         "train_samples_per_s": batch_size * (len(step_times) - 1) / (step_times[-1] - step_times[0]),
+        **speeds,
         "validated": validated,
     }
 
@@ -238,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "again s",
             "train samples/s",
             "again samples/s",
+            "eval samples/s",
+            "predict samples/s",
         ],
         [
             [
@@ -250,6 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 r.get("startup_s_again", "-"),
                 r["train_samples_per_s_first"],
                 r.get("train_samples_per_s_again", "-"),
+                r.get("eval_samples_per_s_first", "-"),
+                r.get("predict_samples_per_s_first", "-"),
             ]
             for r in runs
         ],
