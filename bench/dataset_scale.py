@@ -20,6 +20,8 @@ validating, building the model, one step); **training samples/s** is measured be
 logged step; then 640 validation and 640 test questions are answered (``--predict_with_generate``) and the
 Trainer's evaluation and prediction samples/s are read. Image rows run twice: the second run reads the expanded
 rows, the tokenised text and the validation report back from the cache (nothing is decoded or hashed again).
+Finally the two layouts of ``--question_rows_count`` images run side by side, alternated (A B, B A, ...),
+``--repeats`` times each, cached: medians of training, evaluation and prediction samples/s and their ratio.
 
     python bench/dataset_scale.py                 # 5,000 and 20,000 images; question rows at 2,500 (~30 min)
     python bench/dataset_scale.py --counts 2000 8000 --question_rows_count 1000
@@ -168,6 +170,20 @@ def train(dataset_dir: Path, output_dir: Path, steps: int, batch_size: int) -> d
     }
 
 
+def compare(work: Path, count: int, repeats: int, steps: int, batch_size: int) -> dict[str, dict[str, list[float]]]:
+    """Training, evaluation and prediction samples/s of the two layouts of the same images, runs alternated (A B B A
+    ...) so that the machine's drift falls on both; every run reads its caches (both were run before)."""
+    values: dict[str, dict[str, list[float]]] = {"image_rows": {}, "question_rows": {}}
+    for repeat in range(repeats):
+        order = ("image_rows", "question_rows") if repeat % 2 == 0 else ("question_rows", "image_rows")
+        for layout in order:
+            print(f"  side by side {repeat + 1}/{repeats}: {layout}", file=sys.stderr, flush=True)
+            measured = train(work / f"{layout}-{count}", work / "run", steps, batch_size)
+            for key in ("train_samples_per_s", "eval_samples_per_s", "predict_samples_per_s"):
+                values[layout].setdefault(key, []).append(measured[key])
+    return values if repeats else {}
+
+
 def extrapolate(points: list[tuple[int, float]], images: int) -> float:
     """A straight line through the two largest counts (or through the origin for one), at ``images``."""
     (n1, t1), (n2, t2) = (points[0], points[0]) if len(points) == 1 else sorted(points)[-2:]
@@ -185,10 +201,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_proc", type=int, default=2, help="the builder's --num_proc (default 2)")
     parser.add_argument("--train_steps", type=int, default=40)
     parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="side-by-side runs of each layout (default 3)")
     parser.add_argument("--quick", action="store_true", help="smoke test: 24 and 48 images of 256 px")
     args = parser.parse_args(argv)
     if args.quick:
-        args.counts, args.question_rows_count, args.side, args.train_steps = [24, 48], 24, 256, 4
+        args.counts, args.question_rows_count, args.side, args.train_steps, args.repeats = [24, 48], 24, 256, 4, 1
     counts = sorted(set(args.counts) | {args.question_rows_count})
     folders = {c: make_photos(c, args.side, args.num_proc) for c in sorted(counts, reverse=True)}
     runs = []
@@ -204,8 +221,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 result.update({f"{key}_{attempt}": value for key, value in measured.items()})
             result["load_average_1m"] = os.getloadavg()[0]
             runs.append(result)
-            shutil.rmtree(output)
+            if count != args.question_rows_count:  # those two are compared side by side below
+                shutil.rmtree(output)
             print(f"  {json.dumps(result)}", file=sys.stderr, flush=True)
+        side_by_side = compare(Path(work), args.question_rows_count, args.repeats, args.train_steps, args.batch_size)
     by_layout = {layout: [r for r in runs if r["layout"] == layout] for layout in ("image_rows", "question_rows")}
     largest = max(by_layout["image_rows"], key=lambda r: r["images"])
     eyepacs = {
@@ -272,7 +291,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ["question_rows", eyepacs["question_rows_disk_gb"], eyepacs["question_rows_startup_min"], "-"],
         ],
     )
-    payload = {"side": args.side, "num_proc": args.num_proc, "runs": runs, "eyepacs": eyepacs}
+    if side_by_side:
+        medians = {name: {k: common.median(v) for k, v in values.items()} for name, values in side_by_side.items()}
+        common.print_table(
+            f"Side by side, {args.question_rows_count} images, cached runs alternated ABBA, {args.repeats} repeats: "
+            "medians (image rows / question rows)",
+            ["measure", "image_rows", "question_rows", "ratio"],
+            [
+                [
+                    k,
+                    medians["image_rows"][k],
+                    medians["question_rows"][k],
+                    medians["image_rows"][k] / medians["question_rows"][k],
+                ]
+                for k in medians["image_rows"]
+            ],
+        )
+    payload = {
+        "side": args.side,
+        "num_proc": args.num_proc,
+        "runs": runs,
+        "side_by_side": side_by_side,
+        "eyepacs": eyepacs,
+    }
     common.emit_json("dataset_scale", payload)
     return payload
 
