@@ -32,6 +32,7 @@ from retina_vqa.training.evaluation import (
     add_answer_sets,
     build_collator,
     build_metrics,
+    build_train_collator,
     calibrate,
     fit_ood_guard,
     metric_columns,
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     plan = add_answer_sets(prepared, candidates, processor, family, data_args, training_args)
     orders = put_in_answering_order(prepared, data_args.question_column) if training_args.group_eval_by_question else {}
     collator = build_collator(family, processor, data_args, training_args, ranking=plan is not None)
+    # --augment: training batches get a collator of their own; evaluation and prediction see the images as they are.
+    train_collator = build_train_collator(collator, data_args, training_args) if training_args.do_train else None
     eval_dataset = prepared.get("do_eval")
     compute_metrics = build_metrics(tokenizer, eval_dataset, data_args, plan)
 
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         eval_dataset=eval_dataset,
         processing_class=processor,
         data_collator=collator,
+        train_data_collator=train_collator,
         compute_metrics=compute_metrics if training_args.predict_with_generate else None,
         image_embedding_cache=(
             ImageEmbeddingCache(int(model_args.image_embedding_cache_gb * 1e9))

@@ -279,6 +279,18 @@ class DataTrainingArguments:
             "(before the processor resizes them); bounds memory per batch."
         },
     )
+    augment: bool = field(
+        default=False,
+        metadata={
+            "help": "Augment the training batches' images (never evaluation or prediction), each distinct image once "
+            "per batch so all its questions see the same pixels: random brightness, contrast, saturation and "
+            "per-channel colour gains, an illumination fall-off or gradient, a crop of 85-100%% of the area around "
+            "the centre, a rotation of up to 10 degrees (black fill) and a horizontal flip of images none of whose "
+            "rows in the batch asks the laterality question (rows without --question_type_column never flip). "
+            "Seeded by --seed, the process and the DataLoader worker (retina_vqa.data.augment). For models that "
+            "must work on other cameras (bench/cross_camera.py measures it)."
+        },
+    )
 
     def __post_init__(self) -> None:
         sources = [
@@ -597,7 +609,19 @@ def parse_args(
         argv = config_file_args(argv[0]) + argv[1:]
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     check_hub_handover(model_args, training_args)
+    check_augment(model_args, data_args)
     return model_args, data_args, training_args
+
+
+def check_augment(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
+    """Refuse ``--augment`` with ``--cache_image_embeddings``: the kept encoder output of an image would be that of
+    its first augmented version, for every later epoch."""
+    if data_args.augment and model_args.cache_image_embeddings:
+        raise ValueError(
+            "--augment changes the training images every batch, but --cache_image_embeddings keeps each image's "
+            "image-encoder output from its first batch: the later epochs would not see the augmentation. Drop one of "
+            "them."
+        )
 
 
 def check_hub_handover(model_args: ModelArguments, training_args: VqaTrainingArguments) -> None:

@@ -163,7 +163,7 @@ def test_the_patient_decides_the_eye():
     right = render_example((*task, None, defects, ("train-p00001", "right")))
     assert (left["laterality"], right["laterality"]) == ("left", "right")
     assert left["patient_id"] == right["patient_id"] == "train-p00001"
-    assert left["png"] != right["png"]
+    assert left["image_bytes"] != right["image_bytes"]
     assert "patient_id" not in render_example(task)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .augment import FundusAugmentation, augment_batch
 from .images import load_image
 from .preprocessing import IMAGE_KEY
 
@@ -37,6 +38,22 @@ def _pad(
         ids[row, span] = torch.tensor(sequence, dtype=torch.long)
         mask[row, span] = 1
     return ids, mask
+
+
+def _augmented(
+    augmentation: FundusAugmentation,
+    features: list[dict[str, Any]],
+    rows: list[int],
+    images: list[Any],
+    question_type_column: str | None,
+) -> list[Any]:
+    """The decoded images of a training batch (``images[j]`` from row ``rows[j]``), each distinct image (by its
+    ``image_key``, else its row) augmented once, flipped only where no row about it asks a laterality question."""
+    row_keys = [f.get(IMAGE_KEY, i) for i, f in enumerate(features)]
+    types = None
+    if question_type_column and question_type_column in features[0]:
+        types = [f[question_type_column] for f in features]
+    return augment_batch(augmentation, images, [row_keys[i] for i in rows], row_keys, types)
 
 
 def _check_keys(collator: str, features: list[dict[str, Any]], image_column: str, fix: str) -> None:
@@ -75,6 +92,10 @@ class VqaCollator:
     ``image_index`` (one entry per row) points to it; the model encodes each image once. With
     ``return_image_keys`` the batch also lists the key of each of those images (``image_keys``), for the
     Trainer's cache of image-encoder outputs (`embedding_cache`).
+
+    With ``augment`` (a `data.augment.FundusAugmentation`: the training collator of ``--augment`` only) each distinct
+    image of the batch is augmented once before the image processor; rows whose ``question_type_column`` is a
+    laterality question keep their image unflipped.
     """
 
     image_processor: Any
@@ -85,6 +106,8 @@ class VqaCollator:
     label_pad_token_id: int = -100
     share_images: bool = True
     return_image_keys: bool = False
+    augment: FundusAugmentation | None = None
+    question_type_column: str | None = "question_type"
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         _check_keys(
@@ -116,6 +139,8 @@ class VqaCollator:
             load_image(features[i][self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
             for i in rows
         ]
+        if self.augment is not None:
+            images = _augmented(self.augment, features, rows, images, self.question_type_column)
         batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         batch["input_ids"], batch["attention_mask"] = _pad(
             [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
@@ -152,6 +177,8 @@ class PromptCollator:
 
     Encoder-decoder: ``input_ids`` are the prompts (right-padded), ``labels`` the answers. Without answers
     (answering), decoder-only prompts are padded on the left, so generation continues each prompt directly.
+
+    ``augment`` and ``question_type_column`` as in `VqaCollator`: rows about one image get the same augmented pixels.
     """
 
     image_processor: Any
@@ -164,6 +191,8 @@ class PromptCollator:
     qformer_pad_token_id: int | None = None
     pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
+    augment: FundusAugmentation | None = None
+    question_type_column: str | None = "question_type"
 
     @classmethod
     def from_layout(cls, layout: Any, image_processor: Any, **kwargs: Any) -> PromptCollator:
@@ -194,6 +223,8 @@ class PromptCollator:
             load_image(f[self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
             for i, f in enumerate(features)
         ]
+        if self.augment is not None:
+            images = _augmented(self.augment, features, list(range(len(features))), images, self.question_type_column)
         batch: dict[str, Any] = {
             "pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         }

@@ -58,6 +58,7 @@ TESTED_TRANSFORMERS = ("5.24.0", "5.26.0")
 
 # Trainer internals that VqaTrainer overrides or sets, and why. A hook that upstream renames is never called.
 TRAINER_HOOKS = {
+    "get_train_dataloader": "the training collator (--augment) for training batches only",
     "_get_train_sampler": "image-grouped training order (data/sampling.py)",
     "_get_eval_sampler": "evaluation in dataset order (outputs are paired with rows by position)",
     "_prepare_inputs": "kept image-encoder outputs and torch.compile's dynamic sizes",

@@ -11,6 +11,7 @@ card. Its parts:
 - :mod:`.lesions`: the diabetic retinopathy lesions of each ICDR grade;
 - :mod:`.signs`: the signs of the other conditions;
 - :mod:`.render`: one eye from its ground truth to pixels, boxes and findings (illumination, quality defects);
+- :mod:`.camera`: camera and site profiles (``--camera``): the drawn eye photographed by another camera;
 - :mod:`.reports`: the findings report of an eye (the "describe the findings" answer);
 - :mod:`.build`: dataset assembly (per-image random generators, grades per split, rows, ``generate_dataset``);
 - :mod:`.export`: ``save_dataset``, the imagefolder layout, the dataset card and the preview grid;

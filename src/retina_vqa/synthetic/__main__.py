@@ -6,6 +6,7 @@ This module owns the CLI (``build_parser`` and ``main``)::
     python -m retina_vqa.synthetic --preview preview.png --image_size 384
     python -m retina_vqa.synthetic --output_dir data/retinavqa-multidisease --conditions all
     python -m retina_vqa.synthetic --preview preview.png --conditions all --image_size 128
+    python -m retina_vqa.synthetic --output_dir data/retinavqa-handheld --camera handheld
 
 Errors in the arguments (bad numbers, an occupied ``--output_dir``) exit with status 2 and a message
 naming the flag, before any image is drawn.
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES
 from .build import EYES_PER_PATIENT, generate_dataset, parse_quality_defects, validate_grade_weights
+from .camera import CAMERAS, DEFAULT_CAMERA, parse_camera
 from .conditions import CONDITIONS, DEFAULT_PREVALENCE, parse_conditions, parse_prevalence
 from .export import FORMATS, LAYOUTS, check_output_dir, parse_dataset_command, render_preview, save_dataset
 from .render import DEFAULT_QUALITY_DEFECTS, QUALITY_DEFECTS
@@ -85,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="1 (default): independent images; 2: images come in pairs, one patient's right and left eye, with a "
         "patient_id column and DR grades that mostly agree between the eyes (every split needs an even image count)",
     )
+    p.add_argument(
+        "--camera",
+        default=DEFAULT_CAMERA,
+        help=f"camera or site profile the images are photographed with, one of {', '.join(CAMERAS)} (default "
+        f"{DEFAULT_CAMERA}: the images of before; the others change colour cast, fall-off, field and mask, "
+        "resolution and blur, and store JPEG; the eyes and answers stay those of the default camera)",
+    )
     p.add_argument("--num_workers", type=int, default=None, help="rendering processes (default up to 2)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
     return p
@@ -98,8 +107,11 @@ def main(argv: list[str] | None = None) -> None:
         conditions = parse_conditions(args.conditions)
         parse_prevalence(args.prevalence, conditions)  # a bad --prevalence fails before any drawing
         quality_defects = parse_quality_defects(args.quality_defects)
+        camera = parse_camera(args.camera)
         if args.preview:
-            grid = render_preview(args.image_size, args.seed, args.quality_defect_rate, conditions, quality_defects)
+            grid = render_preview(
+                args.image_size, args.seed, args.quality_defect_rate, conditions, quality_defects, camera
+            )
             Path(args.preview).parent.mkdir(parents=True, exist_ok=True)
             grid.save(args.preview)
             print(f"wrote preview {args.preview} ({grid.width}x{grid.height})")
@@ -125,8 +137,12 @@ def main(argv: list[str] | None = None) -> None:
             prevalence=args.prevalence,
             quality_defects=quality_defects,
             eyes_per_patient=args.eyes_per_patient,
+            camera=camera,
         )
-        save_dataset(dd, args.output_dir, args.format, overwrite=args.overwrite, command=command, layout=args.layout)
+        save_dataset(
+            dd, args.output_dir, args.format, overwrite=args.overwrite, command=command, layout=args.layout,
+            camera=camera,
+        )  # fmt: skip
     except ValueError as err:
         parser.error(str(err))
     summary = ", ".join(f"{s}: {dd[s].num_rows} rows" for s in dd)

@@ -8,8 +8,9 @@ question/answer row per (image, question type) and ``generate_dataset`` itself. 
 
 Each image has its generators keyed by (seed, split, index, stream): stream 0 draws the DR eye, 1 the question
 paraphrases, 2 the other conditions (:mod:`.conditions`), 4 the report wording, 5 the patient of a pair (which eye
-comes first, the fellow eye's DR grade; keyed by the pair's first image), 10-13 the signs of glaucoma, AMD,
-hypertensive retinopathy and vein occlusion. A DR-only dataset (``conditions=("dr",)``, the default, with
+comes first, the fellow eye's DR grade; keyed by the pair's first image), 6 the camera (:mod:`.camera`: the
+per-image variation of a non-default profile), 10-13 the signs of glaucoma, AMD, hypertensive retinopathy and vein
+occlusion. A DR-only dataset (``conditions=("dr",)``, the default, with
 DR question types) touches streams 0 and 1 only and has the columns it always had, so it is byte-identical to
 the output of the generator before the other conditions; asking for another condition or one of
 ``questions.CONDITION_QUESTION_TYPES`` adds a ``conditions`` column (stages, cup-to-disc ratio, findings).
@@ -17,13 +18,17 @@ the output of the generator before the other conditions; asking for another cond
 ``eyes_per_patient=2`` draws patients instead of independent images: images 2k and 2k+1 of a split are one patient's
 right and left eye (a ``patient_id`` column), their DR grades agree as a patient's two eyes do
 (``fellow_eye_kernel``). The default, 1, draws and writes exactly what it did before.
+
+``camera`` (:data:`.camera.CAMERAS`) photographs every image through another camera or site profile after it is
+drawn (colour cast, fall-off, field and mask, resolution, JPEG); the eyes, rows and answers are those of the default
+camera with the same seed, so splits drawn with two cameras hold the same eyes. The default camera leaves the output
+byte-identical.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import io
 import json
 import logging
 import math
@@ -36,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..questions import CONDITION_QUESTION_TYPES, QUESTION_TYPES, REPORT_QUESTION_TYPE, answer_for, condition_answer_for
+from .camera import CAMERAS, DEFAULT_CAMERA, apply_camera, encode_image, parse_camera
 from .conditions import OTHER_CONDITIONS, parse_conditions, parse_prevalence, sample_conditions
 from .render import (
     DEFAULT_QUALITY_DEFECTS,
@@ -61,6 +67,7 @@ __all__ = [
     "parse_quality_defects",
     "render_example",
     "validate_grade_weights",
+    "with_camera",
 ]
 
 logger = logging.getLogger(__name__)
@@ -74,6 +81,7 @@ _GENERATOR_VERSION = 2
 _STREAM_CONDITIONS = 2
 _STREAM_REPORT = 4
 _STREAM_PATIENT = 5
+_STREAM_CAMERA = 6
 _STREAM_SIGNS = 10
 EYES_PER_PATIENT = (1, 2)
 # Share of patients whose two eyes have the same DR grade. DR is largely symmetric between the eyes: most patients
@@ -120,22 +128,34 @@ def parse_quality_defects(quality_defects: Sequence[str] | str | None) -> tuple[
     return tuple(dict.fromkeys(names))
 
 
+def with_camera(task: tuple, camera: str) -> tuple:
+    """``task`` (of `render_example`) photographed by ``camera``: the optional items before it filled with their
+    defaults; the default camera leaves the task as it is."""
+    if camera == DEFAULT_CAMERA:
+        return task
+    defaults = (None, DEFAULT_QUALITY_DEFECTS, None)  # conditions, defect kinds, patient
+    return (*task[:9], *defaults[max(0, len(task) - 6) :], camera)
+
+
 def render_example(task: tuple) -> dict[str, Any]:
     """Draw one image for ``(seed, split, index, grade, image_size, quality_defect_rate[, conditions[, defects[,
-    patient]]])``.
+    patient[, camera]]]])``.
 
-    Returns its PNG bytes and metadata (``image_id``, ``grade``, ``laterality``, ``quality``, ``lesions``).
+    Returns its encoded file (``image_bytes``: PNG, or JPEG for a camera that stores JPEG) and metadata (``image_id``,
+    ``grade``, ``laterality``, ``quality``, ``lesions``).
     The optional seventh item ``(enabled conditions, prevalence items, forced ConditionState or None)`` draws
     the other conditions too and adds ``conditions`` (stages, cup-to-disc ratio, branch quadrant, findings); None
     leaves them out. The optional eighth item is the defect kinds a defective image draws from (default
     ``render.DEFAULT_QUALITY_DEFECTS``). The optional ninth item ``(patient_id, laterality)`` makes the image that
-    eye of that patient and adds ``patient_id``. One tuple argument, so that ``Pool.map`` can call it; the result
-    depends on nothing else.
+    eye of that patient and adds ``patient_id``. The optional tenth item names the camera (`camera.CAMERAS`, default
+    "default"; `with_camera` builds such a task), which photographs the drawn image from the image's generator of
+    stream 6. One tuple argument, so that ``Pool.map`` can call it; the result depends on nothing else.
     """
     seed, split, index, grade, image_size, defect_rate = task[:6]
     spec = task[6] if len(task) > 6 else None
     defects = task[7] if len(task) > 7 else DEFAULT_QUALITY_DEFECTS
     patient = task[8] if len(task) > 8 else None
+    camera = task[9] if len(task) > 9 else DEFAULT_CAMERA
     rng = _image_rng(seed, split, index, 0)
     laterality = LATERALITIES[int(rng.integers(0, 2))]
     if patient is not None:
@@ -162,10 +182,12 @@ def render_example(task: tuple) -> dict[str, Any]:
             "rvo_quadrant": state.rvo_quadrant,
             "findings": list(eye.findings),
         }
-    buf = io.BytesIO()
-    image.save(buf, format="PNG", compress_level=6)
+    profile = CAMERAS[camera]
+    if camera != DEFAULT_CAMERA:
+        # After drawing, from a generator of its own: the eye is that of the default camera, draw for draw.
+        image, lesions = apply_camera(profile, image, lesions, _image_rng(seed, split, index, _STREAM_CAMERA))
     example = {
-        "png": buf.getvalue(),
+        "image_bytes": encode_image(image, profile),
         "image_id": f"{split}-{index:05d}",
         "grade": grade,
         "laterality": laterality,
@@ -451,6 +473,7 @@ def generate_dataset(
     prevalence: Mapping[str, float] | str | None = None,
     quality_defects: Sequence[str] | str | None = None,
     eyes_per_patient: int = 1,
+    camera: str = DEFAULT_CAMERA,
 ) -> datasets.DatasetDict:
     """Generate train/validation/test splits with one row per (image, question type).
 
@@ -463,7 +486,8 @@ def generate_dataset(
     of them) draws from; the default, blurred, underexposed and overexposed, gives the images of before.
     ``eyes_per_patient=2`` makes images 2k and 2k+1 of each split one patient's two eyes (opposite laterality, the
     same ``patient_id``, DR grades drawn by ``fellow_eye_kernel``; other conditions drawn per eye, independently);
-    every split then needs an even number of images.
+    every split then needs an even number of images. ``camera`` (a name of `camera.CAMERAS`) photographs every image
+    through that camera or site profile (the eyes and rows stay those of the default camera; images may be JPEG).
     """
     import datasets
 
@@ -475,6 +499,7 @@ def generate_dataset(
     enabled = parse_conditions(conditions)
     prevalence_of = parse_prevalence(prevalence, enabled)
     defects = parse_quality_defects(quality_defects)
+    camera = parse_camera(camera)
     _validate_args(counts, image_size, quality_defect_rate, question_types, enabled, eyes_per_patient)
     weights = validate_grade_weights(grade_weights)
     qtypes = list(question_types) if question_types is not None else condition_question_types(enabled)
@@ -499,6 +524,7 @@ def generate_dataset(
             tasks[split] = [(*t, spec) for t in tasks[split]]
         if defects != DEFAULT_QUALITY_DEFECTS:  # only then, so that the default tasks are those of before
             tasks[split] = [(*t, defects) for t in tasks[split]]
+        tasks[split] = [with_camera(t, camera) for t in tasks[split]]
     flat = [t for split in SPLITS for t in tasks[split]]
     logger.info("Rendering %d images at %d px with %d worker(s)", len(flat), image_size, workers)
     if workers > 1 and len(flat) > 8:
@@ -528,6 +554,9 @@ def generate_dataset(
     if eyes_per_patient == 2:
         # Likewise: independent images keep their cache keys.
         params.append(["eyes_per_patient", 2])
+    if camera != DEFAULT_CAMERA:
+        # Likewise: the default camera keeps its cache keys.
+        params.append(["camera", camera])
     splits = {}
     offset = 0
     for split in SPLITS:
@@ -563,7 +592,7 @@ def _build_split(
         for key, values in _rows_for(example, qtypes, paraphrase, seed, split, i, image_size).items():
             columns[key].extend(values)
     unique_images = pa.StructArray.from_arrays(
-        [pa.array([e["png"] for e in examples], pa.binary()), pa.nulls(len(examples), pa.string())],
+        [pa.array([e["image_bytes"] for e in examples], pa.binary()), pa.nulls(len(examples), pa.string())],
         fields=list(schema.field("image").type),
     )
     take = pa.array(np.repeat(np.arange(len(examples), dtype=np.int64), len(qtypes)))

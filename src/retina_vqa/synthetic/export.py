@@ -27,7 +27,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..data.layout import to_image_rows
 from ..questions import DIAGNOSIS_ANSWERS, QUESTION_TYPES
-from .build import FELLOW_EYE_AGREEMENT, render_example
+from .build import FELLOW_EYE_AGREEMENT, render_example, with_camera
+from .camera import CAMERAS, DEFAULT_CAMERA, parse_camera
 from .conditions import CUP_TO_DISC, OTHER_CONDITIONS, ConditionState, parse_conditions
 from .render import DEFAULT_QUALITY_DEFECTS, MIN_IMAGE_SIZE, QUALITIES, QUALITY_DEFECTS
 
@@ -93,11 +94,13 @@ def save_dataset(
     overwrite: bool = False,
     command: str | None = None,
     layout: str = "image_rows",
+    camera: str = DEFAULT_CAMERA,
 ) -> Path:
     """Write ``dataset_dict`` (question rows, as `generate_dataset` makes them) to ``output_dir`` as
     ``save_to_disk`` or ``imagefolder``, plus README.md. ``save_to_disk`` stores image rows (`data.layout`: each
     image once, its questions as lists) unless ``layout`` is ``"question_rows"`` (the RetinaVQA format, one image
-    copy per question); imagefolder writes one file per image either way."""
+    copy per question); imagefolder writes one file per image either way. ``camera``: the camera profile the images
+    were generated with (`generate_dataset(camera=...)`), which the card names."""
     if format not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if layout not in LAYOUTS:
@@ -117,7 +120,7 @@ def save_dataset(
         stored.save_to_disk(str(out), num_shards=empty or None)
     else:
         _save_imagefolder(dataset_dict, out)
-    write_dataset_card(dataset_dict, out, format, command, layout)
+    write_dataset_card(dataset_dict, out, format, command, layout, camera=camera)
     logger.info("Wrote %s dataset to %s", format, out)
     return out
 
@@ -137,7 +140,9 @@ def _save_imagefolder(dataset_dict: datasets.DatasetDict, out: Path) -> None:
         written: set[str] = set()
         with open(split_dir / "metadata.jsonl", "w", encoding="utf-8") as f:
             for row in raw:
-                file_name = f"{row['image_id']}.png"
+                # A camera that stores JPEG (synthetic.camera) gets .jpg files; the default camera's are PNG.
+                suffix = ".jpg" if row["image"]["bytes"][:3] == b"\xff\xd8\xff" else ".png"
+                file_name = f"{row['image_id']}{suffix}"
                 if row["image_id"] not in written:
                     # One file per image, shared by all of its question rows.
                     (split_dir / file_name).write_bytes(row["image"]["bytes"])
@@ -175,9 +180,11 @@ def write_dataset_card(
     format: str = "save_to_disk",
     command: str | None = None,
     layout: str = "image_rows",
+    camera: str = DEFAULT_CAMERA,
 ) -> Path:
     """Write README.md with per-split counts of images, rows, question types, answers and grades; ``layout`` is how
-    `save_dataset` stored the rows (``save_to_disk`` only)."""
+    `save_dataset` stored the rows (``save_to_disk`` only); ``camera`` the camera profile of the images, named in a
+    section of its own when it is not the default."""
     splits = list(dataset_dict)
     meta = {
         s: dataset_dict[s].select_columns(["image_id", "question_type", "answer", "grade", "quality"]).to_dict()
@@ -266,7 +273,7 @@ vertical and horizontal lines through the image centre.
 ## Rows per answer
 
 {answer_table}
-{_patients_section(dataset_dict)}{_conditions_section(dataset_dict)}"""
+{_patients_section(dataset_dict)}{_conditions_section(dataset_dict)}{_camera_section(camera)}"""
     path = Path(output_dir) / "README.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(card, encoding="utf-8")
@@ -300,6 +307,24 @@ most others grades one step apart, and the grade mix stays that of `--grade_weig
 per eye, independently. Between-eye agreement of the DR grade, observed:
 
 {table}
+"""
+
+
+def _camera_section(camera: str) -> str:
+    """The camera profile the images were photographed with (not the default camera, whose card stays as it was)."""
+    camera = parse_camera(camera)
+    if camera == DEFAULT_CAMERA:
+        return ""
+    profile = CAMERAS[camera]
+    return f"""
+## Camera
+
+Camera profile `{camera}` (`--camera {camera}`): {profile.description}. Images are stored as {profile.image_format}. The
+eyes, rows and answers are those of the default camera with the same seed; only the photographs differ (a lesion
+hidden by the field's edge is still answered). Settings: channel gain {profile.channel_gain}, gamma
+{profile.channel_gamma}, extra fall-off {profile.vignetting}, retina scale {profile.retina_scale}, field radius
+{profile.field_radius}, top/bottom clip {profile.clip_top_bottom}, notch {profile.notch}, resolution
+{profile.resolution}, blur {profile.blur}, JPEG quality {profile.jpeg_quality}, per-image jitter {profile.jitter}.
 """
 
 
@@ -389,9 +414,10 @@ def render_preview(
     quality_defect_rate: float = 0.1,
     conditions: Sequence[str] | str | None = None,
     quality_defects: Sequence[str] = DEFAULT_QUALITY_DEFECTS,
+    camera: str = DEFAULT_CAMERA,
 ) -> Image.Image:
     """A 4x4 grid of samples cycling through the grades, each captioned with grade, eye and quality (defects drawn
-    from ``quality_defects``).
+    from ``quality_defects``), photographed by ``camera`` (a name of `camera.CAMERAS`).
 
     With ``conditions`` beyond "dr", the grid shows each enabled condition at two or more stages instead
     (good-quality images, captioned with the stages and, when glaucoma is drawn, the cup-to-disc ratio).
@@ -401,8 +427,9 @@ def render_preview(
     label_h = preview_label_height(image_size)
     n = PREVIEW_GRID
     enabled = parse_conditions(conditions)
+    camera = parse_camera(camera)
     if enabled != ("dr",):
-        return _condition_preview(image_size, seed, enabled, label_h)
+        return _condition_preview(image_size, seed, enabled, label_h, camera)
     grid = Image.new("RGB", (n * image_size, n * (image_size + label_h)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=max(9, label_h - 4))
@@ -411,8 +438,8 @@ def render_preview(
         task = (seed, "preview", i, grade, image_size, quality_defect_rate)
         if tuple(quality_defects) != DEFAULT_QUALITY_DEFECTS:
             task += (None, tuple(quality_defects))
-        ex = render_example(task)
-        tile = Image.open(io.BytesIO(ex["png"]))
+        ex = render_example(with_camera(task, camera))
+        tile = Image.open(io.BytesIO(ex["image_bytes"]))
         x, y = (i % n) * image_size, (i // n) * (image_size + label_h)
         grid.paste(tile, (x, y))
         eye = "OD" if ex["laterality"] == "right" else "OS"
@@ -426,7 +453,9 @@ def render_preview(
     return grid
 
 
-def _condition_preview(image_size: int, seed: int, enabled: Sequence[str], label_h: int) -> Image.Image:
+def _condition_preview(
+    image_size: int, seed: int, enabled: Sequence[str], label_h: int, camera: str = DEFAULT_CAMERA
+) -> Image.Image:
     tiles = _condition_tiles(enabled)
     columns = PREVIEW_GRID
     rows = -(-len(tiles) // columns)
@@ -434,8 +463,9 @@ def _condition_preview(image_size: int, seed: int, enabled: Sequence[str], label
     draw = ImageDraw.Draw(grid)
     font = ImageFont.load_default(size=max(9, label_h - 4))
     for i, (caption, short, grade, state) in enumerate(tiles):
-        ex = render_example((seed, "preview", i, grade, image_size, 0.0, (tuple(enabled), (), state)))
-        tile = Image.open(io.BytesIO(ex["png"]))
+        task = (seed, "preview", i, grade, image_size, 0.0, (tuple(enabled), (), state))
+        ex = render_example(with_camera(task, camera))
+        tile = Image.open(io.BytesIO(ex["image_bytes"]))
         x, y = (i % columns) * image_size, (i // columns) * (image_size + label_h)
         grid.paste(tile, (x, y))
         text = caption if draw.textlength(caption, font=font) <= image_size - 4 else short

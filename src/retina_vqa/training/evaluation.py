@@ -6,6 +6,7 @@ run_vqa.py calls these in its phases; what they put together lives below (`answe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any
@@ -25,6 +26,7 @@ from ..answering.records import (
     write_predictions,
 )
 from ..arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
+from ..data.augment import FundusAugmentation, describe
 from ..data.collator import PromptCollator, VqaCollator
 from ..data.ordering import answering_order
 from ..data.preprocessing import IMAGE_KEY
@@ -166,6 +168,18 @@ def build_collator(
             pad_to_multiple_of=pad_to_multiple_of,
         )
     return WithAnswerSets(collator) if ranking else collator
+
+
+def build_train_collator(collator: Any, data_args: DataTrainingArguments, training_args: VqaTrainingArguments) -> Any:
+    """With ``--augment``: the collator of training batches, `collator` (what evaluation and prediction use, the
+    Trainer's ``data_collator``) with the augmentation added, seeded by the run's seed and process; None without it
+    (training uses `collator` too)."""
+    if not data_args.augment:
+        return None
+    inner = collator.collator if isinstance(collator, WithAnswerSets) else collator  # training ranks nothing
+    augmentation = FundusAugmentation(seed=training_args.seed, process_index=training_args.process_index)
+    logger.info("Augmenting training images: %s", describe(augmentation))
+    return dataclasses.replace(inner, augment=augmentation, question_type_column=data_args.question_type_column)
 
 
 def build_metrics(

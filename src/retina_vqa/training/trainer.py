@@ -120,7 +120,8 @@ class VqaTrainer(Seq2SeqTrainer):
     `card_info` (set by the entry script) feeds the model card written by `create_model_card`, which
     `push_to_hub` also calls. With `image_embedding_cache` (a frozen image encoder), kept image-encoder
     outputs replace the pixels of images seen before; with ``--torch_compile`` the varying batch sizes are
-    marked dynamic (`mark_batch_dynamic`).
+    marked dynamic (`mark_batch_dynamic`). With `train_data_collator` (``--augment``) training batches are made by
+    it and every evaluation and prediction batch by `data_collator`.
     """
 
     def __init__(
@@ -131,10 +132,12 @@ class VqaTrainer(Seq2SeqTrainer):
         family: Family | None = None,
         ranking_plan: RankingPlan | None = None,
         answer_candidates: AnswerCandidates | None = None,
+        train_data_collator: Any = None,
         **kwargs,
     ) -> None:
         check_trainer_hooks()  # the hooks overridden here must still exist upstream (models/compat.py)
         super().__init__(*args, **kwargs)
+        self.train_data_collator = train_data_collator
         self.card_info: dict[str, Any] = card_info or {}
         if image_embedding_cache is not None and (self.is_fsdp_enabled or is_deepspeed_zero3_enabled()):
             raise ValueError(
@@ -172,6 +175,17 @@ class VqaTrainer(Seq2SeqTrainer):
         requested = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(self.args.fsdp_plugin_args)
         allow_fsdp_on_cpu_processes(requested)
         super().create_accelerator_and_postprocess()
+
+    def get_train_dataloader(self):
+        # The Trainer builds every DataLoader from `data_collator`; the training one alone gets the training collator
+        # (augmentation), swapped in for the time the DataLoader takes to build, so evaluation never sees it.
+        if self.train_data_collator is None:
+            return super().get_train_dataloader()
+        shared, self.data_collator = self.data_collator, self.train_data_collator
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.data_collator = shared
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
