@@ -23,6 +23,10 @@ rows, the tokenised text and the validation report back from the cache (nothing 
 Finally the two layouts of ``--question_rows_count`` images run side by side, alternated (A B, B A, ...),
 ``--repeats`` times each, cached: medians of training, evaluation and prediction samples/s and their ratio.
 
+EyePACS extrapolation: disk = bytes per image x 88,702; start-up = the fixed part (the cached run at the largest
+count: imports, model, one step; a cached run does nothing per image) + the first run's per-image part at the
+largest count measured of that layout, x 88,702; build = 88,702 / the largest build's images/s.
+
     python bench/dataset_scale.py                 # 5,000 and 20,000 images; question rows at 2,500 (~30 min)
     python bench/dataset_scale.py --counts 2000 8000 --question_rows_count 1000
     python bench/dataset_scale.py --quick         # smoke test: 24 and 48 images of 256 px
@@ -184,13 +188,11 @@ def compare(work: Path, count: int, repeats: int, steps: int, batch_size: int) -
     return values if repeats else {}
 
 
-def extrapolate(points: list[tuple[int, float]], images: int) -> float:
-    """A straight line through the two largest counts (or through the origin for one), at ``images``."""
-    (n1, t1), (n2, t2) = (points[0], points[0]) if len(points) == 1 else sorted(points)[-2:]
-    if n1 == n2:
-        return t2 * images / n2
-    slope = (t2 - t1) / (n2 - n1)
-    return t2 + slope * (images - n2)
+def extrapolate(run: dict[str, Any], fixed_s: float, images: int) -> float:
+    """Start-up seconds at ``images``: the fixed part (a run whose caches hold everything: imports, the model, one
+    step) plus the first run's per-image part at the largest count measured, scaled to ``images``."""
+    per_image = max(0.0, run["startup_s_first"] - fixed_s) / run["images"]
+    return fixed_s + per_image * images
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -227,22 +229,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         side_by_side = compare(Path(work), args.question_rows_count, args.repeats, args.train_steps, args.batch_size)
     by_layout = {layout: [r for r in runs if r["layout"] == layout] for layout in ("image_rows", "question_rows")}
     largest = max(by_layout["image_rows"], key=lambda r: r["images"])
+    fixed = largest["startup_s_again"]
+    question_rows = max(by_layout["question_rows"], key=lambda r: r["images"])
     eyepacs = {
         "images": EYEPACS_IMAGES,
         "image_rows_disk_gb": largest["disk_bytes_per_image"] * EYEPACS_IMAGES / 1e9,
-        "question_rows_disk_gb": by_layout["question_rows"][0]["disk_bytes_per_image"] * EYEPACS_IMAGES / 1e9,
-        "image_rows_startup_first_min": extrapolate(
-            [(r["images"], r["startup_s_first"]) for r in by_layout["image_rows"]], EYEPACS_IMAGES
-        )
-        / 60,
-        "image_rows_startup_again_min": extrapolate(
-            [(r["images"], r["startup_s_again"]) for r in by_layout["image_rows"]], EYEPACS_IMAGES
-        )
-        / 60,
-        "question_rows_startup_min": extrapolate(
-            [(r["images"], r["startup_s_first"]) for r in by_layout["question_rows"]], EYEPACS_IMAGES
-        )
-        / 60,
+        "question_rows_disk_gb": question_rows["disk_bytes_per_image"] * EYEPACS_IMAGES / 1e9,
+        "image_rows_startup_first_min": extrapolate(largest, fixed, EYEPACS_IMAGES) / 60,
+        "image_rows_startup_again_min": fixed / 60,
+        "question_rows_startup_min": extrapolate(question_rows, fixed, EYEPACS_IMAGES) / 60,
         "image_rows_build_min": EYEPACS_IMAGES / largest["build_images_per_s"] / 60,
     }
     common.print_table(
