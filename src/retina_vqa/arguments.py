@@ -197,7 +197,10 @@ class DataTrainingArguments:
         default=None,
         metadata={
             "help": "A DatasetDict saved with save_to_disk (folders train/, validation/, test/) such as "
-            "RetinaVQA or the output of `python -m retina_vqa.synthetic`."
+            "RetinaVQA (one row per question, each with its image) or the output of `python -m retina_vqa.synthetic` "
+            "and `python -m retina_vqa.build_dataset` (one row per image, its questions as lists: disk ~ images x "
+            "image size, not x questions; EyePACS at 1024 px ~14 GB). Both are read as one row per question; a "
+            "dataset validated before with the same settings is not validated again."
         },
     )
     dataset_name: str | None = field(default=None, metadata={"help": "A dataset on the hub."})
