@@ -273,10 +273,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             metrics.update(patient_metrics(records, splits["do_predict"], data_args, "predict"))
             # The cross-dataset table's row of this split, as `python -m retina_vqa.predict --dataset_dir A B C`
             # writes it for several datasets (with this model: its saved operating points).
-            write_run_table(
+            print(write_run_table(
                 records, predict_dataset, orders.get("do_predict"), splits["do_predict"], data_args, points,
                 training_args.output_dir,
-            )  # fmt: skip
+            ))  # fmt: skip
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
         results.update(metrics)
