@@ -285,13 +285,15 @@ class DataTrainingArguments:
     augment: bool = field(
         default=False,
         metadata={
-            "help": "Augment the training batches' images (never evaluation or prediction), each distinct image once "
-            "per batch so all its questions see the same pixels: random brightness, contrast, saturation and "
-            "per-channel colour gains, an illumination fall-off or gradient, a crop of 85-100%% of the area around "
-            "the centre, a rotation of up to 10 degrees (black fill) and a horizontal flip of images none of whose "
-            "rows in the batch asks the laterality question (rows without --question_type_column never flip). "
-            "Seeded by --seed, the process and the DataLoader worker (retina_vqa.data.augment). For models that "
-            "must work on other cameras (bench/cross_camera.py measures it)."
+            "help": "Augment the training batches' images (never evaluation or prediction), each distinct image "
+            "once per "
+            "batch so all its questions see the same pixels: random brightness, contrast, saturation and per-"
+            "channel colour gains, an illumination fall-off or gradient, a field of 85-150%% of the area (zoomed "
+            "in or out) around the centre, a rotation of up to 10 degrees (black fill) and a horizontal flip of "
+            "images none of whose rows in the batch asks the laterality question (rows without "
+            "--question_type_column never flip). Seeded by --seed, the process and the DataLoader worker "
+            "(retina_vqa.data.augment). For models that must work on other cameras (bench/cross_camera.py "
+            "measures it)."
         },
     )
 

@@ -25,6 +25,7 @@ FLIP_ONLY = {
     "channel_gain": 0.0,
     "illumination": 0.0,
     "min_area": 1.0,
+    "max_area": 1.0,
     "max_rotation": 0.0,
     "flip_probability": 1.0,
 }
@@ -146,12 +147,23 @@ def test_black_surround_stays_black_and_rotation_fills_with_black():
 
 def test_crop_enlarges_the_field_around_the_centre():
     disc = _fundus(0)
-    crop = FundusAugmentation(**{**FLIP_ONLY, "min_area": 0.7, "flip_probability": 0.0})
+    crop = FundusAugmentation(**{**FLIP_ONLY, "min_area": 0.7, "max_area": 1.0, "flip_probability": 0.0})
     rng = np.random.default_rng(0)
     zoomed = [np.asarray(crop.apply(Image.fromarray(disc.astype(np.uint8)), rng)) for _ in range(5)]
     field = (disc.max(axis=-1) > 0).mean()
     assert all((z.max(axis=-1) > 0).mean() >= field for z in zoomed)
     assert any((z.max(axis=-1) > 0).mean() > field + 0.02 for z in zoomed)
+
+
+def test_zooming_out_shrinks_the_field_into_a_black_frame():
+    """A wider camera frames a smaller retina: the field seen grows to up to 150% of the image, black around it."""
+    disc = _fundus(0)
+    wide = FundusAugmentation(**{**FLIP_ONLY, "min_area": 1.0, "max_area": 1.5, "flip_probability": 0.0})
+    rng = np.random.default_rng(0)
+    zoomed = [np.asarray(wide.apply(Image.fromarray(disc.astype(np.uint8)), rng)) for _ in range(5)]
+    field = (disc.max(axis=-1) > 0).mean()
+    assert all((z.max(axis=-1) > 0).mean() <= field + 0.01 for z in zoomed)
+    assert any((z.max(axis=-1) > 0).mean() < field - 0.05 for z in zoomed)
 
 
 def test_augment_batch_reuses_one_augmented_image_per_key():
@@ -197,7 +209,9 @@ def test_prompt_collator_augments_each_image_once_too():
     assert torch.equal(pixels[0], pixels[1]) and not torch.equal(pixels[0], plain[0])
 
 
-@pytest.mark.parametrize(("field", "value"), [("min_area", 0.0), ("min_area", 1.5), ("flip_probability", 2.0)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("min_area", 0.0), ("min_area", 1.5), ("max_area", 0.9), ("flip_probability", 2.0)]
+)
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         FundusAugmentation(**{field: value})

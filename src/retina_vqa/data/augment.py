@@ -2,8 +2,9 @@
 
 This module owns what a training batch's images go through before the image processor: a random colour change
 (brightness, contrast, saturation and per-channel gains), a random illumination change (a radial fall-off from a
-point near the centre, or a linear gradient across the field), a random resized crop around the centre (85-100% of
-the area) and a small rotation (up to 10 degrees, black fill, as fundus photographs have black surrounds), and, for
+point near the centre, or a linear gradient across the field), a random scale around the centre (the field seen from
+85% of the area, zoomed in, to 150%, zoomed out with black around, as cameras frame the retina differently) and a
+small rotation (up to 10 degrees, black fill, as fundus photographs have black surrounds), and, for
 images whose questions allow it, a horizontal flip. Every change keeps black black.
 
 Flips swap a left eye for a right one: an image is flipped only when the batch's question types are known and none
@@ -57,15 +58,16 @@ class FundusAugmentation:
     saturation: float = 0.25  # blend towards / away from grey by up to 25%
     channel_gain: float = 0.08  # each of R, G, B by up to 8%: the "hue" of a colour cast, as cameras differ
     illumination: float = 0.35  # radial fall-off up to 35% at the rim, or a gradient of up to +-17.5% across
-    min_area: float = 0.85  # random resized crop: 85-100% of the area, around the centre
+    min_area: float = 0.85  # the field seen: 85% of the image (zoom in) ...
+    max_area: float = 1.5  # ... to 150% (zoom out, black around): cameras frame the retina differently (widefield)
     max_rotation: float = 10.0  # degrees; fundus photographs are taken with the head upright, +-10 covers the tilt
     flip_probability: float = 0.5  # horizontal flip of images no laterality question is asked about
     _rng: np.random.Generator | None = field(default=None, init=False, repr=False, compare=False)
     _owner: tuple[int, int | None] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.min_area <= 1.0:
-            raise ValueError(f"min_area must be in (0, 1], got {self.min_area}")
+        if not 0.0 < self.min_area <= 1.0 <= self.max_area:
+            raise ValueError(f"need 0 < min_area <= 1 <= max_area, got {self.min_area} and {self.max_area}")
         if not 0.0 <= self.flip_probability <= 1.0:
             raise ValueError(f"flip_probability must be in [0, 1], got {self.flip_probability}")
 
@@ -91,7 +93,7 @@ class FundusAugmentation:
         width, height = image.size
         # Draws first, in a fixed order.
         flip = rng.random() < self.flip_probability
-        area = rng.uniform(self.min_area, 1.0)
+        area = rng.uniform(self.min_area, self.max_area)
         shift = rng.uniform(-1.0, 1.0, 2)
         angle = math.radians(rng.uniform(-self.max_rotation, self.max_rotation))
         brightness = rng.uniform(1.0 - self.brightness, 1.0 + self.brightness)
@@ -107,8 +109,9 @@ class FundusAugmentation:
             image = ImageOps.mirror(image)
         # Scale and rotation in one resampling: output pixel -> input pixel (PIL's affine is the inverse map).
         side = math.sqrt(area)
-        cx = width / 2.0 + shift[0] * (1.0 - side) * width / 2.0
-        cy = height / 2.0 + shift[1] * (1.0 - side) * height / 2.0
+        # Zoomed in, the window moves within the image; zoomed out, the smaller image moves within the frame.
+        cx = width / 2.0 + shift[0] * abs(1.0 - side) * width / 2.0
+        cy = height / 2.0 + shift[1] * abs(1.0 - side) * height / 2.0
         cos, sin = math.cos(angle) * side, math.sin(angle) * side
         ox, oy = width / 2.0, height / 2.0
         inverse = (cos, -sin, cx - cos * ox + sin * oy, sin, cos, cy - sin * ox - cos * oy)
@@ -162,6 +165,7 @@ def describe(augmentation: Any) -> str:
     a = augmentation
     return (
         f"brightness +-{a.brightness:.0%}, contrast (gamma) +-{a.contrast:.0%}, saturation +-{a.saturation:.0%}, "
-        f"channel gains +-{a.channel_gain:.0%}, illumination up to {a.illumination:.0%}, crop {a.min_area:.0%}-100% "
-        f"of the area, rotation +-{a.max_rotation:g} deg, flip p={a.flip_probability:g} (never with a laterality row)"
+        f"channel gains +-{a.channel_gain:.0%}, illumination up to {a.illumination:.0%}, "
+        f"field {a.min_area:.0%}-{a.max_area:.0%} of the area, rotation +-{a.max_rotation:g} deg, "
+        f"flip p={a.flip_probability:g} (never with a laterality row)"
     )
