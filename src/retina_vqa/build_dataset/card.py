@@ -56,6 +56,7 @@ _LAYOUT = {
     False: "One row per (image, question type), each with its own copy of the image (`--layout question_rows`).",
 }
 
+
 def write_card(
     dataset_dir: Path,
     *,

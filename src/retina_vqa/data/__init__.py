@@ -1,7 +1,9 @@
 """Question-answer data from disk to batches.
 
-``loading.py`` (the one loader, split and column checks), ``images.py`` (any image a user has to RGB, and its
-identity), ``validation.py`` (every row checked before training), ``preprocessing.py`` (text tokenised once,
-images keyed), ``collator.py`` (pixels, padding and BLIP's decoder targets per batch), ``sampling.py``
-(image-grouped training order), ``ordering.py`` (answering order for evaluation and inference).
+``loading.py`` (the one loader, split and column checks), ``layout.py`` (image rows, each image stored once, and
+question rows), ``image_table.py`` (question rows' references to their stored image), ``images.py`` (any image a
+user has to RGB, and its identity), ``validation.py`` (every row checked before training, each image once),
+``preprocessing.py`` (text tokenised once, images keyed), ``collator.py`` (pixels, padding and BLIP's decoder
+targets per batch), ``augment.py`` (``--augment``, training batches only), ``sampling.py`` (image-grouped training
+order), ``ordering.py`` (answering order for evaluation and inference).
 """

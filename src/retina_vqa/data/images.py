@@ -7,7 +7,9 @@ This module owns:
 * the mode conversion policy (alpha, palette, CMYK, 16-bit, float, bilevel, EXIF orientation);
 * optional downsizing of very large photographs while keeping memory bounded;
 * a cheap header probe and a content hash for data-validation and train/test leakage checks;
-* :class:`ImageLoadError`, the one error type raised for images a user supplied that cannot be used.
+* :class:`ImageLoadError`, the one error type raised for images a user supplied that cannot be used;
+* references of question rows made from image rows (``data.image_table``): resolved to the stored image wherever an
+  image is opened, and keyed by the SHA-1 they carry without reading the image.
 
 Conversion policy (the choices other modules can rely on):
 
