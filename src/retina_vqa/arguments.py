@@ -296,6 +296,14 @@ class DataTrainingArguments:
             "measures it)."
         },
     )
+    augment_flip_probability: float = field(
+        default=0.5,
+        metadata={
+            "help": "With --augment: the chance that an image no laterality question is asked of in the batch is "
+            "mirrored (0 keeps every eye's side: the demo with flips stopped learning laterality, bench/README.md "
+            "'Demo accuracy levers')."
+        },
+    )
 
     def __post_init__(self) -> None:
         sources = [
@@ -621,6 +629,10 @@ def parse_args(
 def check_augment(model_args: ModelArguments, data_args: DataTrainingArguments) -> None:
     """Refuse ``--augment`` with ``--cache_image_embeddings``: the kept encoder output of an image would be that of
     its first augmented version, for every later epoch."""
+    if not 0.0 <= data_args.augment_flip_probability <= 1.0:
+        raise ValueError(
+            f"--augment_flip_probability must be between 0 and 1, got {data_args.augment_flip_probability}"
+        )
     if data_args.augment and model_args.cache_image_embeddings:
         raise ValueError(
             "--augment changes the training images every batch, but --cache_image_embeddings keeps each image's "

@@ -90,3 +90,16 @@ def test_augment_with_cached_image_embeddings_is_refused(tiny_dataset_dir, tmp_p
     ]  # fmt: skip
     with pytest.raises(ValueError, match="--augment.*--cache_image_embeddings"):
         parse_args(args)
+
+
+def test_the_flip_probability_reaches_the_training_augmentation(tiny_dataset_dir, tmp_path):
+    from retina_vqa.training.evaluation import build_train_collator
+
+    base = common_args(tiny_dataset_dir, tmp_path / "out") + ["--do_train", "--augment"]
+    for flag, expected in (([], 0.5), (["--augment_flip_probability", "0"], 0.0)):
+        model_args, data_args, training_args = parse_args(base + flag)
+        plain = VqaCollator(image_processor=None, pad_token_id=0)
+        collator = build_train_collator(plain, data_args, training_args)
+        assert collator.augment.flip_probability == expected
+    with pytest.raises(ValueError, match="--augment_flip_probability must be between 0 and 1, got 1.5"):
+        parse_args(base + ["--augment_flip_probability", "1.5"])

@@ -177,7 +177,11 @@ def build_train_collator(collator: Any, data_args: DataTrainingArguments, traini
     if not data_args.augment:
         return None
     inner = collator.collator if isinstance(collator, WithAnswerSets) else collator  # training ranks nothing
-    augmentation = FundusAugmentation(seed=training_args.seed, process_index=training_args.process_index)
+    augmentation = FundusAugmentation(
+        seed=training_args.seed,
+        process_index=training_args.process_index,
+        flip_probability=data_args.augment_flip_probability,
+    )
     logger.info("Augmenting training images: %s", describe(augmentation))
     return dataclasses.replace(inner, augment=augmentation, question_type_column=data_args.question_type_column)
 
