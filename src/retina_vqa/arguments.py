@@ -300,8 +300,8 @@ class DataTrainingArguments:
         default=0.5,
         metadata={
             "help": "With --augment: the chance that an image no laterality question is asked of in the batch is "
-            "mirrored (0 keeps every eye's side: the demo with flips stopped learning laterality, bench/README.md "
-            "'Demo accuracy levers')."
+            "mirrored (0: every eye keeps its side as photographed; bench/README.md 'Demo accuracy levers' measures "
+            "both)."
         },
     )
 
