@@ -28,6 +28,7 @@ from retina_vqa.models.lora import check_activation_checkpointing, merge_lora, p
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
+from retina_vqa.training.image_objective import ImageTargets, attach_image_head, detach_image_head
 from retina_vqa.training.evaluation import (
     add_answer_sets,
     build_collator,
@@ -109,6 +110,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     family = load_family(model_args, processor)
     layout = family.layout
     choose_precision(training_args, family.name)
+    if training_args.image_loss_weight and (not family.is_blip or model_args.lora_r):
+        raise ValueError(
+            "--image_loss_weight trains the image encoder of a full BLIP VQA model; this run is "
+            f"{family.name}{' with --lora_r' if model_args.lora_r else ''}. Drop --image_loss_weight."
+        )
     check_activation_checkpointing(
         family.name,
         model_args.lora_r,
@@ -163,6 +169,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     candidates = run_candidates(model_args, data_args, training_args, raw_datasets)
     plan = add_answer_sets(prepared, candidates, processor, family, data_args, training_args)
     orders = put_in_answering_order(prepared, data_args.question_column) if training_args.group_eval_by_question else {}
+    if training_args.image_loss_weight and training_args.do_train:
+        # The image-level objective: each closed training row's answer, classified from the image encoder's [CLS].
+        targets = ImageTargets.from_candidates(candidates)
+        prepared["do_train"] = targets.add_to(prepared["do_train"], candidates, data_args)
+        attach_image_head(model, targets, training_args.image_loss_weight)
     collator = build_collator(family, processor, data_args, training_args, ranking=plan is not None)
     # --augment: training batches get a collator of their own; evaluation and prediction see the images as they are.
     train_collator = build_train_collator(collator, data_args, training_args) if training_args.do_train else None
@@ -196,6 +207,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             "--fit_ood_guard encodes images on the main process, which sharded parameters (FSDP, DeepSpeed) do not "
             "allow: fit the guard on the saved model afterwards with `python -m retina_vqa.ood fit`."
         )
+    if training_args.image_loss_weight and sharded:
+        raise ValueError(
+            "--image_loss_weight adds a classifier that is removed from the model before it is saved, which sharded "
+            "parameters (FSDP, DeepSpeed) do not allow: train it with DDP or one process, or drop the flag."
+        )
     if model_args.lora_r and training_args.push_to_hub and sharded:
         raise ValueError(
             "--push_to_hub with --lora_r under FSDP or DeepSpeed: the engine keeps the adapter model, so the push "
@@ -207,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        detach_image_head(trainer.model)  # the model handed over is plain BLIP (checkpoints keep the head to resume)
         # Also saves the processor. With LoRA: the adapter, in adapter/; the folder itself gets the model handed over:
         # merged (from here on evaluated, predicted and pushed as such) or, with --merge_lora false, the adapter.
         # _internal_call: no push per save (upstream pushes on every save_model); the run pushes once, at its end.

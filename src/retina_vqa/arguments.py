@@ -386,6 +386,17 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "setting measured, 1.26x faster than random order (bench/README.md, 'Image grouping and accuracy')."
         },
     )
+    image_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Add an image-level objective to training (BLIP VQA): a linear classifier on the image encoder's "
+            "[CLS] state predicts each closed question's answer (yes/no, the grade, the eye: the ranked candidate "
+            "lists) among its type's answers; its loss, times this weight, is added to the answer loss. A short path "
+            "from the answers to the image encoder, for models trained from scratch or far from their pre-training. "
+            "The classifier is dropped from the saved model. 0 (default): off. The demo uses 1 "
+            "(bench/README.md, 'Demo accuracy levers')."
+        },
+    )
     group_eval_by_question: bool = field(
         default=True,
         metadata={
@@ -503,6 +514,8 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
                 "--remove_unused_columns True would drop the image column before the collator sees it; "
                 "leave it at False (the collator picks the model inputs itself)."
             )
+        if not self.image_loss_weight >= 0.0:
+            raise ValueError(f"--image_loss_weight must be 0 (off) or positive, got {self.image_loss_weight}.")
         if self.max_questions_per_image < 0:
             raise ValueError(
                 f"--max_questions_per_image must be 0 (no bound) or positive, got {self.max_questions_per_image}."

@@ -22,7 +22,7 @@ import torch
 
 from .augment import FundusAugmentation, augment_batch
 from .images import load_image
-from .preprocessing import IMAGE_KEY
+from .preprocessing import IMAGE_KEY, IMAGE_TARGET_COLUMN
 
 
 def _pad(
@@ -96,6 +96,9 @@ class VqaCollator:
     With ``augment`` (a `data.augment.FundusAugmentation`: the training collator of ``--augment`` only) each distinct
     image of the batch is augmented once before the image processor; rows whose ``question_type_column`` is a
     laterality question keep their image unflipped.
+
+    Rows with an ``image_target`` (the training split under ``--image_loss_weight``) give ``image_targets``, each
+    row's class for the image-level objective (`training.image_objective`).
     """
 
     image_processor: Any
@@ -157,6 +160,8 @@ class VqaCollator:
             # The decoder predicts token t+1 from token t: [DEC] itself is never a target. Marking it -100
             # keeps the Trainer's count of answer tokens (which normalises the loss) exact.
             batch["labels"][:, 0] = self.label_pad_token_id
+        if IMAGE_TARGET_COLUMN in features[0]:  # --image_loss_weight: each row's class for the image objective
+            batch["image_targets"] = torch.tensor([f[IMAGE_TARGET_COLUMN] for f in features], dtype=torch.long)
         return batch
 
 

@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # the entry point's flags, read here by attribute; data/ does
     from ..arguments import DataTrainingArguments
 
 IMAGE_KEY = "image_key"
+# A training row's class for the image-level objective (`training.image_objective`, ``--image_loss_weight``), -100: none.
+IMAGE_TARGET_COLUMN = "image_target"
 
 
 def image_keys(examples: dict[str, list], image_column: str) -> dict[str, list[str]]:

@@ -79,6 +79,7 @@ DYNAMIC_DIMS = {
     "pixel_values": (0,),
     "image_embeds": (0,),
     "image_index": (0,),
+    "image_targets": (0,),
     "input_ids": (0, 1),
     "attention_mask": (0, 1),
     "decoder_input_ids": (0, 1),

@@ -1,0 +1,174 @@
+"""The image-level auxiliary objective (``--image_loss_weight``): the image encoder learns what the image shows directly.
+
+A BLIP trained from scratch (or far from its pre-training, as fundus photographs are) learns its image features
+only through the question encoder and the answer decoder: a long path, on which the demo's tiny model read the
+grade worse than an image-only probe on the same pixels and learned which eye it sees late or not at all. This
+objective adds a short one. A linear classifier (`ImageAnswerHead`) on the image encoder's ``[CLS]`` state predicts,
+for each training row whose question type is closed (the ranked candidate lists of `answering.candidates`: yes/no,
+the grade, the eye, ...), that row's answer among its type's answers; its cross-entropy, times the weight, is added
+to the answer loss. Each row only competes among its own type's answers, so one head serves every closed type.
+
+The targets are the training rows' own answers (`image_targets`): no labels beyond the dataset's. The loss is summed
+over rows and divided like the answer loss, by the answer tokens of the whole step (`num_items_in_batch`), so it
+weighs the same under gradient accumulation and over any number of processes. The head is a submodule of the
+model while it trains (the optimizer, DDP, FSDP and checkpoints see it, so a resumed run continues it) and is
+removed before the model is handed over (`detach_image_head`): the saved model is plain `BlipForQuestionAnswering`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..answering.candidates import ALL_QUESTIONS, AnswerCandidates
+from ..data.preprocessing import IMAGE_TARGET_COLUMN
+from ..metrics.normalize import normalize_answer
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "HEAD_NAME",
+    "IMAGE_TARGET_COLUMN",
+    "ImageAnswerHead",
+    "ImageTargets",
+    "attach_image_head",
+    "detach_image_head",
+]
+
+# The head's attribute on the model while it trains.
+HEAD_NAME = "image_answer_head"
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class ImageTargets:
+    """The classes of the objective: every answer of every closed question type, ``classes[i] = (type, answer)``."""
+
+    classes: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def from_candidates(cls, candidates: AnswerCandidates | None) -> ImageTargets:
+        """The answers of the closed types of `candidates` (what ``--answer_mode auto`` ranks)."""
+        if candidates is None:
+            return cls(())
+        classes = [
+            (name, normalize_answer(answer))
+            for name, answers in sorted(candidates.answers.items())
+            if name != ALL_QUESTIONS and candidates.closed.get(name, False) and len(answers) > 1
+            for answer in answers
+        ]
+        return cls(tuple(classes))
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for t, _ in self.classes))
+
+    def class_types(self) -> torch.Tensor:
+        """For each class, the index of its type in `types`."""
+        index = {t: i for i, t in enumerate(self.types)}
+        return torch.tensor([index[t] for t, _ in self.classes], dtype=torch.long)
+
+    def targets(
+        self,
+        candidates: AnswerCandidates,
+        questions: Sequence[str],
+        answers: Sequence[str],
+        question_types: Sequence[str | None] | None = None,
+    ) -> list[int]:
+        """Each row's class (its type as `AnswerCandidates.set_for` finds it under ``auto``), -100 when its type
+        is not closed or its answer is not one of the type's."""
+        lookup = {pair: i for i, pair in enumerate(self.classes)}
+        types = list(question_types) if question_types is not None else [None] * len(questions)
+        out = []
+        for question, answer, kind in zip(questions, answers, types, strict=True):
+            name = candidates.set_for(str(question or ""), kind, "auto")
+            out.append(lookup.get((name, normalize_answer(str(answer or ""))), IGNORE) if name else IGNORE)
+        return out
+
+    def add_to(self, dataset: Any, candidates: AnswerCandidates, data_args: Any) -> Any:
+        """`dataset` (the training split) with an ``image_target`` column; a clear error when no row has one."""
+        names = dataset.column_names
+        kinds = dataset[data_args.question_type_column] if data_args.question_type_column in names else None
+        targets = self.targets(candidates, dataset[data_args.question_column], dataset[data_args.answer_column], kinds)
+        labelled = sum(t != IGNORE for t in targets)
+        if not labelled:
+            raise ValueError(
+                "--image_loss_weight needs training rows whose question type is closed (a small set of short "
+                f"answers: yes/no, a grade, ...); none of the {len(targets)} rows is. Train without "
+                "--image_loss_weight, or give the rows a question_type (and answer_type) column."
+            )
+        logger.info(
+            "Image objective: %d classes over %d closed question types (%s); %d of %d training rows labelled",
+            len(self.classes),
+            len(self.types),
+            ", ".join(self.types),
+            labelled,
+            len(targets),
+        )
+        if IMAGE_TARGET_COLUMN in names:
+            dataset = dataset.remove_columns(IMAGE_TARGET_COLUMN)
+        return dataset.add_column(IMAGE_TARGET_COLUMN, targets)
+
+
+class ImageAnswerHead(nn.Module):
+    """A linear classifier over every closed type's answers, read from the image encoder's ``[CLS]`` state."""
+
+    def __init__(self, hidden_size: int, class_types: torch.Tensor, weight: float) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(hidden_size, len(class_types))
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+        self.register_buffer("class_types", class_types.clone(), persistent=False)
+        self.loss_weight = float(weight)
+
+    def forward(self, image_states: torch.Tensor) -> torch.Tensor:
+        """Logits of every class for each image (batch x patches + 1 x hidden -> batch x classes)."""
+        return self.classifier(image_states[:, 0])
+
+    def loss(
+        self,
+        image_states: torch.Tensor,
+        targets: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        """The weighted objective of one batch: each labelled row's cross-entropy among its own type's answers,
+        summed and divided by `num_items_in_batch` (the step's answer tokens; without it, averaged over labelled
+        rows). ``image_states`` holds one entry per distinct image when ``image_index`` (one per row) is given."""
+        logits = self(image_states).float()
+        if image_index is not None:
+            logits = logits.index_select(0, image_index)
+        targets = targets.to(logits.device)
+        labelled = targets != IGNORE
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0  # keeps the head in the graph (DDP expects a gradient for every parameter)
+        logits, targets = logits[labelled], targets[labelled]
+        other_type = self.class_types[None, :] != self.class_types[targets][:, None]
+        losses = nn.functional.cross_entropy(logits.masked_fill(other_type, float("-inf")), targets, reduction="none")
+        total = losses.mean() if num_items_in_batch is None else losses.sum() / num_items_in_batch
+        return self.loss_weight * total
+
+
+def attach_image_head(model: nn.Module, targets: ImageTargets, weight: float) -> ImageAnswerHead:
+    """Give a BLIP VQA model the objective's head (a submodule while it trains)."""
+    vision = getattr(getattr(model, "config", None), "vision_config", None)
+    if vision is None or not hasattr(model, "vision_model"):
+        raise ValueError("--image_loss_weight trains BLIP VQA models (a vision_model with a [CLS] state) only.")
+    head = ImageAnswerHead(vision.hidden_size, targets.class_types(), weight)
+    parameter = next(model.vision_model.parameters())
+    head.to(device=parameter.device)
+    setattr(model, HEAD_NAME, head)
+    return head
+
+
+def detach_image_head(model: nn.Module) -> bool:
+    """Remove the head (before the model is saved and handed over); whether there was one."""
+    if HEAD_NAME in getattr(model, "_modules", {}):
+        delattr(model, HEAD_NAME)
+        return True
+    return False

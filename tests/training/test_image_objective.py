@@ -1,0 +1,167 @@
+"""--image_loss_weight: the image-level objective's classes, its loss, and a run that trains, resumes and hands over
+a plain BLIP."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import datasets
+import pytest
+import torch
+from safetensors import safe_open
+
+from ..helpers import ROOT, TINY_CONFIG, common_args
+
+sys.path.insert(0, str(ROOT))
+import run_vqa  # noqa: E402
+from retina_vqa.answering.candidates import AnswerCandidates
+from retina_vqa.arguments import parse_args
+from retina_vqa.training.image_objective import (
+    HEAD_NAME,
+    ImageAnswerHead,
+    ImageTargets,
+    attach_image_head,
+    detach_image_head,
+)
+
+CANDIDATES = AnswerCandidates(
+    answers={
+        "abnormality": ["yes", "no"],
+        "diagnosis": ["healthy retina", "mild dr", "moderate dr"],
+        "report": ["small haemorrhages in the upper quadrant"],
+        "cause": ["diabetes", "hypertension"],
+    },
+    closed={"abnormality": True, "diagnosis": True, "report": False, "cause": False},
+    questions={"is there any abnormality?": "abnormality", "what is the diagnosis?": "diagnosis"},
+)
+
+
+def test_classes_are_the_answers_of_closed_types_and_rows_map_to_their_own_type():
+    targets = ImageTargets.from_candidates(CANDIDATES)
+    assert targets.types == ("abnormality", "diagnosis")  # open types (report, cause) have no classes
+    assert targets.classes == (
+        ("abnormality", "yes"),
+        ("abnormality", "no"),
+        ("diagnosis", "healthy retina"),
+        ("diagnosis", "mild dr"),
+        ("diagnosis", "moderate dr"),
+    )
+    assert targets.class_types().tolist() == [0, 0, 1, 1, 1]
+    rows = targets.targets(
+        CANDIDATES,
+        ["Is there any abnormality?", "what is the diagnosis?", "what is the diagnosis?", "why?", "x"],
+        ["No", "moderate DR", "proliferative dr", "diabetes", "yes"],
+        [None, "diagnosis", "diagnosis", "cause", None],
+    )
+    # By wording when the type is missing; an answer outside the list, an open type, an unknown question: none.
+    assert rows == [1, 4, -100, -100, -100]
+
+
+def test_a_split_without_closed_rows_is_refused_with_the_fix():
+    data = datasets.Dataset.from_dict({"question": ["why?"], "answer": ["diabetes"], "question_type": ["cause"]})
+    args = type(
+        "Args", (), {"question_column": "question", "answer_column": "answer", "question_type_column": "question_type"}
+    )
+    with pytest.raises(ValueError, match="--image_loss_weight needs training rows whose question type is closed"):
+        ImageTargets.from_candidates(CANDIDATES).add_to(data, CANDIDATES, args)
+
+
+def test_each_row_competes_among_its_own_types_answers_only():
+    torch.manual_seed(0)
+    targets = ImageTargets.from_candidates(CANDIDATES)
+    head = ImageAnswerHead(8, targets.class_types(), weight=2.0)
+    states = torch.randn(2, 5, 8)  # two distinct images
+    image_index = torch.tensor([0, 1, 1, 0])
+    rows = torch.tensor([1, 3, -100, 0])  # abnormality "no", diagnosis "mild dr", unlabelled, abnormality "yes"
+    loss = head.loss(states, rows, image_index, num_items_in_batch=10)
+    logits = head(states)[image_index]
+    expected = (
+        torch.nn.functional.cross_entropy(logits[0:1, 0:2], torch.tensor([1]), reduction="sum")
+        + torch.nn.functional.cross_entropy(logits[1:2, 2:5], torch.tensor([1]), reduction="sum")
+        + torch.nn.functional.cross_entropy(logits[3:4, 0:2], torch.tensor([0]), reduction="sum")
+    )
+    assert torch.allclose(loss, 2.0 * expected / 10)
+    loss.backward()
+    # Only abnormality rows and diagnosis rows of their own answers get gradients; the mean without num_items too.
+    assert head.classifier.weight.grad.abs().sum() > 0
+    assert torch.allclose(head.loss(states, rows, image_index), 2.0 * expected / 3)
+    none = head.loss(states, torch.full((4,), -100), image_index)
+    assert none.item() == 0.0 and none.requires_grad
+
+
+def test_the_models_training_loss_adds_the_objective_and_evaluation_does_not():
+    from transformers import AutoConfig
+
+    from retina_vqa.models.blip import SharedImageBlipForQuestionAnswering
+
+    torch.manual_seed(0)
+    model = SharedImageBlipForQuestionAnswering(AutoConfig.from_pretrained(TINY_CONFIG))
+    targets = ImageTargets.from_candidates(CANDIDATES)
+    head = attach_image_head(model, targets, weight=1.0)
+    assert getattr(model, HEAD_NAME) is head
+    pixel_values = torch.randn(2, 3, 128, 128)
+    inputs = {
+        "input_ids": torch.tensor([[2, 10, 3], [2, 11, 3], [2, 11, 3]]),
+        "attention_mask": torch.ones(3, 3, dtype=torch.long),
+        "decoder_input_ids": torch.tensor([[5, 20, 3]] * 3),
+        "decoder_attention_mask": torch.ones(3, 3, dtype=torch.long),
+        "labels": torch.tensor([[-100, 20, 3]] * 3),
+        "pixel_values": pixel_values,
+        "image_index": torch.tensor([0, 1, 1]),
+        "num_items_in_batch": 6,
+    }
+    image_targets = torch.tensor([0, 2, -100])
+    model.train()
+    torch.manual_seed(0)
+    plain = model(**inputs).loss
+    torch.manual_seed(0)
+    with_objective = model(**inputs, image_targets=image_targets)
+    states = with_objective.last_hidden_state
+    assert torch.allclose(
+        with_objective.loss - plain, head.loss(states, image_targets, inputs["image_index"], 6), atol=1e-6
+    )
+    model.eval()
+    assert torch.allclose(model(**inputs, image_targets=image_targets).loss, model(**inputs).loss)
+    assert detach_image_head(model) and not hasattr(model, HEAD_NAME) and not detach_image_head(model)
+
+
+def test_negative_weight_is_refused():
+    with pytest.raises(ValueError, match="--image_loss_weight must be 0"):
+        parse_args(["--output_dir", "x", "--dataset_dir", "d", "--image_loss_weight", "-1"])
+
+
+@pytest.mark.e2e
+def test_a_run_trains_with_the_objective_resumes_it_and_hands_over_plain_blip(tiny_dataset_dir, tmp_path):
+    from transformers import AutoModelForVisualQuestionAnswering
+
+    output_dir = tmp_path / "out"
+    args = common_args(tiny_dataset_dir, output_dir) + [
+        "--do_train", "--image_loss_weight", "1.0", "--max_steps", "2", "--save_steps", "1", "--save_strategy",
+        "steps", "--plot", "false",
+    ]  # fmt: skip
+    results = run_vqa.main(args)
+    assert math.isfinite(results["train_loss"])
+    with safe_open(str(output_dir / "checkpoint-2" / "model.safetensors"), "pt") as f:
+        checkpoint_keys = set(f.keys())
+    with safe_open(str(output_dir / "model.safetensors"), "pt") as f:
+        model_keys = set(f.keys())
+    head_keys = {k for k in checkpoint_keys if k.startswith(HEAD_NAME)}
+    assert head_keys == {f"{HEAD_NAME}.classifier.weight", f"{HEAD_NAME}.classifier.bias"}
+    assert model_keys == checkpoint_keys - head_keys
+    _, info = AutoModelForVisualQuestionAnswering.from_pretrained(output_dir, output_loading_info=True)
+    assert not info["unexpected_keys"] and not info["missing_keys"]
+
+    def head_weight(step: int) -> torch.Tensor:
+        with safe_open(str(output_dir / f"checkpoint-{step}" / "model.safetensors"), "pt") as f:
+            return f.get_tensor(f"{HEAD_NAME}.classifier.weight")
+
+    first, second = head_weight(1), head_weight(2)
+    assert not torch.equal(first, second)  # the head trains
+
+    # Resumed from checkpoint-1, with its head: step 2 again, to the same head as the uninterrupted run.
+    resumed = run_vqa.main(args + ["--resume_from_checkpoint", str(output_dir / "checkpoint-1")])
+    assert math.isfinite(resumed["train_loss"])
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 2
+    assert torch.allclose(head_weight(2), second, atol=1e-6)
