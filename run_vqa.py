@@ -28,7 +28,6 @@ from retina_vqa.models.lora import check_activation_checkpointing, merge_lora, p
 from retina_vqa.plots import plot_run
 from retina_vqa.training.checkpoints import detect_last_checkpoint
 from retina_vqa.training.embedding_cache import ImageEmbeddingCache
-from retina_vqa.training.image_objective import ImageTargets, attach_image_head, detach_image_head
 from retina_vqa.training.evaluation import (
     add_answer_sets,
     build_collator,
@@ -44,6 +43,7 @@ from retina_vqa.training.evaluation import (
     write_run_predictions,
     write_run_table,
 )
+from retina_vqa.training.image_objective import ImageTargets, attach_image_head, detach_image_head
 from retina_vqa.training.model_setup import load_family, load_processor, load_training_model
 from retina_vqa.training.outputs import prior_metrics
 from retina_vqa.training.trainer import VqaTrainer

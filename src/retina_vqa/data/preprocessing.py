@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the entry point's flags, read here by attribute; data/ does
     from ..arguments import DataTrainingArguments
 
 IMAGE_KEY = "image_key"
-# A training row's class for the image-level objective (`training.image_objective`, ``--image_loss_weight``), -100: none.
+# A training row's class for the image-level objective (`training.image_objective`, --image_loss_weight), -100: none.
 IMAGE_TARGET_COLUMN = "image_target"
 
 

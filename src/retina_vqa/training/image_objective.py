@@ -1,4 +1,4 @@
-"""The image-level auxiliary objective (``--image_loss_weight``): the image encoder learns what the image shows directly.
+"""The image-level auxiliary objective (``--image_loss_weight``): the image encoder learns what the image shows.
 
 A BLIP trained from scratch (or far from its pre-training, as fundus photographs are) learns its image features
 only through the question encoder and the answer decoder: a long path, on which the demo's tiny model read the
