@@ -110,10 +110,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     family = load_family(model_args, processor)
     layout = family.layout
     choose_precision(training_args, family.name)
-    if training_args.image_loss_weight and (not family.is_blip or model_args.lora_r):
+    if training_args.image_loss_weight and (model_args.lora_r or model_args.cache_image_embeddings):
         raise ValueError(
-            "--image_loss_weight trains the image encoder of a full BLIP VQA model; this run is "
-            f"{family.name}{' with --lora_r' if model_args.lora_r else ''}. Drop --image_loss_weight."
+            "--image_loss_weight trains the image encoder through a classifier on its states: not with "
+            f"{'--lora_r (adapters only)' if model_args.lora_r else '--cache_image_embeddings (kept states)'}. "
+            "Drop one of them."
         )
     check_activation_checkpointing(
         family.name,

@@ -58,7 +58,7 @@ def table(folders: list[Path]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folders", nargs="+", type=Path, help="run_vqa.py output folders (do_train, do_eval, do_predict)")
+    parser.add_argument("folders", nargs="+", type=Path, help="run_vqa.py output folders (train, eval and predict)")
     args = parser.parse_args(argv)
     missing = [str(f) for f in args.folders if not (f / "all_results.json").is_file()]
     if missing:

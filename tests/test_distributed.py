@@ -13,9 +13,12 @@ from .helpers import ROOT, accelerate_launch, common_args, losses
 pytestmark = pytest.mark.e2e  # real processes / servers: left out of `make test-fast`
 
 
-def test_two_processes_follow_the_single_process_loss_curve(tiny_dataset_dir, tmp_path):
+@pytest.mark.parametrize("objective", [[], ["--image_loss_weight", "1.0"]], ids=["answers", "with_image_objective"])
+def test_two_processes_follow_the_single_process_loss_curve(objective, tiny_dataset_dir, tmp_path):
+    """Also with the image-level objective, whose classifier is used outside the model's forward: its gradient is
+    averaged over the processes and its loss scaled like the answer loss, or the curves would part."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    steps = ["--do_train", "--max_steps", "6", "--save_strategy", "no", "--learning_rate", "5e-4"]
+    steps = ["--do_train", "--max_steps", "6", "--save_strategy", "no", "--learning_rate", "5e-4", *objective]
     single = tmp_path / "single"
     subprocess.run(
         [sys.executable, str(ROOT / "run_vqa.py"), *common_args(tiny_dataset_dir, single), *steps],

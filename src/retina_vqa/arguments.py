@@ -389,12 +389,12 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
     image_loss_weight: float = field(
         default=0.0,
         metadata={
-            "help": "Add an image-level objective to training (BLIP VQA): a linear classifier on the image encoder's "
-            "[CLS] state predicts each closed question's answer (yes/no, the grade, the eye: the ranked candidate "
-            "lists) among its type's answers; its loss, times this weight, is added to the answer loss. A short path "
-            "from the answers to the image encoder, for models trained from scratch or far from their pre-training. "
-            "The classifier is dropped from the saved model. 0 (default): off. The demo uses 1 "
-            "(bench/README.md, 'Demo accuracy levers')."
+            "help": "Add an image-level objective to training (BLIP, BLIP-2, InstructBLIP; not with --lora_r): a "
+            "linear classifier on the image encoder's [CLS] state predicts each closed question's answer (yes/no, "
+            "the grade, the eye: the ranked candidate lists) among its type's answers; its loss, times this weight, "
+            "is added to the answer loss. A short path from the answers to the image encoder, for models trained "
+            "from scratch or far from their pre-training. The classifier is dropped from the saved model. 0 "
+            "(default): off (bench/README.md, 'Demo accuracy levers', measures it)."
         },
     )
     group_eval_by_question: bool = field(

@@ -24,6 +24,7 @@ from retina_vqa.training.image_objective import (
     ImageTargets,
     attach_image_head,
     detach_image_head,
+    image_states_of,
 )
 
 CANDIDATES = AnswerCandidates(
@@ -91,39 +92,30 @@ def test_each_row_competes_among_its_own_types_answers_only():
     assert none.item() == 0.0 and none.requires_grad
 
 
-def test_the_models_training_loss_adds_the_objective_and_evaluation_does_not():
+def test_the_encoders_states_of_a_forward_are_caught_and_a_step_without_them_is_an_error():
     from transformers import AutoConfig
 
-    from retina_vqa.models.blip import SharedImageBlipForQuestionAnswering
+    from retina_vqa.models.blip import SharedImageBlipForQuestionAnswering, encode_images
 
     torch.manual_seed(0)
-    model = SharedImageBlipForQuestionAnswering(AutoConfig.from_pretrained(TINY_CONFIG))
-    targets = ImageTargets.from_candidates(CANDIDATES)
-    head = attach_image_head(model, targets, weight=1.0)
-    assert getattr(model, HEAD_NAME) is head
+    model = SharedImageBlipForQuestionAnswering(AutoConfig.from_pretrained(TINY_CONFIG)).eval()
+    head = attach_image_head(model, ImageTargets.from_candidates(CANDIDATES), weight=1.0)
+    assert getattr(model, HEAD_NAME) is head and head.classifier.in_features == 128
     pixel_values = torch.randn(2, 3, 128, 128)
     inputs = {
         "input_ids": torch.tensor([[2, 10, 3], [2, 11, 3], [2, 11, 3]]),
-        "attention_mask": torch.ones(3, 3, dtype=torch.long),
         "decoder_input_ids": torch.tensor([[5, 20, 3]] * 3),
-        "decoder_attention_mask": torch.ones(3, 3, dtype=torch.long),
         "labels": torch.tensor([[-100, 20, 3]] * 3),
         "pixel_values": pixel_values,
         "image_index": torch.tensor([0, 1, 1]),
-        "num_items_in_batch": 6,
     }
-    image_targets = torch.tensor([0, 2, -100])
-    model.train()
-    torch.manual_seed(0)
-    plain = model(**inputs).loss
-    torch.manual_seed(0)
-    with_objective = model(**inputs, image_targets=image_targets)
-    states = with_objective.last_hidden_state
-    assert torch.allclose(
-        with_objective.loss - plain, head.loss(states, image_targets, inputs["image_index"], 6), atol=1e-6
-    )
-    model.eval()
-    assert torch.allclose(model(**inputs, image_targets=image_targets).loss, model(**inputs).loss)
+    with torch.no_grad(), image_states_of(model) as states:
+        model(**inputs)
+        expected = encode_images(model, pixel_values)
+    assert torch.equal(states.value, expected)  # one entry per distinct image, [CLS] first
+    with pytest.raises(RuntimeError, match="the image encoder did not run"), image_states_of(model):
+        pass
+    assert len(model.vision_model._forward_hooks) == 0  # the hook never outlives the step
     assert detach_image_head(model) and not hasattr(model, HEAD_NAME) and not detach_image_head(model)
 
 
@@ -133,11 +125,14 @@ def test_negative_weight_is_refused():
 
 
 @pytest.mark.e2e
-def test_a_run_trains_with_the_objective_resumes_it_and_hands_over_plain_blip(tiny_dataset_dir, tmp_path):
-    from transformers import AutoModelForVisualQuestionAnswering
+@pytest.mark.parametrize("config", ["blip-tiny", "blip2-opt-tiny"])
+def test_a_run_trains_with_the_objective_resumes_it_and_hands_over_the_plain_model(config, tiny_dataset_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoModelForVisualQuestionAnswering
 
     output_dir = tmp_path / "out"
-    args = common_args(tiny_dataset_dir, output_dir) + [
+    args = common_args(tiny_dataset_dir, output_dir)
+    args[args.index("--config_name") + 1] = str(ROOT / "configs" / config)
+    args += [
         "--do_train", "--image_loss_weight", "1.0", "--max_steps", "2", "--save_steps", "1", "--save_strategy",
         "steps", "--plot", "false",
     ]  # fmt: skip
@@ -150,7 +145,8 @@ def test_a_run_trains_with_the_objective_resumes_it_and_hands_over_plain_blip(ti
     head_keys = {k for k in checkpoint_keys if k.startswith(HEAD_NAME)}
     assert head_keys == {f"{HEAD_NAME}.classifier.weight", f"{HEAD_NAME}.classifier.bias"}
     assert model_keys == checkpoint_keys - head_keys
-    _, info = AutoModelForVisualQuestionAnswering.from_pretrained(output_dir, output_loading_info=True)
+    auto = AutoModelForVisualQuestionAnswering if config == "blip-tiny" else AutoModelForImageTextToText
+    _, info = auto.from_pretrained(output_dir, output_loading_info=True)
     assert not info["unexpected_keys"] and not info["missing_keys"]
 
     def head_weight(step: int) -> torch.Tensor:

@@ -252,4 +252,6 @@ class PromptCollator:
             batch["qformer_input_ids"], batch["qformer_attention_mask"] = _pad(
                 [f["qformer_input_ids"] for f in features], self.qformer_pad_token_id or 0, self.pad_to_multiple_of
             )
+        if IMAGE_TARGET_COLUMN in features[0]:  # --image_loss_weight, as in VqaCollator
+            batch["image_targets"] = torch.tensor([f[IMAGE_TARGET_COLUMN] for f in features], dtype=torch.long)
         return batch

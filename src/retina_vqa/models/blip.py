@@ -121,8 +121,7 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
     of once per question, with the same gradient. ``image_embeds`` (the image encoder's outputs, one per
     distinct image) may replace ``pixel_values`` when they are already known (`embedding_cache`). Without
     any of these, the forward is transformers' own. The weights and the saved files are those of
-    `BlipForQuestionAnswering`. While an ``image_answer_head`` is attached (``--image_loss_weight``), training
-    batches with ``image_targets`` add its loss (`training.image_objective`).
+    `BlipForQuestionAnswering`.
     """
 
     # The Trainer passes `num_items_in_batch` (answer tokens in the whole step: all processes, all accumulated
@@ -143,10 +142,9 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         image_index: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         image_embeds: torch.Tensor | None = None,
-        image_targets: torch.LongTensor | None = None,
         **kwargs,
     ) -> BlipTextVisionModelOutput:
-        if image_index is None and num_items_in_batch is None and image_embeds is None and image_targets is None:
+        if image_index is None and num_items_in_batch is None and image_embeds is None:
             return super().forward(
                 input_ids=input_ids,
                 pixel_values=pixel_values,
@@ -180,10 +178,6 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         if labels is not None:
             # reduction "none" gives each answer's summed token loss.
             loss = answer.loss.mean() if num_items_in_batch is None else answer.loss.sum() / num_items_in_batch
-            head = getattr(self, "image_answer_head", None)
-            if head is not None and image_targets is not None and self.training:
-                # --image_loss_weight (training.image_objective): the image encoder's [CLS] classifies the answer.
-                loss = loss + head.loss(per_image, image_targets, image_index, num_items_in_batch)
         return BlipTextVisionModelOutput(
             loss=loss,
             image_embeds=image_embeds,

@@ -10,15 +10,18 @@ to the answer loss. Each row only competes among its own type's answers, so one 
 
 The targets are the training rows' own answers (`image_targets`): no labels beyond the dataset's. The loss is summed
 over rows and divided like the answer loss, by the answer tokens of the whole step (`num_items_in_batch`), so it
-weighs the same under gradient accumulation and over any number of processes. The head is a submodule of the
-model while it trains (the optimizer, DDP, FSDP and checkpoints see it, so a resumed run continues it) and is
-removed before the model is handed over (`detach_image_head`): the saved model is plain `BlipForQuestionAnswering`.
+weighs the same under gradient accumulation and over any number of processes. `VqaTrainer.compute_loss` adds it,
+reading the image encoder's states of the step's own forward (`image_states_of`): the model's forward is untouched,
+and BLIP, BLIP-2 and InstructBLIP get the same objective. The head is a submodule of the model while it trains (the
+optimizer, DDP and checkpoints see it, so a resumed run continues it) and is removed before the model is handed over
+(`detach_image_head`): the saved model is what it would be without the objective.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +41,7 @@ __all__ = [
     "ImageTargets",
     "attach_image_head",
     "detach_image_head",
+    "image_states_of",
 ]
 
 # The head's attribute on the model while it trains.
@@ -154,11 +158,37 @@ class ImageAnswerHead(nn.Module):
         return self.loss_weight * total
 
 
+class _Caught:
+    value: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def image_states_of(model: nn.Module) -> Iterator[_Caught]:
+    """Catch the image encoder's states (``last_hidden_state`` of ``model.vision_model``) of the forwards run inside:
+    ``.value`` holds the last one. Raises when the encoder did not run (its outputs were kept, or it is absent)."""
+    caught = _Caught()
+
+    def keep(module: nn.Module, args: Any, output: Any) -> None:
+        caught.value = output[0] if isinstance(output, tuple) else output.last_hidden_state
+
+    handle = model.vision_model.register_forward_hook(keep)
+    try:
+        yield caught
+    finally:
+        handle.remove()
+    if caught.value is None:
+        raise RuntimeError(
+            "--image_loss_weight: the image encoder did not run in this training step (kept image-encoder outputs?); "
+            "the objective needs its states. Drop --cache_image_embeddings or --image_loss_weight."
+        )
+
+
 def attach_image_head(model: nn.Module, targets: ImageTargets, weight: float) -> ImageAnswerHead:
-    """Give a BLIP VQA model the objective's head (a submodule while it trains)."""
+    """Give a model with an image encoder (``vision_model``: BLIP, BLIP-2, InstructBLIP) the objective's head, a
+    submodule while it trains."""
     vision = getattr(getattr(model, "config", None), "vision_config", None)
     if vision is None or not hasattr(model, "vision_model"):
-        raise ValueError("--image_loss_weight trains BLIP VQA models (a vision_model with a [CLS] state) only.")
+        raise ValueError("--image_loss_weight needs a model with an image encoder (vision_model) and a [CLS] state.")
     head = ImageAnswerHead(vision.hidden_size, targets.class_types(), weight)
     parameter = next(model.vision_model.parameters())
     head.to(device=parameter.device)

@@ -34,6 +34,7 @@ from ..models.family import Family
 from ..models.lora import merge_lora
 from .checkpoints import last_complete_checkpoint
 from .embedding_cache import ImageEmbeddingCache
+from .image_objective import HEAD_NAME, image_states_of
 from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,25 @@ class VqaTrainer(Seq2SeqTrainer):
                 "--warmup_steps, set --max_grad_norm, or train in fp32/bf16 instead of fp16, then resume."
             )
         return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # --image_loss_weight: training batches carry each row's class; the image encoder's states of this forward
+        # (caught on their way out of it) feed the head, whose loss joins the answer loss (training.image_objective).
+        targets = inputs.pop("image_targets", None)
+        head = getattr(self.accelerator.unwrap_model(model), HEAD_NAME, None)
+        if targets is None or head is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        with image_states_of(self.accelerator.unwrap_model(model)) as states:
+            loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        extra = head.loss(states.value, targets, inputs.get("image_index"), num_items_in_batch)
+        if (
+            self.args.average_tokens_across_devices
+            and (self.model_accepts_loss_kwargs or self.compute_loss_func)
+            and num_items_in_batch is not None
+        ):  # as upstream scales the answer loss: num_items_in_batch counts the tokens of every process
+            extra = extra * self.accelerator.num_processes
+        loss = loss + extra
+        return (loss, outputs) if return_outputs else loss
 
     def evaluation_loop(self, *args, **kwargs):
         # Seq2SeqTrainer.evaluate/predict switch to `accelerator.gather`, which keeps the samples that
