@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "finetuned_from": model_args.model_name_or_path,
         "dataset": data_args.dataset_name or data_args.dataset_dir or data_args.train_file,
         "tasks": "visual-question-answering",
+        "augment": data_args.augment if training_args.do_train else None,
     }
     if not family.is_blip:  # BLIP-2 / InstructBLIP: the usage snippet needs the prompt
         card.update(prompt_template=data_args.prompt_template, decoder_only=layout.decoder_only)

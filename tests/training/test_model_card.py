@@ -64,3 +64,12 @@ def test_uncalibrated_ranking_claims_nothing_about_fitting(tmp_path):
     card = card_for(tmp_path, plain)
     assert "| expected calibration error (10 bins) | 0.2100 | - |" in card
     assert "in-sample" not in card and "held out" not in card
+
+
+def test_the_training_settings_name_the_objective_the_grouping_and_the_augmentation(tmp_path):
+    args = SimpleNamespace(learning_rate=1e-3, image_loss_weight=1.0, group_by_image=True, max_questions_per_image=2)
+    card = render_model_card("m", str(tmp_path), [], args, augment=True)
+    settings = card.split("## Training settings\n", 1)[1]
+    for row in ("| image_loss_weight | 1.0 |", "| max_questions_per_image | 2 |", "| augment | True |"):
+        assert row in settings
+    assert "| augment |" not in render_model_card("m", str(tmp_path), [], args)  # not a training run

@@ -276,13 +276,14 @@ def render_model_card(
     decoder_only: bool = True,
     repo_id: str | None = None,
     adapter_base: str | None = None,
+    augment: bool | None = None,
     **_: Any,
 ) -> str:
     """Markdown with hub metadata, results next to the question-prior baseline, usage and settings.
 
     `repo_id`: the hub repository the card is pushed to (the usage snippet loads it); default: ``--hub_model_id``,
     else the output folder. `adapter_base`: the folder holds a LoRA adapter on this base model (``--merge_lora
-    false``): the card says so and how it loads.
+    false``): the card says so and how it loads. `augment`: whether training images were augmented (``--augment``).
     """
     results_path = os.path.join(output_dir, "all_results.json")
     metrics: dict[str, Any] = {}
@@ -387,8 +388,13 @@ def render_model_card(
             "fp16",
             "generation_max_length",
             "generation_num_beams",
+            "group_by_image",
+            "max_questions_per_image",
+            "image_loss_weight",
         )
     }
+    if augment is not None:
+        hyper["augment"] = augment
     parts.append(
         "## Training settings\n\n| setting | value |\n| --- | --- |\n"
         + "\n".join(f"| {k} | {v} |" for k, v in hyper.items() if v is not None)
