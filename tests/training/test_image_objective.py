@@ -20,6 +20,7 @@ from retina_vqa.answering.candidates import AnswerCandidates
 from retina_vqa.arguments import parse_args
 from retina_vqa.training.image_objective import (
     HEAD_NAME,
+    IGNORE,
     ImageAnswerHead,
     ImageTargets,
     attach_image_head,
@@ -69,26 +70,34 @@ def test_a_split_without_closed_rows_is_refused_with_the_fix():
         ImageTargets.from_candidates(CANDIDATES).add_to(data, CANDIDATES, args)
 
 
-def test_each_row_competes_among_its_own_types_answers_only():
+def test_every_row_carries_its_images_answers_to_each_closed_type():
+    targets = ImageTargets.from_candidates(CANDIDATES)
+    # Rows of two images: image "a" asks abnormality (no) and diagnosis (mild); "b" asks diagnosis twice, disagreeing.
+    rows = [1, 3, IGNORE, 2, 4]
+    keys = ["a", "a", "a", "b", "b"]
+    assert targets.image_labels(rows, keys) == [[1, 3], [1, 3], [1, 3], [IGNORE, IGNORE], [IGNORE, IGNORE]]
+    assert targets.image_labels(rows, None) == [[1, IGNORE], [IGNORE, 3], [IGNORE, IGNORE], [IGNORE, 2], [IGNORE, 4]]
+
+
+def test_each_label_competes_among_its_own_types_answers_only():
     torch.manual_seed(0)
     targets = ImageTargets.from_candidates(CANDIDATES)
     head = ImageAnswerHead(8, targets.class_types(), weight=2.0)
     states = torch.randn(2, 5, 8)  # two distinct images
-    image_index = torch.tensor([0, 1, 1, 0])
-    rows = torch.tensor([1, 3, -100, 0])  # abnormality "no", diagnosis "mild dr", unlabelled, abnormality "yes"
-    loss = head.loss(states, rows, image_index, num_items_in_batch=10)
+    image_index = torch.tensor([0, 1, 1])
+    labels = torch.tensor([[1, 3], [0, IGNORE], [0, IGNORE]])  # image 0: "no", "mild dr"; image 1: "yes"
+    loss = head.loss(states, labels, image_index, num_items_in_batch=10)
     logits = head(states)[image_index]
-    expected = (
-        torch.nn.functional.cross_entropy(logits[0:1, 0:2], torch.tensor([1]), reduction="sum")
-        + torch.nn.functional.cross_entropy(logits[1:2, 2:5], torch.tensor([1]), reduction="sum")
-        + torch.nn.functional.cross_entropy(logits[3:4, 0:2], torch.tensor([0]), reduction="sum")
-    )
+
+    def ce(row, columns, target):
+        return torch.nn.functional.cross_entropy(logits[row : row + 1, columns], torch.tensor([target]))
+
+    expected = ce(0, slice(0, 2), 1) + ce(0, slice(2, 5), 1) + 2 * ce(1, slice(0, 2), 0)
     assert torch.allclose(loss, 2.0 * expected / 10)
+    assert torch.allclose(head.loss(states, labels, image_index), 2.0 * expected / 4)  # without num_items: the mean
     loss.backward()
-    # Only abnormality rows and diagnosis rows of their own answers get gradients; the mean without num_items too.
     assert head.classifier.weight.grad.abs().sum() > 0
-    assert torch.allclose(head.loss(states, rows, image_index), 2.0 * expected / 3)
-    none = head.loss(states, torch.full((4,), -100), image_index)
+    none = head.loss(states, torch.full((3, 2), IGNORE), image_index)
     assert none.item() == 0.0 and none.requires_grad
 
 

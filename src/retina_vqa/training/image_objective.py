@@ -3,13 +3,16 @@
 A BLIP trained from scratch (or far from its pre-training, as fundus photographs are) learns its image features
 only through the question encoder and the answer decoder: a long path, on which the demo's tiny model read the
 grade worse than an image-only probe on the same pixels and learned which eye it sees late or not at all. This
-objective adds a short one. A linear classifier (`ImageAnswerHead`) on the image encoder's ``[CLS]`` state predicts,
-for each training row whose question type is closed (the ranked candidate lists of `answering.candidates`: yes/no,
-the grade, the eye, ...), that row's answer among its type's answers; its cross-entropy, times the weight, is added
-to the answer loss. Each row only competes among its own type's answers, so one head serves every closed type.
+objective adds a short one. A linear classifier (`ImageAnswerHead`) on the image encoder's ``[CLS]`` state predicts
+what the image's closed questions answer (the types with ranked candidate lists in `answering.candidates`: yes/no,
+the grade, the eye, ...), each among its own type's answers, so one head serves every closed type; its
+cross-entropy, times the weight, is added to the answer loss.
 
-The targets are the training rows' own answers (`image_targets`): no labels beyond the dataset's. The loss is summed
-over rows and divided like the answer loss, by the answer tokens of the whole step (`num_items_in_batch`), so it
+The labels are the training split's own answers, gathered per image (`ImageTargets.image_labels`): every row carries
+its image's answer to each closed type, whether or not the row asks it, so each image of a step teaches the encoder
+all it is known to show (10 closed types on synthetic RetinaVQA, where a step holds about two rows of an image).
+No labels beyond the dataset's. Each label counts like an answer token: the loss is summed over rows and labels and
+divided like the answer loss, by the answer tokens of the whole step (`num_items_in_batch`), so it
 weighs the same under gradient accumulation and over any number of processes. `VqaTrainer.compute_loss` adds it,
 reading the image encoder's states of the step's own forward (`image_states_of`): the model's forward is untouched,
 and BLIP, BLIP-2 and InstructBLIP get the same objective. The head is a submodule of the model while it trains (the
@@ -29,13 +32,14 @@ import torch
 from torch import nn
 
 from ..answering.candidates import ALL_QUESTIONS, AnswerCandidates
-from ..data.preprocessing import IMAGE_TARGET_COLUMN
+from ..data.preprocessing import IMAGE_KEY, IMAGE_TARGET_COLUMN
 from ..metrics.normalize import normalize_answer
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "HEAD_NAME",
+    "IGNORE",
     "IMAGE_TARGET_COLUMN",
     "ImageAnswerHead",
     "ImageTargets",
@@ -84,7 +88,7 @@ class ImageTargets:
         answers: Sequence[str],
         question_types: Sequence[str | None] | None = None,
     ) -> list[int]:
-        """Each row's class (its type as `AnswerCandidates.set_for` finds it under ``auto``), -100 when its type
+        """Each row's own class (its type as `AnswerCandidates.set_for` finds it under ``auto``), -100 when its type
         is not closed or its answer is not one of the type's."""
         lookup = {pair: i for i, pair in enumerate(self.classes)}
         types = list(question_types) if question_types is not None else [None] * len(questions)
@@ -94,29 +98,49 @@ class ImageTargets:
             out.append(lookup.get((name, normalize_answer(str(answer or ""))), IGNORE) if name else IGNORE)
         return out
 
+    def image_labels(self, row_classes: Sequence[int], image_keys: Sequence[Any] | None) -> list[list[int]]:
+        """For each row, its image's class of every type (``[type 0, type 1, ...]``, -100 where the image has no
+        row of that type, or rows that disagree), gathered over the image's rows (by ``image_keys``; None: each
+        row is its own image)."""
+        class_types = self.class_types().tolist()
+        keys = list(image_keys) if image_keys is not None else list(range(len(row_classes)))
+        per_image: dict[Any, list[int]] = {}
+        for key, label in zip(keys, row_classes, strict=True):
+            labels = per_image.setdefault(key, [IGNORE] * len(self.types))
+            if label == IGNORE:
+                continue
+            kind = class_types[label]
+            if labels[kind] == IGNORE:
+                labels[kind] = label
+            elif labels[kind] != label:
+                labels[kind] = -200  # two answers for one image: no label of this type (marked, then cleared)
+        for labels in per_image.values():
+            labels[:] = [IGNORE if label == -200 else label for label in labels]
+        return [per_image[key] for key in keys]
+
     def add_to(self, dataset: Any, candidates: AnswerCandidates, data_args: Any) -> Any:
-        """`dataset` (the training split) with an ``image_target`` column; a clear error when no row has one."""
+        """`dataset` (the training split, with the ``image_key`` of `data.prepare_split` when it has one) with an
+        ``image_target`` column: each row's image labels (`image_labels`); a clear error when no image has one."""
         names = dataset.column_names
         kinds = dataset[data_args.question_type_column] if data_args.question_type_column in names else None
-        targets = self.targets(candidates, dataset[data_args.question_column], dataset[data_args.answer_column], kinds)
-        labelled = sum(t != IGNORE for t in targets)
-        if not labelled:
+        rows = self.targets(candidates, dataset[data_args.question_column], dataset[data_args.answer_column], kinds)
+        if not any(t != IGNORE for t in rows):
             raise ValueError(
                 "--image_loss_weight needs training rows whose question type is closed (a small set of short "
-                f"answers: yes/no, a grade, ...); none of the {len(targets)} rows is. Train without "
+                f"answers: yes/no, a grade, ...); none of the {len(rows)} rows is. Train without "
                 "--image_loss_weight, or give the rows a question_type (and answer_type) column."
             )
+        labels = self.image_labels(rows, dataset[IMAGE_KEY] if IMAGE_KEY in names else None)
         logger.info(
-            "Image objective: %d classes over %d closed question types (%s); %d of %d training rows labelled",
+            "Image objective: %d classes over %d closed question types (%s); %.1f labels per training row",
             len(self.classes),
             len(self.types),
             ", ".join(self.types),
-            labelled,
-            len(targets),
+            sum(sum(label != IGNORE for label in row) for row in labels) / max(len(labels), 1),
         )
         if IMAGE_TARGET_COLUMN in names:
             dataset = dataset.remove_columns(IMAGE_TARGET_COLUMN)
-        return dataset.add_column(IMAGE_TARGET_COLUMN, targets)
+        return dataset.add_column(IMAGE_TARGET_COLUMN, labels)
 
 
 class ImageAnswerHead(nn.Module):
@@ -141,20 +165,29 @@ class ImageAnswerHead(nn.Module):
         image_index: torch.Tensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
-        """The weighted objective of one batch: each labelled row's cross-entropy among its own type's answers,
-        summed and divided by `num_items_in_batch` (the step's answer tokens; without it, averaged over labelled
-        rows). ``image_states`` holds one entry per distinct image when ``image_index`` (one per row) is given."""
+        """The weighted objective of one batch. ``targets`` (rows x types) holds each row's image labels
+        (`ImageTargets.image_labels`); every label is a cross-entropy among its type's answers. Summed over rows and
+        types and divided by `num_items_in_batch` (the step's answer tokens: each label weighs like an answer token);
+        without it, averaged over the labels. ``image_states`` holds one entry per distinct image when
+        ``image_index`` (one per row) is given."""
         logits = self(image_states).float()
         if image_index is not None:
             logits = logits.index_select(0, image_index)
-        targets = targets.to(logits.device)
-        labelled = targets != IGNORE
-        if not bool(labelled.any()):
-            return logits.sum() * 0.0  # keeps the head in the graph (DDP expects a gradient for every parameter)
-        logits, targets = logits[labelled], targets[labelled]
-        other_type = self.class_types[None, :] != self.class_types[targets][:, None]
-        losses = nn.functional.cross_entropy(logits.masked_fill(other_type, float("-inf")), targets, reduction="none")
-        total = losses.mean() if num_items_in_batch is None else losses.sum() / num_items_in_batch
+        targets = targets.to(logits.device).reshape(logits.shape[0], -1)
+        total = logits.sum() * 0.0  # keeps the head in the graph (DDP expects a gradient for every parameter)
+        count = 0
+        for kind in range(targets.shape[1]):
+            labelled = targets[:, kind] != IGNORE
+            if not bool(labelled.any()):
+                continue
+            columns = (self.class_types == kind).nonzero().squeeze(1)
+            local = targets[labelled, kind] - columns[0]  # a type's classes are contiguous
+            total = total + nn.functional.cross_entropy(logits[labelled][:, columns], local, reduction="sum")
+            count += int(labelled.sum())
+        if num_items_in_batch is not None:
+            total = total / num_items_in_batch
+        elif count:
+            total = total / count
         return self.loss_weight * total
 
 
