@@ -170,14 +170,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     candidates = run_candidates(model_args, data_args, training_args, raw_datasets)
     plan = add_answer_sets(prepared, candidates, processor, family, data_args, training_args)
     orders = put_in_answering_order(prepared, data_args.question_column) if training_args.group_eval_by_question else {}
+    orientation: tuple[int, ...] = ()
     if training_args.image_loss_weight and training_args.do_train:
-        # The image-level objective: each closed training row's answer, classified from the image encoder's [CLS].
+        # The image-level objective: every training row carries its image's closed answers, classified from the
+        # image encoder's [CLS]; a flip (--augment) clears the eye's side.
         targets = ImageTargets.from_candidates(candidates)
         prepared["do_train"] = targets.add_to(prepared["do_train"], candidates, data_args)
         attach_image_head(model, targets, training_args.image_loss_weight)
+        orientation = targets.orientation_columns()
     collator = build_collator(family, processor, data_args, training_args, ranking=plan is not None)
     # --augment: training batches get a collator of their own; evaluation and prediction see the images as they are.
-    train_collator = build_train_collator(collator, data_args, training_args) if training_args.do_train else None
+    train_collator = (
+        build_train_collator(collator, data_args, training_args, orientation) if training_args.do_train else None
+    )
     eval_dataset = prepared.get("do_eval")
     compute_metrics = build_metrics(tokenizer, eval_dataset, data_args, plan)
 

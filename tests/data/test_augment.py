@@ -215,3 +215,22 @@ def test_prompt_collator_augments_each_image_once_too():
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         FundusAugmentation(**{field: value})
+
+
+@pytest.mark.parametrize("prompt", [False, True], ids=["blip", "blip2"])
+def test_a_flip_clears_the_eyes_side_from_the_image_objectives_labels(prompt):
+    """Image labels (--image_loss_weight) travel with every row; a mirrored image keeps its other labels but loses
+    the laterality one (a flipped left eye looks like a right eye). Image 0 has a laterality row: never flipped."""
+    features = [dict(f, image_target=[7, 1]) for f in FEATURES]  # label columns: [laterality, abnormality]
+    processor = BlipImageProcessorPil(size={"height": SIZE, "width": SIZE}, do_normalize=False)
+
+    def collate(flip_probability: float) -> list[list[int]]:
+        augmentation = FundusAugmentation(seed=0, **dict(FLIP_ONLY, flip_probability=flip_probability))
+        if not prompt:
+            return _collator(augmentation, orientation_targets=(0,))(features)["image_targets"].tolist()
+        rows = [dict(f, input_ids=[9, 9, 2, 40], answer_ids=[50, 3]) for f in features]
+        collator = PromptCollator(processor, 2, 9, 0, True, augment=augmentation, orientation_targets=(0,))
+        return collator(rows)["image_targets"].tolist()
+
+    assert collate(1.0) == [[7, 1], [7, 1], [-100, 1], [-100, 1], [-100, 1]]
+    assert collate(0.0) == [[7, 1]] * 5

@@ -64,6 +64,7 @@ class FundusAugmentation:
     flip_probability: float = 0.5  # horizontal flip of images no laterality question is asked about
     _rng: np.random.Generator | None = field(default=None, init=False, repr=False, compare=False)
     _owner: tuple[int, int | None] | None = field(default=None, init=False, repr=False, compare=False)
+    last_flipped: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_area <= 1.0 <= self.max_area:
@@ -84,11 +85,19 @@ class FundusAugmentation:
         return self._rng
 
     def __call__(self, image: Image.Image, flip_allowed: bool = False) -> Image.Image:
-        """One random version of ``image`` (RGB); mirrored only when ``flip_allowed``."""
-        return self.apply(image, self.generator(), flip_allowed)
+        """One random version of ``image`` (RGB); mirrored only when ``flip_allowed`` (``last_flipped`` says whether
+        it was)."""
+        image, self.last_flipped = self.apply_with_flip(image, self.generator(), flip_allowed)
+        return image
 
     def apply(self, image: Image.Image, rng: np.random.Generator, flip_allowed: bool = False) -> Image.Image:
         """``image`` augmented with draws from ``rng``, always the same number of them whatever is allowed."""
+        return self.apply_with_flip(image, rng, flip_allowed)[0]
+
+    def apply_with_flip(
+        self, image: Image.Image, rng: np.random.Generator, flip_allowed: bool = False
+    ) -> tuple[Image.Image, bool]:
+        """`apply`, and whether the image was mirrored."""
         image = image.convert("RGB")
         width, height = image.size
         # Draws first, in a fixed order.
@@ -132,7 +141,9 @@ class FundusAugmentation:
         else:
             light = 1.0 + strength * (u * math.cos(direction) + v * math.sin(direction))
         img *= light[..., None]
-        return Image.fromarray((np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+        return Image.fromarray((np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), mode="RGB"), bool(
+            flip and flip_allowed
+        )
 
 
 def augment_batch(
@@ -141,12 +152,14 @@ def augment_batch(
     image_keys: Sequence[Hashable],
     row_keys: Sequence[Hashable],
     row_question_types: Sequence[str | None] | None,
+    flipped: set[Hashable] | None = None,
 ) -> list[Image.Image]:
     """A batch's decoded images, each distinct image augmented once.
 
     ``images[j]`` is the image of key ``image_keys[j]`` (a key may repeat when a collator decodes an image per row:
     every copy gets the same pixels); ``row_keys[i]`` and ``row_question_types[i]`` are the image key and question
-    type of row ``i`` of the batch (None: the data has no question types, so nothing is flipped).
+    type of row ``i`` of the batch (None: the data has no question types, so nothing is flipped). The keys of the
+    images that were mirrored are added to ``flipped`` when given.
     """
     types_of: dict[Hashable, list[str | None]] = {}
     for i, key in enumerate(row_keys):
@@ -156,6 +169,8 @@ def augment_batch(
     for image, key in zip(images, image_keys, strict=True):
         if key not in done:
             done[key] = augmentation(image, flip_allowed=may_flip(types_of.get(key, [None])))
+            if flipped is not None and getattr(augmentation, "last_flipped", False):
+                flipped.add(key)
         out.append(done[key])
     return out
 

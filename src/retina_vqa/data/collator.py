@@ -46,14 +46,28 @@ def _augmented(
     rows: list[int],
     images: list[Any],
     question_type_column: str | None,
-) -> list[Any]:
+) -> tuple[list[Any], list[bool]]:
     """The decoded images of a training batch (``images[j]`` from row ``rows[j]``), each distinct image (by its
-    ``image_key``, else its row) augmented once, flipped only where no row about it asks a laterality question."""
+    ``image_key``, else its row) augmented once, flipped only where no row about it asks a laterality question; and
+    for each row whether its image was flipped."""
     row_keys = [f.get(IMAGE_KEY, i) for i, f in enumerate(features)]
     types = None
     if question_type_column and question_type_column in features[0]:
         types = [f[question_type_column] for f in features]
-    return augment_batch(augmentation, images, [row_keys[i] for i in rows], row_keys, types)
+    flipped: set[Any] = set()
+    images = augment_batch(augmentation, images, [row_keys[i] for i in rows], row_keys, types, flipped)
+    return images, [key in flipped for key in row_keys]
+
+
+def _image_targets(features: list[dict[str, Any]], flipped: list[bool] | None, orientation: tuple[int, ...]) -> Any:
+    """The rows' image labels (``image_target``: `training.image_objective`), the side of the eye (``orientation``
+    columns) cleared where the row's image was mirrored: a flipped left eye looks like a right one."""
+    targets = torch.tensor([f[IMAGE_TARGET_COLUMN] for f in features], dtype=torch.long)
+    if flipped and orientation and any(flipped):
+        rows = torch.tensor(flipped)
+        for column in orientation:
+            targets[rows, column] = -100
+    return targets
 
 
 def _check_keys(collator: str, features: list[dict[str, Any]], image_column: str, fix: str) -> None:
@@ -98,7 +112,8 @@ class VqaCollator:
     laterality question keep their image unflipped.
 
     Rows with an ``image_target`` (the training split under ``--image_loss_weight``) give ``image_targets``, each
-    row's class for the image-level objective (`training.image_objective`).
+    row's image labels for the image-level objective (`training.image_objective`); the ``orientation_targets``
+    columns of them (the eye's side) are cleared for images the augmentation mirrored.
     """
 
     image_processor: Any
@@ -111,6 +126,7 @@ class VqaCollator:
     return_image_keys: bool = False
     augment: FundusAugmentation | None = None
     question_type_column: str | None = "question_type"
+    orientation_targets: tuple[int, ...] = ()
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         _check_keys(
@@ -142,8 +158,9 @@ class VqaCollator:
             load_image(features[i][self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
             for i in rows
         ]
+        flipped = None
         if self.augment is not None:
-            images = _augmented(self.augment, features, rows, images, self.question_type_column)
+            images, flipped = _augmented(self.augment, features, rows, images, self.question_type_column)
         batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         batch["input_ids"], batch["attention_mask"] = _pad(
             [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
@@ -160,8 +177,8 @@ class VqaCollator:
             # The decoder predicts token t+1 from token t: [DEC] itself is never a target. Marking it -100
             # keeps the Trainer's count of answer tokens (which normalises the loss) exact.
             batch["labels"][:, 0] = self.label_pad_token_id
-        if IMAGE_TARGET_COLUMN in features[0]:  # --image_loss_weight: each row's class for the image objective
-            batch["image_targets"] = torch.tensor([f[IMAGE_TARGET_COLUMN] for f in features], dtype=torch.long)
+        if IMAGE_TARGET_COLUMN in features[0]:  # --image_loss_weight: each row's image labels
+            batch["image_targets"] = _image_targets(features, flipped, self.orientation_targets)
         return batch
 
 
@@ -198,6 +215,7 @@ class PromptCollator:
     label_pad_token_id: int = -100
     augment: FundusAugmentation | None = None
     question_type_column: str | None = "question_type"
+    orientation_targets: tuple[int, ...] = ()
 
     @classmethod
     def from_layout(cls, layout: Any, image_processor: Any, **kwargs: Any) -> PromptCollator:
@@ -228,8 +246,11 @@ class PromptCollator:
             load_image(f[self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
             for i, f in enumerate(features)
         ]
+        flipped = None
         if self.augment is not None:
-            images = _augmented(self.augment, features, list(range(len(features))), images, self.question_type_column)
+            images, flipped = _augmented(
+                self.augment, features, list(range(len(features))), images, self.question_type_column
+            )
         batch: dict[str, Any] = {
             "pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]
         }
@@ -253,5 +274,5 @@ class PromptCollator:
                 [f["qformer_input_ids"] for f in features], self.qformer_pad_token_id or 0, self.pad_to_multiple_of
             )
         if IMAGE_TARGET_COLUMN in features[0]:  # --image_loss_weight, as in VqaCollator
-            batch["image_targets"] = torch.tensor([f[IMAGE_TARGET_COLUMN] for f in features], dtype=torch.long)
+            batch["image_targets"] = _image_targets(features, flipped, self.orientation_targets)
         return batch

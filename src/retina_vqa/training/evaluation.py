@@ -170,10 +170,16 @@ def build_collator(
     return WithAnswerSets(collator) if ranking else collator
 
 
-def build_train_collator(collator: Any, data_args: DataTrainingArguments, training_args: VqaTrainingArguments) -> Any:
+def build_train_collator(
+    collator: Any,
+    data_args: DataTrainingArguments,
+    training_args: VqaTrainingArguments,
+    orientation_targets: tuple[int, ...] = (),
+) -> Any:
     """With ``--augment``: the collator of training batches, `collator` (what evaluation and prediction use, the
     Trainer's ``data_collator``) with the augmentation added, seeded by the run's seed and process; None without it
-    (training uses `collator` too)."""
+    (training uses `collator` too). ``orientation_targets``: the image objective's label columns a flip clears
+    (`training.image_objective.ImageTargets.orientation_columns`)."""
     if not data_args.augment:
         return None
     inner = collator.collator if isinstance(collator, WithAnswerSets) else collator  # training ranks nothing
@@ -183,7 +189,12 @@ def build_train_collator(collator: Any, data_args: DataTrainingArguments, traini
         flip_probability=data_args.augment_flip_probability,
     )
     logger.info("Augmenting training images: %s", describe(augmentation))
-    return dataclasses.replace(inner, augment=augmentation, question_type_column=data_args.question_type_column)
+    return dataclasses.replace(
+        inner,
+        augment=augmentation,
+        question_type_column=data_args.question_type_column,
+        orientation_targets=tuple(orientation_targets),
+    )
 
 
 def build_metrics(

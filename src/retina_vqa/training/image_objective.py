@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..answering.candidates import ALL_QUESTIONS, AnswerCandidates
+from ..data.augment import ORIENTATION_QUESTION_TYPES
 from ..data.preprocessing import IMAGE_KEY, IMAGE_TARGET_COLUMN
 from ..metrics.normalize import normalize_answer
 
@@ -75,6 +76,11 @@ class ImageTargets:
     @property
     def types(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(t for t, _ in self.classes))
+
+    def orientation_columns(self) -> tuple[int, ...]:
+        """The label columns of the types a mirrored image answers differently (laterality): `data.collator`
+        clears them for the images `--augment` flips."""
+        return tuple(i for i, name in enumerate(self.types) if name in ORIENTATION_QUESTION_TYPES)
 
     def class_types(self) -> torch.Tensor:
         """For each class, the index of its type in `types`."""
