@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        detach_image_head(trainer.model)  # the model handed over is plain BLIP (checkpoints keep the head to resume)
+        detach_image_head(trainer.model)  # the model handed over is the plain model (checkpoints keep the head)
         # Also saves the processor. With LoRA: the adapter, in adapter/; the folder itself gets the model handed over:
         # merged (from here on evaluated, predicted and pushed as such) or, with --merge_lora false, the adapter.
         # _internal_call: no push per save (upstream pushes on every save_model); the run pushes once, at its end.

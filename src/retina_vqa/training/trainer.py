@@ -257,8 +257,8 @@ class VqaTrainer(Seq2SeqTrainer):
         return loss
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        # --image_loss_weight: training batches carry each row's class; the image encoder's states of this forward
-        # (caught on their way out of it) feed the head, whose loss joins the answer loss (training.image_objective).
+        # --image_loss_weight: training batches carry each row's image labels; the image encoder's states of this
+        # forward (caught on their way out of it) feed the head, whose loss joins the answer loss (image_objective).
         targets = inputs.pop("image_targets", None)
         head = getattr(self.accelerator.unwrap_model(model), HEAD_NAME, None)
         if targets is None or head is None or not model.training:
