@@ -157,3 +157,105 @@ def test_load_model_uses_the_chosen_attention_and_saves_plain_blip(tmp_path, imp
     reloaded = AutoModelForVisualQuestionAnswering.from_pretrained(tmp_path)
     assert attention_implementation(reloaded) == "eager"  # nothing of ours in the saved files
     assert "attn" not in (tmp_path / "config.json").read_text().replace("_attn_implementation_autoset", "")
+
+
+def _padded_positions(groups) -> int:
+    return sum(len(rows) * width for rows, width in groups)
+
+
+def test_answer_groups_cover_every_row_once_at_the_cheapest_padding():
+    import itertools
+    import random
+
+    from retina_vqa.models.blip import answer_groups
+
+    assert answer_groups([3, 3, 4, 28, 3]) == [([0, 1, 4, 2], 4), ([3], 28)]
+    assert answer_groups([3, 4, 3]) == [([0, 2, 1], 4)]  # a split saves 2 positions and costs 12
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.choice([2, 3, 4, 5, 12, 28, 90]) for _ in range(rng.randint(1, 12))]
+        split_cost = rng.choice([0, 5, 40])
+        groups = answer_groups(lengths, split_cost=split_cost)
+        assert sorted(r for rows, _ in groups for r in rows) == list(range(len(lengths)))
+        assert all(lengths[r] <= width for rows, width in groups for r in rows)
+        assert 1 <= len(groups) <= 3
+        # Brute force over every way to cut the sorted distinct lengths into at most 3 runs.
+        widths = sorted(set(lengths))
+        best = min(
+            sum(
+                sum(1 for n in lengths if lo < n <= hi) * hi
+                for lo, hi in zip((0, *cuts), (*cuts, widths[-1]), strict=True)
+            )
+            + split_cost * len(cuts)
+            for k in range(3)
+            for cuts in itertools.combinations(widths[:-1], k)
+        )
+        assert _padded_positions(groups) + split_cost * (len(groups) - 1) == best
+
+
+def test_training_loss_decodes_short_and_long_answers_apart_with_the_same_loss_and_gradients():
+    """A batch of short answers and one long report: the decoder runs on two widths, loss and gradients equal
+    one decoder call over the whole padded batch."""
+    from retina_vqa.models import blip
+    from retina_vqa.models.blip import SharedImageBlipForQuestionAnswering
+
+    model = make_tiny_model(init_range=0.02)
+    model.__class__ = SharedImageBlipForQuestionAnswering
+    torch.manual_seed(0)
+    rows, long_length, width = 12, 40, 40
+    answers = torch.zeros(rows, width, dtype=torch.long)
+    lengths = [3, 4, 3, 3, 4, 3, long_length, 3, 4, 3, 3, 4]
+    for i, n in enumerate(lengths):
+        answers[i, 0] = 5
+        answers[i, 1 : n - 1] = torch.randint(10, 200, (n - 2,))
+        answers[i, n - 1] = 3
+    mask = (answers != 0).long()
+    labels = answers.masked_fill(mask == 0, -100)
+    labels[:, 0] = -100
+    batch = {
+        "pixel_values": torch.randn(3, 3, 128, 128),
+        "image_index": torch.arange(rows) % 3,
+        "input_ids": torch.tensor([[2, 30, 31, 3]] * rows),
+        "attention_mask": torch.ones(rows, 4, dtype=torch.long),
+        "decoder_input_ids": answers,
+        "decoder_attention_mask": mask,
+        "labels": labels,
+        "num_items_in_batch": int((labels[:, 1:] != -100).sum()),
+    }
+    widths = []
+    hook = model.text_decoder.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape), with_kwargs=True
+    )
+    grouped = model(**batch).loss
+    hook.remove()
+    assert widths == [torch.Size([11, 4]), torch.Size([1, long_length])]
+    weight = model.text_decoder.bert.encoder.layer[0].attention.self.query.weight
+    grouped_grads = torch.autograd.grad(grouped, [weight, model.vision_model.embeddings.patch_embedding.weight])
+
+    original = blip.answer_groups
+    blip.answer_groups = lambda lengths: [(list(range(len(lengths))), max(lengths))]
+    try:
+        single = model(**batch).loss
+    finally:
+        blip.answer_groups = original
+    single_grads = torch.autograd.grad(single, [weight, model.vision_model.embeddings.patch_embedding.weight])
+    torch.testing.assert_close(grouped, single)
+    for got, expected in zip(grouped_grads, single_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5 * float(expected.abs().max()), rtol=0)
+
+
+def test_answer_losses_are_in_the_batch_order():
+    from retina_vqa.models.blip import answer_losses, decode_answers
+
+    model = make_tiny_model(init_range=0.02)
+    torch.manual_seed(1)
+    answers = torch.tensor([[5, 40, 41, 42, 43, 44, 45, 3], [5, 46, 3, 0, 0, 0, 0, 0], [5, 47, 48, 3, 0, 0, 0, 0]])
+    mask = (answers != 0).long()
+    labels = answers.masked_fill(mask == 0, -100)
+    question_embeds = torch.randn(3, 5, 128)
+    question_mask = torch.ones(3, 5, dtype=torch.long)
+    with torch.no_grad():
+        expected = decode_answers(model, question_embeds, question_mask, answers, mask, labels=labels, reduction="none")
+        got = answer_losses(model, question_embeds, question_mask, answers, mask, labels)
+    assert len(set(got.tolist())) == 3
+    torch.testing.assert_close(got, expected.loss)

@@ -71,6 +71,88 @@ def decode_answers(
     )
 
 
+def answer_groups(lengths: list[int], split_cost: int | None = None) -> list[tuple[list[int], int]]:
+    """Rows grouped by answer length so that each group is padded only to its own longest answer.
+
+    Returns ``(rows, width)`` pairs covering every row once. The groups minimise the padded decoder positions
+    (rows x width, summed over the groups) plus ``split_cost`` positions for every group beyond the first (a
+    decoder call has a fixed cost: default 4 positions per row of the batch), with at most 3 groups. A batch of
+    one-word answers and a few findings reports pads every row to the longest report; grouped, the short
+    answers run at their own width::
+
+        answer_groups([3, 3, 4, 28, 3])   # [([0, 1, 4, 2], 4), ([3], 28)]
+        answer_groups([3, 4, 3])          # [([0, 2, 1], 4)]: splitting would save less than it costs
+    """
+    if split_cost is None:
+        split_cost = 4 * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    widths = sorted(set(lengths))
+    # ends[k]: how many rows have a length <= widths[k]; a group is a run of widths (a, b], padded to widths[b].
+    ends = [sum(1 for n in lengths if n <= w) for w in widths]
+    best: dict[tuple[int, int], tuple[int, list[int]]] = {}  # (groups, last width index) -> (cost, cut points)
+    for b in range(len(widths)):
+        best[1, b] = (ends[b] * widths[b], [b])
+    for groups in (2, 3):
+        for b in range(len(widths)):
+            options = [
+                (best[groups - 1, a][0] + (ends[b] - ends[a]) * widths[b] + split_cost, best[groups - 1, a][1] + [b])
+                for a in range(b)
+                if (groups - 1, a) in best
+            ]
+            if options:
+                best[groups, b] = min(options)
+    last = len(widths) - 1
+    _, cuts = min(best[g, last] for g in (1, 2, 3) if (g, last) in best)
+    result, start = [], 0
+    for b in cuts:
+        result.append((order[start : ends[b]], widths[b]))
+        start = ends[b]
+    return result
+
+
+def answer_losses(
+    model: BlipForQuestionAnswering,
+    question_embeds: torch.Tensor,
+    question_mask: torch.Tensor,
+    answer_ids: torch.Tensor,
+    answer_mask: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """Each answer's summed token loss under teacher forcing, the decoder run once per `answer_groups` group.
+
+    Equal to one decoder call over the padded batch (a right-padded answer's tokens never attend to its
+    padding, whose labels are ignored), without computing the padding of short answers up to the longest one.
+    Under ``torch.compile`` the batch is decoded in one call: the groups depend on the data, which would
+    break the graph at every step.
+    """
+    if torch.compiler.is_compiling():
+        return decode_answers(
+            model, question_embeds, question_mask, answer_ids, answer_mask, labels=labels, reduction="none"
+        ).loss
+    lengths = answer_mask.sum(dim=1).tolist()
+    losses = []
+    rows_in_order = []
+    for rows, width in answer_groups(lengths):
+        index = torch.tensor(rows, device=answer_ids.device)
+        output = decode_answers(
+            model,
+            question_embeds.index_select(0, index),
+            question_mask.index_select(0, index),
+            answer_ids.index_select(0, index)[:, :width],
+            answer_mask.index_select(0, index)[:, :width],
+            labels=labels.index_select(0, index)[:, :width],
+            reduction="none",
+        )
+        losses.append(output.loss)
+        rows_in_order.extend(rows)
+    # Back to the batch's order (the losses are per row).
+    position = torch.empty(len(rows_in_order), dtype=torch.long, device=answer_ids.device)
+    position[torch.tensor(rows_in_order, device=answer_ids.device)] = torch.arange(
+        len(rows_in_order), device=answer_ids.device
+    )
+    return torch.cat(losses).index_select(0, position)
+
+
 @torch.no_grad()
 def generate_answers(
     model: BlipForQuestionAnswering,
@@ -129,6 +211,9 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
     # returns a per-batch mean, which the Trainer multiplies by the number of processes: a DDP run then
     # trains on N times the loss, and each process weighs its own tokens. Here the loss is what it expects.
     accepts_loss_kwargs = True
+    # Training decodes answers in groups of similar length (`answer_losses`). Off under parameter sharding (FSDP,
+    # DeepSpeed ZeRO-3), which gathers the decoder's weights at every call: every rank must call it equally often.
+    decode_in_length_groups = True
 
     def forward(
         self,
@@ -164,20 +249,32 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
         per_image = image_embeds
         if image_index is not None:
             image_embeds = image_embeds.index_select(0, image_index)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         question_embeds = encode_questions(self, image_embeds, input_ids, attention_mask)
-        answer = decode_answers(
-            self,
-            question_embeds,
-            attention_mask,
-            decoder_input_ids,
-            decoder_attention_mask,
-            labels=labels,
-            reduction="mean" if num_items_in_batch is None else "none",
-        )
         loss = None
-        if labels is not None:
-            # reduction "none" gives each answer's summed token loss.
-            loss = answer.loss.mean() if num_items_in_batch is None else answer.loss.sum() / num_items_in_batch
+        grouped = self.decode_in_length_groups and decoder_attention_mask is not None
+        if labels is not None and num_items_in_batch is not None and grouped:
+            # Training: answers of similar length decoded together (a findings report does not pad a yes/no).
+            loss = (
+                answer_losses(
+                    self, question_embeds, attention_mask, decoder_input_ids, decoder_attention_mask, labels
+                ).sum()
+                / num_items_in_batch
+            )
+        else:
+            answer = decode_answers(
+                self,
+                question_embeds,
+                attention_mask,
+                decoder_input_ids,
+                decoder_attention_mask,
+                labels=labels,
+                reduction="mean" if num_items_in_batch is None else "none",
+            )
+            if labels is not None:
+                # reduction "none" gives each answer's summed token loss.
+                loss = answer.loss.mean() if num_items_in_batch is None else answer.loss.sum() / num_items_in_batch
         return BlipTextVisionModelOutput(
             loss=loss,
             image_embeds=image_embeds,

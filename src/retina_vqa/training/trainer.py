@@ -171,6 +171,11 @@ class VqaTrainer(Seq2SeqTrainer):
             )
         self.ranking_plan = ranking_plan
         self.answer_candidates = answer_candidates
+        if self.is_fsdp_enabled or is_deepspeed_zero3_enabled():
+            # Sharded weights are gathered per decoder call, and the number of answer-length groups varies per rank.
+            base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            if hasattr(base, "decode_in_length_groups"):
+                base.decode_in_length_groups = False
 
     def create_accelerator_and_postprocess(self) -> None:
         # An FSDP config on CPU processes would otherwise run as DDP (models/compat.py).
