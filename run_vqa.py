@@ -46,6 +46,7 @@ from retina_vqa.training.evaluation import (
 from retina_vqa.training.image_objective import ImageTargets, attach_image_head, detach_image_head
 from retina_vqa.training.model_setup import load_family, load_processor, load_training_model
 from retina_vqa.training.outputs import prior_metrics
+from retina_vqa.training.patch_dropout import attach_patch_dropout, detach_patch_dropout
 from retina_vqa.training.trainer import VqaTrainer
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             f"{'--lora_r (adapters only)' if model_args.lora_r else '--cache_image_embeddings (kept states)'}. "
             "Drop one of them."
         )
+    if training_args.patch_dropout and model_args.cache_image_embeddings:
+        raise ValueError(
+            "--patch_dropout trains the image encoder on part of each image's patches, while --cache_image_embeddings "
+            "keeps whole images' encoder outputs: drop one of them."
+        )
     check_activation_checkpointing(
         family.name,
         model_args.lora_r,
@@ -163,6 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         data_args.prompt_template,
     )
     results.update(parameter_counts(model))
+    if training_args.patch_dropout and training_args.do_train:
+        attach_patch_dropout(model, training_args.patch_dropout)  # training-mode forwards only
 
     # 6. Answering: the candidate lists (saved with the model) and, with --answer_mode rank/auto, the list of each
     # evaluated row; evaluated rows in answering order (`orders[task][i]`: the split row of prepared row i); the
@@ -230,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         checkpoint = training_args.resume_from_checkpoint or last_checkpoint
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         detach_image_head(trainer.model)  # the model handed over is the plain model (checkpoints keep the head)
+        detach_patch_dropout(trainer.model)
         # Also saves the processor. With LoRA: the adapter, in adapter/; the folder itself gets the model handed over:
         # merged (from here on evaluated, predicted and pushed as such) or, with --merge_lora false, the adapter.
         # _internal_call: no push per save (upstream pushes on every save_model); the run pushes once, at its end.

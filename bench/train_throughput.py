@@ -13,6 +13,8 @@ Variants, run alternately in one process (A B C, C B A, ...):
   image), which separates the image-sharing gain from the rest of the pipeline;
 * ``recipe_kK`` (with ``--questions_per_image K ...``): the recipe with ``--max_questions_per_image K`` (0: every
   question of an image in one run, the grouping before the bound);
+* ``recipe_patchdropR`` (with ``--patch_dropout R ...``): the recipe with ``--patch_dropout R`` (the image
+  encoder trains on ``1 - R`` of each image's patches);
 * ``recipe_eager`` (with ``--eager_attention``): the recipe with transformers' eager attention instead of the
   fused (SDPA) default;
 * ``recipe_frozen`` and ``recipe_frozen_cached`` (with ``--frozen_vision``): the recipe with the image encoder
@@ -81,8 +83,13 @@ def run_recipe(
     compile=False,
     cache=None,
     questions_per_image=None,
+    patch_dropout=0.0,
 ):
     clock = StepClock()
+    if patch_dropout:
+        from retina_vqa.training.patch_dropout import attach_patch_dropout
+
+        attach_patch_dropout(model, patch_dropout)
     result = common.train_recipe(
         model,
         prepared,
@@ -101,6 +108,10 @@ def run_recipe(
         torch_compile=compile,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+    if patch_dropout:
+        from retina_vqa.training.patch_dropout import detach_patch_dropout
+
+        detach_patch_dropout(model)
     gc.collect()
     if not math.isfinite(result.training_loss):
         raise FloatingPointError("recipe training loss is not finite")
@@ -184,6 +195,8 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
     for bound in args.questions_per_image or ():
         # Image grouping with runs of at most `bound` questions of an image (0: all of them together).
         variants[f"recipe_k{bound}"] = recipe("recipe", questions_per_image=bound)
+    for rate in args.patch_dropout or ():
+        variants[f"recipe_patchdrop{rate:g}"] = recipe("recipe", patch_dropout=rate)
     if args.eager_attention:
         from retina_vqa.models.attention import set_attention_implementation
 
@@ -245,6 +258,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=int,
         nargs="+",
         help="also the recipe with --max_questions_per_image K for each K (0: all questions of an image together)",
+    )
+    parser.add_argument(
+        "--patch_dropout",
+        type=float,
+        nargs="+",
+        help="also the recipe with --patch_dropout R for each R (the fraction of each image's patches dropped)",
     )
     parser.add_argument(
         "--eager_attention", action="store_true", help="add variant recipe_eager (--attn_implementation eager)"

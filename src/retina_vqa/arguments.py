@@ -397,6 +397,16 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             "(default): off (bench/README.md, 'Demo accuracy levers', measures it)."
         },
     )
+    patch_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Train the image encoder on a random part of each image's patches: this fraction of the patch "
+            "tokens of every image is dropped in each training step ([CLS] and position embeddings kept; PatchDropout, "
+            "Liu et al. 2023). The image encoder's cost falls about in proportion. Evaluation, prediction and the "
+            "saved model see every patch. BLIP, BLIP-2, InstructBLIP; not with --cache_image_embeddings. 0 "
+            "(default): off (docs/accuracy.md measures it)."
+        },
+    )
     group_eval_by_question: bool = field(
         default=True,
         metadata={
@@ -516,6 +526,11 @@ class VqaTrainingArguments(Seq2SeqTrainingArguments):
             )
         if not self.image_loss_weight >= 0.0:
             raise ValueError(f"--image_loss_weight must be 0 (off) or positive, got {self.image_loss_weight}.")
+        if not 0.0 <= self.patch_dropout < 1.0:
+            raise ValueError(
+                f"--patch_dropout is the fraction of image patches dropped in training, in [0, 1); got "
+                f"{self.patch_dropout}."
+            )
         if self.max_questions_per_image < 0:
             raise ValueError(
                 f"--max_questions_per_image must be 0 (no bound) or positive, got {self.max_questions_per_image}."

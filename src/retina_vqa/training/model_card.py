@@ -391,6 +391,7 @@ def render_model_card(
             "group_by_image",
             "max_questions_per_image",
             "image_loss_weight",
+            "patch_dropout",
         )
     }
     if augment is not None:
