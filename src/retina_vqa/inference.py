@@ -38,6 +38,7 @@ from .answering.step import answer_rows
 from .data.collator import PromptCollator
 from .data.images import ImageSource, image_key, load_image
 from .data.ordering import answering_plan
+from .data.pixels import pixel_values
 from .metrics import decode_ids
 from .metrics.gradability import GRADING_TYPES, UNGRADABLE_OUTCOME, ungradable_images
 from .metrics.screening import OperatingPoint, referral
@@ -194,8 +195,8 @@ def answer_planned(
             encoded = []
             for start in range(0, len(image_rows), batch_size):
                 images = load(image_rows[start : start + batch_size])
-                pixel_values = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
-                encoded.append(encode_images(model, pixel_values.to(device=parameter.device, dtype=parameter.dtype)))
+                pixels = pixel_values(processor.image_processor, images)
+                encoded.append(encode_images(model, pixels.to(device=parameter.device, dtype=parameter.dtype)))
             image_embeds = torch.cat(encoded)
             for rows, positions in batches:
                 # Truncated as in training: run_vqa.py saves --max_question_length as the tokenizer's model_max_length.

@@ -22,6 +22,7 @@ import torch
 
 from .augment import FundusAugmentation, augment_batch
 from .images import load_image
+from .pixels import pixel_values
 from .preprocessing import IMAGE_KEY, IMAGE_TARGET_COLUMN
 
 
@@ -161,7 +162,7 @@ class VqaCollator:
         flipped = None
         if self.augment is not None:
             images, flipped = _augmented(self.augment, features, rows, images, self.question_type_column)
-        batch["pixel_values"] = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        batch["pixel_values"] = pixel_values(self.image_processor, images)
         batch["input_ids"], batch["attention_mask"] = _pad(
             [f["input_ids"] for f in features], self.pad_token_id, self.pad_to_multiple_of
         )
@@ -251,9 +252,7 @@ class PromptCollator:
             images, flipped = _augmented(
                 self.augment, features, list(range(len(features))), images, self.question_type_column
             )
-        batch: dict[str, Any] = {
-            "pixel_values": self.image_processor(images=images, return_tensors="pt")["pixel_values"]
-        }
+        batch: dict[str, Any] = {"pixel_values": pixel_values(self.image_processor, images)}
         prompts = [f["input_ids"] for f in features]
         answers = [f["answer_ids"] for f in features] if "answer_ids" in features[0] else None
         if answers is None:
