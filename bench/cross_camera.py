@@ -74,7 +74,7 @@ def train(variant: str, train_dir: Path, output_dir: Path, args: argparse.Namesp
         "--dataset_dir", str(train_dir), "--output_dir", str(output_dir),
         "--num_train_epochs", str(args.num_train_epochs), "--seed", str(args.seed), "--plot", "false",
         "--max_eval_samples", str(args.num_validation_images * 13), "--disable_tqdm", "true",
-        *(["--augment"] if variant == "augment" else []),
+        "--augment", "true" if variant == "augment" else "false",  # explicit: configs/demo.yaml augments
         *(["--warmup_steps", "2", "--save_strategy", "no", "--eval_strategy", "no"] if args.quick else []),
         *args.extra,
     ]  # fmt: skip
