@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..models.compat import PilBackend
+
 __all__ = ["pixel_values"]
 
 
@@ -33,11 +35,7 @@ class _Plan:
 def _plan(image_processor: Any) -> _Plan | None:
     """What the processor does, when it is a PIL processor that only resizes to height x width, rescales and
     normalises; otherwise None."""
-    try:
-        from transformers.image_processing_backends import PilBackend
-    except ImportError:  # another transformers layout: the processor does it
-        return None
-    if not isinstance(image_processor, PilBackend):
+    if not isinstance(image_processor, PilBackend):  # a torchvision processor batches by itself
         return None
     p = image_processor
     size = p.size if isinstance(p.size, dict) else getattr(p.size, "__dict__", {})

@@ -26,6 +26,7 @@ from accelerate.utils import DistributedType
 from packaging.version import Version
 from transformers import Seq2SeqTrainer
 from transformers.cache_utils import EncoderDecoderCache
+from transformers.image_processing_backends import PilBackend
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 from transformers.integrations.fsdp import is_fsdp_managed_module
 from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
@@ -43,6 +44,7 @@ __all__ = [
     "BlipTextSelfAttention",
     "BlipTextVisionModelOutput",
     "EncoderDecoderCache",
+    "PilBackend",
     "allow_fsdp_on_cpu_processes",
     "check_trainer_hooks",
     "check_transformers_version",
