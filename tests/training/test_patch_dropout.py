@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ def test_cls_and_a_random_part_of_each_images_patches_are_kept_in_order():
         assert rows[0] == tokens[image, 0, 0]  # [CLS] first
         assert rows == sorted(rows) and len(set(rows)) == 5  # distinct patches, original order
         assert set(rows) <= set(tokens[image, :, 0].long().tolist())
-    assert len({tuple(kept[i, 1:, 0].long().tolist()) for i in range(3)} | {()}) > 2  # images differ
+    assert len({tuple(kept[i, 1:, 0].long().tolist()) for i in range(3)}) > 1  # images draw their own patches
     assert drop_patches(tokens, 0.99).shape == (3, 2, 4)  # at least one patch
     assert drop_patches(tokens, 0.01) is tokens  # rounds to every patch: nothing to drop
 
@@ -77,7 +78,7 @@ def _first_loss(output_dir) -> float:
 
 @pytest.mark.e2e
 def test_a_run_drops_patches_and_a_resumed_run_draws_the_same_ones(tiny_dataset_dir, tmp_path):
-    def run(name: str, *extra: str) -> tuple[dict, object]:
+    def run(name: str, *extra: str) -> tuple[dict, Path]:
         output_dir = tmp_path / name
         args = common_args(tiny_dataset_dir, output_dir)
         args += ["--do_train", "--max_steps", "2", "--save_steps", "1", "--save_strategy", "steps", "--plot", "false"]
@@ -90,11 +91,7 @@ def test_a_run_drops_patches_and_a_resumed_run_draws_the_same_ones(tiny_dataset_
 
     # Resumed from checkpoint-1: step 2 draws the same patches, to the same weights as the uninterrupted run.
     second = load_file(str(dropped / "checkpoint-2" / "model.safetensors"))
-    run_vqa.main(
-        common_args(tiny_dataset_dir, dropped)
-        + ["--do_train", "--max_steps", "2", "--save_steps", "1", "--save_strategy", "steps", "--plot", "false"]
-        + ["--patch_dropout", "0.5", "--resume_from_checkpoint", str(dropped / "checkpoint-1")]
-    )
+    run("dropped", "--patch_dropout", "0.5", "--resume_from_checkpoint", str(dropped / "checkpoint-1"))
     resumed = load_file(str(dropped / "checkpoint-2" / "model.safetensors"))
     for name, weight in second.items():
         torch.testing.assert_close(resumed[name], weight, atol=1e-6, rtol=0)

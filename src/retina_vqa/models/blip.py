@@ -146,11 +146,7 @@ def answer_losses(
         losses.append(output.loss)
         rows_in_order.extend(rows)
     # Back to the batch's order (the losses are per row).
-    position = torch.empty(len(rows_in_order), dtype=torch.long, device=answer_ids.device)
-    position[torch.tensor(rows_in_order, device=answer_ids.device)] = torch.arange(
-        len(rows_in_order), device=answer_ids.device
-    )
-    return torch.cat(losses).index_select(0, position)
+    return torch.cat(losses)[torch.tensor(rows_in_order, device=answer_ids.device).argsort()]
 
 
 @torch.no_grad()
