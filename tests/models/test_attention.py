@@ -4,10 +4,13 @@ import torch
 from retina_vqa.models.attention import (
     MaskedBlipTextSelfAttention,
     _additive_mask,
+    _shared_rows,
     apply_cross_attention_mask_fix,
     attention_implementation,
+    cross_attention_shares_rows,
     set_attention_implementation,
 )
+from retina_vqa.models.blip import encode_images, encode_questions
 
 from ..helpers import TINY_CONFIG, make_tiny_model
 from ..same_answers import StepRecorder, agreeing_steps
@@ -206,3 +209,100 @@ def test_fp16_mask_stays_finite():
     mask = torch.tensor([[[[0.0, torch.finfo(torch.float32).min]]]])
     cast = _additive_mask(mask, torch.zeros(1, dtype=torch.float16))
     assert cast.dtype == torch.float16 and torch.isfinite(cast).all() and cast[..., 1] < -6e4
+
+
+# ------------------------------------------------------------------------------ keys and values once per image
+
+
+def _cross_key_rows(model) -> list[int]:
+    """Records the rows each question-encoder cross-attention key projection is called on."""
+    seen: list[int] = []
+    for name, module in model.text_encoder.named_modules():
+        if name.endswith("crossattention.self"):
+            module.key.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    return seen
+
+
+def _questions_about_three_images(model):
+    generator = torch.Generator().manual_seed(3)
+    size = model.config.vision_config.image_size
+    with torch.no_grad():
+        images = encode_images(model, torch.randn(3, 3, size, size, generator=generator))
+    index = torch.tensor([0, 0, 2, 1, 2, 2])  # image 2 asked three times, not in order
+    input_ids = torch.randint(5, model.config.text_config.vocab_size, (6, 7), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[2:, 4:] = 0
+    return images, index, input_ids, attention_mask
+
+
+def _encoded_and_grads(model, images, index, input_ids, attention_mask, shared: bool):
+    model.zero_grad()
+    images = images.clone().requires_grad_(True)
+    if shared:
+        states = encode_questions(model, images, input_ids, attention_mask, index)
+    else:
+        states = encode_questions(model, images.index_select(0, index), input_ids, attention_mask)
+    # A fixed random read-out of the real tokens (a sum of squares of layer-normed states would be ~constant).
+    readout = torch.randn(states.shape, generator=torch.Generator().manual_seed(4))
+    (states * readout * attention_mask[..., None]).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.text_encoder.named_parameters() if p.grad is not None}
+    return states.detach(), images.grad, grads
+
+
+def test_question_encoder_projects_each_image_once_with_the_same_states_and_gradients():
+    model = _recipe_model("sdpa").train()
+    images, index, input_ids, attention_mask = _questions_about_three_images(model)
+    rows = _cross_key_rows(model)
+    layers = model.config.text_config.num_hidden_layers
+    once = _encoded_and_grads(model, images, index, input_ids, attention_mask, shared=True)
+    assert rows == [3] * layers  # each image projected once, not once per question
+    rows.clear()
+    repeated = _encoded_and_grads(model, images, index, input_ids, attention_mask, shared=False)
+    assert rows == [6] * layers
+    torch.testing.assert_close(once[0], repeated[0], atol=1e-5, rtol=1e-5)
+    # The images' gradients sum over their questions; image 1 (one question) and image 2 (three) alike.
+    torch.testing.assert_close(once[1], repeated[1], atol=1e-5, rtol=1e-5)
+    assert once[1].abs().amax(dim=(1, 2)).min() > 1e-3
+    assert once[2].keys() == repeated[2].keys() and len(once[2]) == len(list(model.text_encoder.parameters()))
+    for name in once[2]:
+        torch.testing.assert_close(once[2][name], repeated[2][name], atol=1e-5, rtol=1e-4, msg=name)
+    assert _shared_rows() is None  # nothing left set after the call
+
+
+@pytest.mark.parametrize("setting", ["eager", "activation checkpointing"])
+def test_question_encoder_repeats_the_images_where_the_attention_cannot_share(setting):
+    # Eager attention would fail on 3 images for 6 questions; a checkpointed layer is recomputed in the backward
+    # pass, outside the call that registered the rows. Both get the repeated rows, with the same states.
+    fused = _recipe_model("sdpa").train()
+    images, index, input_ids, attention_mask = _questions_about_three_images(fused)
+    reference = _encoded_and_grads(fused, images, index, input_ids, attention_mask, shared=True)
+    model = _recipe_model("eager" if setting == "eager" else "sdpa").train()
+    if setting != "eager":
+        model.gradient_checkpointing_enable()
+    assert not cross_attention_shares_rows(model.text_encoder)
+    rows = _cross_key_rows(model)
+    result = _encoded_and_grads(model, images, index, input_ids, attention_mask, shared=True)
+    assert set(rows) == {6}
+    torch.testing.assert_close(result[0], reference[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result[1], reference[1], atol=1e-4, rtol=1e-4)
+
+
+def test_shared_rows_hold_only_inside_their_block_and_nest():
+    from retina_vqa.models.attention import shared_encoder_rows
+
+    outer, inner = torch.tensor([0, 1, 1]), torch.tensor([0, 0])
+    assert _shared_rows() is None
+    with shared_encoder_rows(outer):
+        with shared_encoder_rows(inner):
+            assert _shared_rows() is inner
+        assert _shared_rows() is outer
+    assert _shared_rows() is None
+
+
+def test_shared_rows_of_the_wrong_length_are_an_error():
+    from retina_vqa.models.attention import shared_encoder_rows
+
+    model = _recipe_model("sdpa").eval()
+    images, index, input_ids, attention_mask = _questions_about_three_images(model)
+    with pytest.raises(ValueError, match="5 rows for a batch of 6"), shared_encoder_rows(index[:5]):
+        model.text_encoder(input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=images)

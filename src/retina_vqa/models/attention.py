@@ -17,11 +17,23 @@ floating-point rounding (tests/models/test_attention.py: logits and gradients wi
 fused modules return no attention probabilities: code that reads them (``output_attentions``, Grad-CAM in
 `retina_vqa.explain`) uses ``"eager"``.
 
+**Keys and values once per image.** When several questions of a batch are about one image, the question
+encoder's cross-attention projects that image's patch states to keys and values once per question: at the demo's
+65 image tokens against ~11 question tokens these projections are nearly half the question encoder's work, and
+at blip-vqa-base's 577 image tokens several times the rest of it. Inside `shared_encoder_rows(rows)` a fused
+cross-attention given ``states`` (one row per distinct image) projects each row once and hands query row ``i`` the
+keys and values of ``states[rows[i]]``: the same numbers as projecting ``states[rows]``, and gradients summed
+over the questions of an image, as the projection of the repeated rows would give them.
+
 Both are class swaps of existing modules, so a saved model is plain `BlipForQuestionAnswering` and loads in
 transformers as before.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.nn import functional as F
@@ -93,6 +105,35 @@ class SdpaBlipAttention(BlipAttention):
         return self.projection(context), None
 
 
+# The rows set by `shared_encoder_rows`, per thread (a stack: blocks may nest).
+_SHARED_ROWS = threading.local()
+
+
+@contextmanager
+def shared_encoder_rows(rows: torch.Tensor) -> Iterator[None]:
+    """Within this block, a fused cross-attention answers query row ``i`` with the keys and values of row
+    ``rows[i]`` of its encoder states (one row per distinct image), projecting each of those rows once.
+
+    Wrap one text model call only: every cross-attention run inside reads its states this way. Only
+    `SdpaBlipTextSelfAttention` honours it (transformers' eager attention would fail on the row count), and only
+    while the block runs: an activation-checkpointed layer recomputed in the backward pass would not see it
+    (`models.blip.encode_questions` checks both with `cross_attention_shares_rows`). The rows are found by
+    thread, not by the states' identity: wrappers such as FSDP hand the layers copies of their inputs.
+    """
+    stack = _SHARED_ROWS.__dict__.setdefault("stack", [])
+    stack.append(rows)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _shared_rows() -> torch.Tensor | None:
+    """The rows of the innermost `shared_encoder_rows` block running in this thread, else None."""
+    stack = getattr(_SHARED_ROWS, "stack", None)
+    return stack[-1] if stack else None
+
+
 class SdpaBlipTextSelfAttention(MaskedBlipTextSelfAttention):
     """Text self- or cross-attention through `scaled_dot_product_attention`, masks and cache as upstream.
 
@@ -127,6 +168,13 @@ class SdpaBlipTextSelfAttention(MaskedBlipTextSelfAttention):
             kv_shape = (*states.shape[:-1], -1, self.attention_head_size)
             key = self.key(states).view(kv_shape).transpose(1, 2)
             value = self.value(states).view(kv_shape).transpose(1, 2)
+            rows = _shared_rows() if is_cross_attention else None
+            if rows is not None:  # one projection per distinct image, handed to each of its questions
+                if rows.shape[0] != query.shape[0]:
+                    raise ValueError(
+                        f"shared_encoder_rows: {rows.shape[0]} rows for a batch of {query.shape[0]} queries"
+                    )
+                key, value = key.index_select(0, rows), value.index_select(0, rows)
             if cache is not None:
                 key, value = cached.update(key, value, self.layer_idx, kwargs=kwargs)
                 if is_cross_attention and isinstance(cache, EncoderDecoderCache):
@@ -184,6 +232,17 @@ def set_attention_implementation(model: torch.nn.Module, implementation: str) ->
                 continue
         switched += 1
     return switched
+
+
+def cross_attention_shares_rows(text_model: torch.nn.Module) -> bool:
+    """Whether every cross-attention of ``text_model`` honours `shared_encoder_rows` in this call: all fused, and
+    none recomputed later by activation checkpointing (which would run outside the block) or traced by
+    ``torch.compile``."""
+    cross = [m for name, m in text_model.named_modules() if name.endswith("crossattention.self")]
+    if not cross or any(type(m) is not SdpaBlipTextSelfAttention for m in cross):
+        return False
+    checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in text_model.modules())
+    return not checkpointing and not torch.compiler.is_compiling()
 
 
 def attention_implementation(model: torch.nn.Module) -> str:

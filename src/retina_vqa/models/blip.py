@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from transformers import BlipConfig, BlipForQuestionAnswering, BlipProcessor, PreTrainedModel
 
+from .attention import cross_attention_shares_rows, shared_encoder_rows
 from .compat import BlipTextVisionModelOutput
 
 logger = logging.getLogger(__name__)
@@ -39,16 +40,33 @@ def encode_images(
 
 
 def encode_questions(
-    model: BlipForQuestionAnswering, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: BlipForQuestionAnswering,
+    image_embeds: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    image_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The question encoder reading the image patches: the token states the answer decoder attends to."""
-    image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
-    return model.text_encoder(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        encoder_hidden_states=image_embeds,
-        encoder_attention_mask=image_mask,
-    ).last_hidden_state
+    """The question encoder reading the image patches: the token states the answer decoder attends to.
+
+    With ``image_index``, ``image_embeds`` holds each distinct image once and question i reads image
+    ``image_index[i]``; the fused cross-attention then projects each image to keys and values once for all of
+    its questions (`attention.shared_encoder_rows`), the other attentions on the repeated rows.
+    """
+    if image_index is not None and not cross_attention_shares_rows(model.text_encoder):
+        image_embeds, image_index = image_embeds.index_select(0, image_index), None
+    if image_index is None:
+        image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        return model.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
+        ).last_hidden_state
+    # Every image patch is valid: no mask (the mask of ones above, without its batch size).
+    with shared_encoder_rows(image_index):
+        return model.text_encoder(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=image_embeds
+        ).last_hidden_state
 
 
 def decode_answers(
@@ -175,9 +193,8 @@ def generate_answers(
         image_embeds = encode_images(model, pixel_values, interpolate_pos_encoding)
     else:  # kept outputs may come from a mixed-precision pass
         image_embeds = image_embeds.to(next(model.text_encoder.parameters()).dtype)
-    if image_index is not None:  # each distinct image encoded once (see data.collator.VqaCollator)
-        image_embeds = image_embeds.index_select(0, image_index)
-    question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask)
+    # Each distinct image encoded once (see data.collator.VqaCollator), its keys and values projected once.
+    question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask, image_index)
     text_config = model.config.text_config
     start = torch.full((input_ids.shape[0], 1), model.decoder_start_token_id, dtype=torch.long, device=input_ids.device)
     generate_kwargs.setdefault("eos_token_id", text_config.sep_token_id)
@@ -242,12 +259,12 @@ class SharedImageBlipForQuestionAnswering(BlipForQuestionAnswering):
             raise ValueError("Pass either pixel_values or image_embeds (image-encoder outputs, e.g. kept ones).")
         if image_embeds is None:
             image_embeds = encode_images(self, pixel_values, interpolate_pos_encoding)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        question_embeds = encode_questions(self, image_embeds, input_ids, attention_mask, image_index)
         per_image = image_embeds
         if image_index is not None:
             image_embeds = image_embeds.index_select(0, image_index)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        question_embeds = encode_questions(self, image_embeds, input_ids, attention_mask)
         loss = None
         grouped = self.decode_in_length_groups and decoder_attention_mask is not None
         if labels is not None and num_items_in_batch is not None and grouped:

@@ -239,9 +239,8 @@ def blip_prefix(
         image_embeds = encode_images(model, pixel_values)
     else:  # kept outputs may come from a mixed-precision pass
         image_embeds = image_embeds.to(next(model.text_encoder.parameters()).dtype)
-    if image_index is not None:
-        image_embeds = image_embeds.index_select(0, image_index)
-    return BlipPrefix(model, encode_questions(model, image_embeds, input_ids, attention_mask), attention_mask)
+    question_embeds = encode_questions(model, image_embeds, input_ids, attention_mask, image_index)
+    return BlipPrefix(model, question_embeds, attention_mask)
 
 
 @torch.no_grad()
