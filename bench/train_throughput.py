@@ -15,6 +15,9 @@ Variants, run alternately in one process (A B C, C B A, ...):
   question of an image in one run, the grouping before the bound);
 * ``recipe_patchdropR`` (with ``--patch_dropout R ...``): the recipe with ``--patch_dropout R`` (the image
   encoder trains on ``1 - R`` of each image's patches);
+* ``recipe_repeated_keys`` (with ``--repeated_image_keys``): the recipe with the question encoder's
+  cross-attention projecting an image's keys and values once per question instead of once per distinct image
+  (what it did before ``models.attention.shared_encoder_rows``);
 * ``recipe_eager`` (with ``--eager_attention``): the recipe with transformers' eager attention instead of the
   fused (SDPA) default;
 * ``recipe_frozen`` and ``recipe_frozen_cached`` (with ``--frozen_vision``): the recipe with the image encoder
@@ -31,17 +34,20 @@ itself: model building, Trainer construction and data loading set-up are exclude
     python bench/train_throughput.py --sizes tiny --eager_attention --torch_compile
     python bench/train_throughput.py --sizes tiny --image_size 384 --frozen_vision --num_train_images 16 \\
         --no_random_order
+    python bench/train_throughput.py --sizes full --image_size 384 --no_random_order --repeated_image_keys
     python bench/train_throughput.py --quick    # smoke test: tiny only, 3 steps, 1 repeat
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import itertools
 import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import common
@@ -60,6 +66,19 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter())
+
+
+@contextlib.contextmanager
+def repeated_image_keys() -> Iterator[None]:
+    """Within: the question encoder projects each question's image to keys and values (the rows repeated)."""
+    from retina_vqa.models import blip
+
+    shares = blip.cross_attention_shares_rows
+    blip.cross_attention_shares_rows = lambda text_model: False
+    try:
+        yield
+    finally:
+        blip.cross_attention_shares_rows = shares
 
 
 def timed_throughput(times: list[float], warmup_steps: int, batch_size: int) -> float:
@@ -84,7 +103,25 @@ def run_recipe(
     cache=None,
     questions_per_image=None,
     patch_dropout=0.0,
+    repeated_keys=False,
 ):
+    if repeated_keys:
+        with repeated_image_keys():
+            return run_recipe(
+                model,
+                prepared,
+                processor,
+                collator,
+                batch_size,
+                steps,
+                warmup,
+                group,
+                workers,
+                compile,
+                cache,
+                questions_per_image,
+                patch_dropout,
+            )
     clock = StepClock()
     if patch_dropout:
         from retina_vqa.training.patch_dropout import attach_patch_dropout
@@ -197,6 +234,8 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
         variants[f"recipe_k{bound}"] = recipe("recipe", questions_per_image=bound)
     for rate in args.patch_dropout or ():
         variants[f"recipe_patchdrop{rate:g}"] = recipe("recipe", patch_dropout=rate)
+    if args.repeated_image_keys:
+        variants["recipe_repeated_keys"] = recipe("recipe", repeated_keys=True)
     if args.eager_attention:
         from retina_vqa.models.attention import set_attention_implementation
 
@@ -264,6 +303,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         nargs="+",
         help="also the recipe with --patch_dropout R for each R (the fraction of each image's patches dropped)",
+    )
+    parser.add_argument(
+        "--repeated_image_keys",
+        action="store_true",
+        help="add variant recipe_repeated_keys (the question encoder projects keys and values once per question)",
     )
     parser.add_argument(
         "--eager_attention", action="store_true", help="add variant recipe_eager (--attn_implementation eager)"
