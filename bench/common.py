@@ -8,6 +8,7 @@ table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -16,12 +17,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "blip-tiny"
+# Each model at the image size it is trained at: the demo's tiny BLIP at 128 px, blip-vqa-base at 384 px.
+DEFAULT_IMAGE_SIZE = {"tiny": 128, "full": 384}
 CACHE_ROOT = Path(os.environ.get("RETINA_VQA_BENCH_CACHE", Path(tempfile.gettempdir()) / "retina_vqa_bench"))
 
 # Benchmarks run offline and without trackers.
@@ -194,6 +197,20 @@ def plain_model(size: str, image_size: int, processor, seed: int = 0):
     config = AutoConfig.from_pretrained(model_config_dir(size, image_size, processor.tokenizer))
     torch.manual_seed(seed)
     return BlipForQuestionAnswering(config)
+
+
+@contextlib.contextmanager
+def repeated_image_keys() -> Iterator[None]:
+    """Within: the question encoder projects each question's image to keys and values (the rows repeated), as
+    before `retina_vqa.models.attention.shared_encoder_rows`."""
+    from retina_vqa.models import blip
+
+    shares = blip.cross_attention_shares_rows
+    blip.cross_attention_shares_rows = lambda text_model: False
+    try:
+        yield
+    finally:
+        blip.cross_attention_shares_rows = shares
 
 
 def count_parameters(model) -> int:

@@ -26,7 +26,6 @@ from typing import Any
 
 import common
 import torch
-from train_throughput import DEFAULT_IMAGE_SIZE, repeated_image_keys
 
 QUESTIONS_PER_IMAGE = 13  # synthetic RetinaVQA
 QUESTION_TOKENS = 12  # about the length of its questions, with [CLS] and [SEP]
@@ -50,7 +49,7 @@ def _timer(step, inputs, repeated: bool):
     def timed() -> float:
         start = time.perf_counter()
         if repeated:
-            with repeated_image_keys():
+            with common.repeated_image_keys():
                 step(*inputs)
         else:
             step(*inputs)
@@ -62,7 +61,7 @@ def _timer(step, inputs, repeated: bool):
 def bench_size(size: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     from retina_vqa.models.blip import encode_questions
 
-    image_size = DEFAULT_IMAGE_SIZE[size]
+    image_size = common.DEFAULT_IMAGE_SIZE[size]
     processor = common.load_processor(image_size)
     model = common.recipe_model(size, image_size, processor)
     generator = torch.Generator().manual_seed(0)

@@ -47,7 +47,6 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import common
@@ -66,23 +65,6 @@ class StepClock(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.times.append(time.perf_counter())
-
-
-@contextlib.contextmanager
-def repeated_image_keys() -> Iterator[None]:
-    """Within: the question encoder projects each question's image to keys and values (the rows repeated)."""
-    from retina_vqa.models import blip
-
-    shares = blip.cross_attention_shares_rows
-    blip.cross_attention_shares_rows = lambda text_model: False
-    try:
-        yield
-    finally:
-        blip.cross_attention_shares_rows = shares
-
-
-# Each model at the image size it is trained at: the demo's tiny BLIP at 128 px, blip-vqa-base at 384 px.
-DEFAULT_IMAGE_SIZE = {"tiny": 128, "full": 384}
 
 
 def timed_throughput(times: list[float], warmup_steps: int, batch_size: int) -> float:
@@ -109,46 +91,31 @@ def run_recipe(
     patch_dropout=0.0,
     repeated_keys=False,
 ):
-    if repeated_keys:
-        with repeated_image_keys():
-            return run_recipe(
-                model,
-                prepared,
-                processor,
-                collator,
-                batch_size,
-                steps,
-                warmup,
-                group,
-                workers,
-                compile,
-                cache,
-                questions_per_image,
-                patch_dropout,
-            )
     clock = StepClock()
     if patch_dropout:
         from retina_vqa.training.patch_dropout import attach_patch_dropout
 
         attach_patch_dropout(model, patch_dropout)
-    result = common.train_recipe(
-        model,
-        prepared,
-        processor,
-        collator,
-        clock,
-        image_embedding_cache=cache,
-        overwrite_output_dir=True,
-        per_device_train_batch_size=batch_size,
-        max_steps=steps,
-        learning_rate=1e-4,
-        warmup_steps=0,
-        dataloader_num_workers=workers,
-        group_by_image=group,
-        **({} if questions_per_image is None else {"max_questions_per_image": questions_per_image}),
-        torch_compile=compile,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
+    keys = common.repeated_image_keys() if repeated_keys else contextlib.nullcontext()
+    with keys:
+        result = common.train_recipe(
+            model,
+            prepared,
+            processor,
+            collator,
+            clock,
+            image_embedding_cache=cache,
+            overwrite_output_dir=True,
+            per_device_train_batch_size=batch_size,
+            max_steps=steps,
+            learning_rate=1e-4,
+            warmup_steps=0,
+            dataloader_num_workers=workers,
+            group_by_image=group,
+            **({} if questions_per_image is None else {"max_questions_per_image": questions_per_image}),
+            torch_compile=compile,
+            dataloader_pin_memory=torch.cuda.is_available(),
+        )
     if patch_dropout:
         from retina_vqa.training.patch_dropout import detach_patch_dropout
 
@@ -187,7 +154,7 @@ def run_notebook(model, raw_split, processor, batch_size: int, steps: int, warmu
 def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int) -> dict[str, Any]:
     from retina_vqa.data.preprocessing import prepare_split
 
-    image_size = args.image_size or DEFAULT_IMAGE_SIZE[size]
+    image_size = args.image_size or common.DEFAULT_IMAGE_SIZE[size]
     rows_needed = batch_size * steps
     images = args.num_train_images or max(8, -(-rows_needed // 13) + 1)
     dataset_dir = common.synthetic_dataset(images, args.num_test_images, image_size)
