@@ -20,10 +20,11 @@ fused modules return no attention probabilities: code that reads them (``output_
 **Keys and values once per image.** When several questions of a batch are about one image, the question
 encoder's cross-attention projects that image's patch states to keys and values once per question: at the demo's
 65 image tokens against ~11 question tokens these projections are nearly half the question encoder's arithmetic,
-and at blip-vqa-base's 577 image tokens several times the rest of it (bench/question_encoder.py). Inside `shared_encoder_rows(rows)` a fused
-cross-attention given ``states`` (one row per distinct image) projects each row once and hands query row ``i`` the
-keys and values of ``states[rows[i]]``: the same numbers as projecting ``states[rows]``, and gradients summed
-over the questions of an image, as the projection of the repeated rows would give them.
+and at blip-vqa-base's 577 image tokens several times the rest of it (bench/question_encoder.py). Inside
+`shared_encoder_rows(rows)` a fused cross-attention given ``states`` (one row per distinct image) projects each row
+once and hands query row ``i`` the keys and values of ``states[rows[i]]``: the same numbers as projecting
+``states[rows]``, and gradients summed over the questions of an image, as the projection of the repeated rows
+would give them.
 
 Both are class swaps of existing modules, so a saved model is plain `BlipForQuestionAnswering` and loads in
 transformers as before.
