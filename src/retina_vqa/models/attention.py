@@ -166,9 +166,7 @@ class SdpaBlipTextSelfAttention(MaskedBlipTextSelfAttention):
             value = cached.layers[self.layer_idx].values
         else:
             states = encoder_hidden_states if is_cross_attention else hidden_states
-            kv_shape = (*states.shape[:-1], -1, self.attention_head_size)
-            key = self.key(states).view(kv_shape).transpose(1, 2)
-            value = self.value(states).view(kv_shape).transpose(1, 2)
+            key, value = self.key(states), self.value(states)
             rows = _shared_rows() if is_cross_attention else None
             if rows is not None:  # one projection per distinct image, handed to each of its questions
                 if rows.shape[0] != query.shape[0]:
@@ -176,6 +174,9 @@ class SdpaBlipTextSelfAttention(MaskedBlipTextSelfAttention):
                         f"shared_encoder_rows: {rows.shape[0]} rows for a batch of {query.shape[0]} queries"
                     )
                 key, value = key.index_select(0, rows), value.index_select(0, rows)
+            kv_shape = (*key.shape[:-1], -1, self.attention_head_size)
+            key = key.view(kv_shape).transpose(1, 2)
+            value = value.view(kv_shape).transpose(1, 2)
             if cache is not None:
                 key, value = cached.update(key, value, self.layer_idx, kwargs=kwargs)
                 if is_cross_attention and isinstance(cache, EncoderDecoderCache):
