@@ -240,11 +240,17 @@ def cross_attention_shares_rows(text_model: torch.nn.Module) -> bool:
     """Whether every cross-attention of ``text_model`` honours `shared_encoder_rows` in this call: all fused, and
     none recomputed later by activation checkpointing (which would run outside the block) or traced by
     ``torch.compile``."""
-    cross = [m for name, m in text_model.named_modules() if name.endswith("crossattention.self")]
-    if not cross or any(type(m) is not SdpaBlipTextSelfAttention for m in cross):
+    if torch.compiler.is_compiling():
         return False
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in text_model.modules())
-    return not checkpointing and not torch.compiler.is_compiling()
+    fused = 0
+    for name, module in text_model.named_modules():
+        if getattr(module, "gradient_checkpointing", False):
+            return False
+        if name.endswith("crossattention.self"):
+            if type(module) is not SdpaBlipTextSelfAttention:
+                return False
+            fused += 1
+    return fused > 0
 
 
 def attention_implementation(model: torch.nn.Module) -> str:
