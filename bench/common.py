@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_CONFIG = ROOT / "configs" / "blip-tiny"
 # Each model at the image size it is trained at: the demo's tiny BLIP at 128 px, blip-vqa-base at 384 px.
 DEFAULT_IMAGE_SIZE = {"tiny": 128, "full": 384}
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 CACHE_ROOT = Path(os.environ.get("RETINA_VQA_BENCH_CACHE", Path(tempfile.gettempdir()) / "retina_vqa_bench"))
 
 # Benchmarks run offline and without trackers.
@@ -36,6 +37,16 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 # ----------------------------------------------------------------------------------------------- environment
+
+
+def demo_setting(name: str) -> Any:
+    """A value of the embedded demo's config (`configs/demo.yaml`), so that the benchmarks follow the demo."""
+    import yaml
+
+    settings = yaml.safe_load(DEMO_CONFIG.read_text())
+    if name not in settings:
+        raise KeyError(f"{DEMO_CONFIG} has no {name!r}; it has {sorted(settings)}")
+    return settings[name]
 
 
 def quiet() -> None:

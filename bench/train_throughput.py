@@ -30,7 +30,7 @@ Throughput is training samples (questions) per second over the steps after the f
 (the first step allocates the optimizer state and warms the allocator), timed by a callback / the loop
 itself: model building, Trainer construction and data loading set-up are excluded for every variant.
 
-    python bench/train_throughput.py    # demo's tiny BLIP (128 px, batch 64) + blip-vqa-base (384 px, batch 8)
+    python bench/train_throughput.py    # demo's tiny BLIP (128 px, its batch) + blip-vqa-base (384 px, batch 8)
     python bench/train_throughput.py --sizes tiny --eager_attention --torch_compile
     python bench/train_throughput.py --sizes tiny --image_size 384 --frozen_vision --num_train_images 16 \\
         --no_random_order
@@ -255,7 +255,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--image_size", type=int, default=None, help="default: each size at its own (tiny 128 px, full 384 px)"
     )
-    parser.add_argument("--tiny_batch_size", type=int, default=64, help="the demo's (configs/demo.yaml)")
+    parser.add_argument(
+        "--tiny_batch_size",
+        type=int,
+        default=common.demo_setting("per_device_train_batch_size"),
+        help="default: the demo's (configs/demo.yaml)",
+    )
     parser.add_argument("--tiny_steps", type=int, default=21)
     parser.add_argument("--full_batch_size", type=int, default=8)
     parser.add_argument("--full_steps", type=int, default=3)
