@@ -323,14 +323,34 @@ def train_recipe(model, prepared, processor, collator, callback, image_embedding
     return result
 
 
-def recipe_collator(processor, dataset_args=None):
+def recipe_collator(processor, dataset_args=None, num_workers: int = 0, image_cache: bool = False):
+    """`VqaCollator` as run_vqa.py builds it (`training.evaluation.build_collator`); with ``image_cache`` its
+    decoded-image cache too (the default budget; `fresh_image_cache` gives each timed run its own, empty one).
+    Without it (the default here) every batch decodes its images: a cache warmed by one variant's run would favour
+    the runs after it."""
+    from retina_vqa.arguments import DataTrainingArguments
     from retina_vqa.data.collator import VqaCollator
+    from retina_vqa.data.image_cache import DecodedImageCache
 
+    cache_gb = DataTrainingArguments.__dataclass_fields__["decoded_image_cache_gb"].default
     return VqaCollator(
         image_processor=processor.image_processor,
         pad_token_id=processor.tokenizer.pad_token_id,
         max_image_side=dataset_args.max_image_side if dataset_args is not None else 2048,
+        image_cache=DecodedImageCache.per_process(cache_gb, num_workers) if image_cache else None,
     )
+
+
+def fresh_image_cache(collator):
+    """``collator`` with a new, empty decoded-image cache of the same budget (none if it has none): each timed run
+    starts cold, as a training run does."""
+    import dataclasses
+
+    from retina_vqa.data.image_cache import DecodedImageCache
+
+    if collator.image_cache is None:
+        return collator
+    return dataclasses.replace(collator, image_cache=DecodedImageCache(collator.image_cache.max_bytes))
 
 
 # -------------------------------------------------------------------------------------------------- timing

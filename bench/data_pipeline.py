@@ -7,7 +7,9 @@ Variants, run alternately in one process for each image size and DataLoader work
   the tokenizer; a shuffled DataLoader stacks the items;
 * ``recipe``: the split tokenised once by ``data.preprocessing.prepare_split`` (datasets.map, not timed: it is cached on
   disk and done once per run), ``ImageGroupedSampler`` and ``VqaCollator``: images decoded and processed
-  per batch in one image-processor call, dynamic padding, each distinct image of a batch once;
+  per batch in one image-processor call, dynamic padding, each distinct image of a batch once, decoded images
+  kept for the image's later batches (`data.image_cache`: empty at the start of every run; the timed batches are
+  about one epoch);
 * ``recipe_random``: the same collator in random order (batches rarely share an image), separating the
   image-sharing gain from batching.
 
@@ -54,7 +56,7 @@ def bench_setting(image_size: int, workers: int, args: argparse.Namespace) -> di
     processor = common.load_processor(image_size)
     dargs = common.data_args(dataset_dir)
     prepared = prepare_split(raw, processor.tokenizer, dargs, with_answers=True, description="train")
-    collator = common.recipe_collator(processor, dargs)
+    collator = common.recipe_collator(processor, dargs, workers, image_cache=True)
     images_per_sample: dict[str, float] = {}
 
     def measure(name: str, loader) -> float:
@@ -64,10 +66,14 @@ def bench_setting(image_size: int, workers: int, args: argparse.Namespace) -> di
 
     bs = args.batch_size
     variants = {
-        "recipe": lambda: measure("recipe", common.recipe_loader(prepared, collator, bs, workers, group_by_image=True)),
+        "recipe": lambda: measure(
+            "recipe",
+            common.recipe_loader(prepared, common.fresh_image_cache(collator), bs, workers, group_by_image=True),
+        ),
         "notebook": lambda: measure("notebook", common.notebook_loader(raw, processor, bs, workers)),
         "recipe_random": lambda: measure(
-            "recipe_random", common.recipe_loader(prepared, collator, bs, workers, group_by_image=False)
+            "recipe_random",
+            common.recipe_loader(prepared, common.fresh_image_cache(collator), bs, workers, group_by_image=False),
         ),
     }
     print(f"[{image_size} px, {workers} workers] {len(raw)} rows", flush=True, file=sys.stderr)

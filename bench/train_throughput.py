@@ -18,6 +18,9 @@ Variants, run alternately in one process (A B C, C B A, ...):
 * ``recipe_repeated_keys`` (with ``--repeated_image_keys``): the recipe with the question encoder's
   cross-attention projecting an image's keys and values once per question instead of once per distinct image
   (what it did before ``models.attention.shared_encoder_rows``);
+* ``recipe_uncached`` (with ``--uncached_images``): the recipe with ``--decoded_image_cache_gb 0``, every batch
+  decoding its images (the cache of decoded images, `data.image_cache`, starts empty in every other recipe run: the
+  timed steps are about one epoch, in which an image's first batch decodes it and its later ones reuse it);
 * ``recipe_eager`` (with ``--eager_attention``): the recipe with transformers' eager attention instead of the
   fused (SDPA) default;
 * ``recipe_frozen`` and ``recipe_frozen_cached`` (with ``--frozen_vision``): the recipe with the image encoder
@@ -102,7 +105,7 @@ def run_recipe(
             model,
             prepared,
             processor,
-            collator,
+            common.fresh_image_cache(collator),
             clock,
             image_embedding_cache=cache,
             overwrite_output_dir=True,
@@ -162,7 +165,7 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
     processor = common.load_processor(image_size)
     dargs = common.data_args(dataset_dir)
     prepared = prepare_split(raw_train, processor.tokenizer, dargs, with_answers=True, description="train")
-    collator = common.recipe_collator(processor, dargs)
+    collator = common.recipe_collator(processor, dargs, args.num_workers, image_cache=True)
 
     models = {
         "recipe": common.recipe_model(size, image_size, processor),
@@ -207,6 +210,10 @@ def bench_size(size: str, args: argparse.Namespace, batch_size: int, steps: int)
         variants[f"recipe_patchdrop{rate:g}"] = recipe("recipe", patch_dropout=rate)
     if args.repeated_image_keys:
         variants["recipe_repeated_keys"] = recipe("recipe", repeated_keys=True)
+    if args.uncached_images:
+        import dataclasses
+
+        variants["recipe_uncached"] = recipe("recipe", collator=dataclasses.replace(collator, image_cache=None))
     if args.eager_attention:
         from retina_vqa.models.attention import set_attention_implementation
 
@@ -286,6 +293,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--repeated_image_keys",
         action="store_true",
         help="add variant recipe_repeated_keys (the question encoder projects keys and values once per question)",
+    )
+    parser.add_argument(
+        "--uncached_images",
+        action="store_true",
+        help="add variant recipe_uncached (--decoded_image_cache_gb 0: every batch decodes its images)",
     )
     parser.add_argument(
         "--eager_attention", action="store_true", help="add variant recipe_eager (--attn_implementation eager)"

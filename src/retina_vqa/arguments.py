@@ -304,8 +304,22 @@ class DataTrainingArguments:
             "both)."
         },
     )
+    decoded_image_cache_gb: float = field(
+        default=2.0,
+        metadata={
+            "help": "Decoded images kept in memory so each is decoded once, not in every batch and epoch it is in "
+            "(the same pixels; retina_vqa.data.image_cache): at most this many GB of pixels per DataLoader "
+            "(training, evaluation) of each training process, split among its workers (each keeps its own part). "
+            "Past it, images are decoded as needed. 0: no cache."
+        },
+    )
 
     def __post_init__(self) -> None:
+        if not self.decoded_image_cache_gb >= 0:
+            raise ValueError(
+                f"--decoded_image_cache_gb must be >= 0 (0: decode every image every time), got "
+                f"{self.decoded_image_cache_gb}."
+            )
         sources = [
             name
             for name, value in (

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from .augment import FundusAugmentation, augment_batch
+from .image_cache import DecodedImageCache
 from .images import load_image
 from .pixels import pixel_values
 from .preprocessing import IMAGE_KEY, IMAGE_TARGET_COLUMN
@@ -39,6 +40,27 @@ def _pad(
         ids[row, span] = torch.tensor(sequence, dtype=torch.long)
         mask[row, span] = 1
     return ids, mask
+
+
+def _load_images(
+    features: list[dict[str, Any]],
+    rows: list[int],
+    image_column: str,
+    max_side: int | None,
+    cache: DecodedImageCache | None,
+) -> list[Any]:
+    """The decoded images of ``rows``; with a cache, each row that has an ``image_key`` looked up there first (and
+    kept there once decoded)."""
+    images = []
+    for i in rows:
+        key = features[i].get(IMAGE_KEY) if cache is not None else None
+        image = None if key is None else cache.get((key, max_side))
+        if image is None:
+            image = load_image(features[i][image_column], where=f"batch row {i}", max_side=max_side)
+            if key is not None:
+                cache.add((key, max_side), image)
+        images.append(image)
+    return images
 
 
 def _augmented(
@@ -115,6 +137,9 @@ class VqaCollator:
     Rows with an ``image_target`` (the training split under ``--image_loss_weight``) give ``image_targets``, each
     row's image labels for the image-level objective (`training.image_objective`); the ``orientation_targets``
     columns of them (the eye's side) are cleared for images the augmentation mirrored.
+
+    With an ``image_cache`` (`data.image_cache.DecodedImageCache`, ``--decoded_image_cache_gb``) rows with an
+    ``image_key`` take their decoded image from it when it is there: the same pixels, decoded once per process.
     """
 
     image_processor: Any
@@ -128,6 +153,7 @@ class VqaCollator:
     augment: FundusAugmentation | None = None
     question_type_column: str | None = "question_type"
     orientation_targets: tuple[int, ...] = ()
+    image_cache: DecodedImageCache | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         _check_keys(
@@ -155,10 +181,7 @@ class VqaCollator:
                 batch["image_keys"] = [features[i][IMAGE_KEY] for i in rows]
         else:
             rows = list(range(len(features)))
-        images = [
-            load_image(features[i][self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
-            for i in rows
-        ]
+        images = _load_images(features, rows, self.image_column, self.max_image_side, self.image_cache)
         flipped = None
         if self.augment is not None:
             images, flipped = _augmented(self.augment, features, rows, images, self.question_type_column)
@@ -201,7 +224,8 @@ class PromptCollator:
     Encoder-decoder: ``input_ids`` are the prompts (right-padded), ``labels`` the answers. Without answers
     (answering), decoder-only prompts are padded on the left, so generation continues each prompt directly.
 
-    ``augment`` and ``question_type_column`` as in `VqaCollator`: rows about one image get the same augmented pixels.
+    ``augment`` and ``question_type_column`` as in `VqaCollator`: rows about one image get the same augmented pixels;
+    ``image_cache`` as there.
     """
 
     image_processor: Any
@@ -217,6 +241,7 @@ class PromptCollator:
     augment: FundusAugmentation | None = None
     question_type_column: str | None = "question_type"
     orientation_targets: tuple[int, ...] = ()
+    image_cache: DecodedImageCache | None = None
 
     @classmethod
     def from_layout(cls, layout: Any, image_processor: Any, **kwargs: Any) -> PromptCollator:
@@ -243,10 +268,9 @@ class PromptCollator:
                     "image would be ignored or misplaced. Tokenise with models.blip2.tokenize_prompts_and_answers "
                     "(not processor.tokenizer), and keep --max_question_length for the prompt alone."
                 )
-        images = [
-            load_image(f[self.image_column], where=f"batch row {i}", max_side=self.max_image_side)
-            for i, f in enumerate(features)
-        ]
+        images = _load_images(
+            features, list(range(len(features))), self.image_column, self.max_image_side, self.image_cache
+        )
         flipped = None
         if self.augment is not None:
             images, flipped = _augmented(

@@ -28,6 +28,7 @@ from ..answering.records import (
 from ..arguments import DataTrainingArguments, ModelArguments, VqaTrainingArguments
 from ..data.augment import FundusAugmentation, describe
 from ..data.collator import PromptCollator, VqaCollator
+from ..data.image_cache import DecodedImageCache
 from ..data.ordering import answering_order
 from ..data.preprocessing import IMAGE_KEY
 from ..metrics import build_compute_metrics, decode_ids
@@ -147,9 +148,11 @@ def build_collator(
     training_args: VqaTrainingArguments,
     ranking: bool,
 ) -> Any:
-    """The family's collator (pixels, padding, targets per batch); with `ranking`, evaluation batches also carry
-    each row's candidate list."""
+    """The family's collator (pixels, padding, targets per batch; decoded images kept per
+    ``--decoded_image_cache_gb``, training and evaluation batches sharing them); with `ranking`, evaluation batches
+    also carry each row's candidate list."""
     pad_to_multiple_of = data_args.pad_to_multiple_of or (8 if training_args.device.type == "cuda" else None)
+    cache = DecodedImageCache.per_process(data_args.decoded_image_cache_gb, training_args.dataloader_num_workers)
     if family.is_blip:
         collator = VqaCollator(
             image_processor=processor.image_processor,
@@ -158,6 +161,7 @@ def build_collator(
             max_image_side=data_args.max_image_side,
             pad_to_multiple_of=pad_to_multiple_of,
             return_image_keys=True,  # for the image-encoder outputs the Trainer keeps (evaluation, frozen encoder)
+            image_cache=cache,
         )
     else:
         collator = PromptCollator.from_layout(
@@ -166,6 +170,7 @@ def build_collator(
             image_column=data_args.image_column,
             max_image_side=data_args.max_image_side,
             pad_to_multiple_of=pad_to_multiple_of,
+            image_cache=cache,
         )
     return WithAnswerSets(collator) if ranking else collator
 
