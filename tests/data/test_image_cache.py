@@ -184,3 +184,21 @@ def test_the_flag_rejects_a_negative_budget(tmp_path):
     with pytest.raises(ValueError, match="--decoded_image_cache_gb must be >= 0"):
         DataTrainingArguments(dataset_dir=str(tmp_path), decoded_image_cache_gb=-1)
     assert DataTrainingArguments(dataset_dir=str(tmp_path)).decoded_image_cache_gb == 2.0
+
+
+@pytest.mark.parametrize("workers, budget", [(0, 10**9), (2, 5 * 10**8)])
+def test_the_runs_collators_share_one_cache_split_among_the_workers(tmp_path, tiny_processor, workers, budget):
+    from retina_vqa.arguments import VqaTrainingArguments
+    from retina_vqa.models.family import Family
+    from retina_vqa.training.evaluation import build_collator, build_train_collator
+
+    data_args = DataTrainingArguments(dataset_dir=str(tmp_path), decoded_image_cache_gb=1.0, augment=True)
+    training_args = VqaTrainingArguments(
+        output_dir=str(tmp_path / "out"), dataloader_num_workers=workers, use_cpu=True, report_to="none"
+    )
+    collator = build_collator(Family("blip"), tiny_processor, data_args, training_args, ranking=False)
+    assert collator.image_cache.max_bytes == budget
+    # Training batches (augmented) and evaluation batches take the same decoded images.
+    assert build_train_collator(collator, data_args, training_args).image_cache is collator.image_cache
+    off = DataTrainingArguments(dataset_dir=str(tmp_path), decoded_image_cache_gb=0)
+    assert build_collator(Family("blip"), tiny_processor, off, training_args, ranking=False).image_cache is None
