@@ -364,3 +364,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     main()
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        # Several processes (accelerate launch, torchrun): leave the process group before the interpreter exits;
+        # torn down at exit instead, its communication threads could abort a finished run ("terminate called").
+        dist.destroy_process_group()
