@@ -166,12 +166,30 @@ def test_prompt_collator_rows_of_one_image_decode_it_once():
     assert torch.equal(batch["pixel_values"], collator(None)(rows)["pixel_values"])
 
 
+class _BreaksAfterOneEpoch(torch.utils.data.Dataset):
+    """Rows whose stored image bytes are broken from the second epoch on (counted in the process reading them)."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.reads = rows, 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        self.reads += 1
+        row = self.rows[i]
+        if self.reads > len(self.rows):
+            row = {**row, "image": {"bytes": b"\x89PNG broken", "path": None}}
+        return row
+
+
 def test_a_dataloader_worker_fills_its_own_copy():
     images = {f"img{i}": _png(i) for i in range(4)}
     rows = _rows(images, questions_per_image=3)
     cache = DecodedImageCache(max_bytes=10**6)
+    # The second epoch's bytes are broken: it gives the right batches only if the worker kept the first epoch's.
     loader = torch.utils.data.DataLoader(
-        rows, batch_size=4, collate_fn=_collator(cache), num_workers=1, persistent_workers=True
+        _BreaksAfterOneEpoch(rows), batch_size=4, collate_fn=_collator(cache), num_workers=1, persistent_workers=True
     )
     plain = [_collator()(rows[i : i + 4]) for i in range(0, len(rows), 4)]
     for _epoch in range(2):
